@@ -1,0 +1,106 @@
+"""Frame embedding stages: CPU preparation (open_clip transforms) and model inference (frames + regions).
+
+Split as two operators so that, on GPU, the inference actors receive ready tensors and never wait on image
+resizing; on CPU Ray may fuse them.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+
+from operators.base import Batch, Operator
+from operators.encoders import EncoderConfig, OpenClipEncoder, build_encoder
+from operators.regions import RegionConfig, crop_embeddings, roi_embeddings
+
+
+def _ragged(items: list[np.ndarray]) -> np.ndarray:
+    out = np.empty(len(items), dtype=object)
+    out[:] = items
+    return out
+
+
+class Preprocess(Operator):
+    """Reads ``frame``; writes ``pixels`` (float32 [3, S, S], the encoder's eval transform). 1:1."""
+
+    kind = "task"
+
+    def __init__(self, cfg: EncoderConfig, checkpoint: str | None = None) -> None:
+        self.cfg = cfg
+        self.checkpoint = checkpoint
+        self.encoder: OpenClipEncoder | None = None
+
+    def setup(self) -> None:
+        import open_clip
+
+        # Only the transform is needed here: open_clip's eval transform for the model's image size.
+        if self.cfg.architecture is not None:
+            from operators.encoders import _register_model_config
+
+            _register_model_config(self.cfg.model, self.cfg.architecture)
+        model_cfg = open_clip.get_model_config(self.cfg.model)
+        size = model_cfg["vision_cfg"]["image_size"] if model_cfg else 224
+        self.transform = open_clip.image_transform(
+            size, is_train=False, resize_mode=self.cfg.resize_mode, interpolation="bicubic"
+        )
+
+    def __call__(self, batch: Batch) -> Batch:
+        from PIL import Image
+
+        ok = batch["error"] == ""
+        pixels = [
+            self.transform(Image.fromarray(f)).numpy() if good else None
+            for f, good in zip(batch["frame"], ok, strict=True)
+        ]
+        shape = next((p.shape for p in pixels if p is not None), (3, 1, 1))
+        batch["pixels"] = np.stack([p if p is not None else np.zeros(shape, np.float32) for p in pixels]).astype(
+            np.float32
+        )
+        return batch
+
+
+class Embed(Operator):
+    """The image encoder as a batch stage (actor: holds the model).
+
+    Reads ``pixels``, ``frame``, ``error`` and, when the detector ran, ``det_boxes`` / ``det_masks``.
+    Writes ``embedding`` (float32 [D], L2-normalised) and ``region_emb`` (float32 [K, D] per frame, one row per
+    box); drops ``pixels`` and ``frame`` so pixels never travel past this stage. 1:1.
+    """
+
+    kind = "actor"
+
+    def __init__(self, cfg: EncoderConfig, regions: RegionConfig, checkpoint: str | None = None) -> None:
+        self.cfg = cfg
+        self.regions = regions
+        self.checkpoint = checkpoint
+        self.encoder: OpenClipEncoder | None = None
+
+    def setup(self) -> None:
+        self.encoder = build_encoder(self.cfg)
+        self.encoder.setup(checkpoint=self.checkpoint)
+
+    def __call__(self, batch: Batch) -> Batch:
+        enc = self.encoder
+        assert enc is not None, "call setup() first"
+        emb, grids = enc.encode_pixels(batch["pixels"])
+        ok = batch["error"] == ""
+        emb[~ok] = 0.0
+        if "det_boxes" in batch and self.regions.mode != "none":
+            regions = []
+            for i, boxes in enumerate(batch["det_boxes"]):
+                boxes = np.asarray(boxes, dtype=np.float32).reshape(-1, 4)
+                masks = batch["det_masks"][i] if "det_masks" in batch else None
+                masks = (
+                    masks if masks is not None and len(masks) == len(boxes) and np.asarray(masks).ndim == 3 else None
+                )
+                frame = batch["frame"][i]
+                if not ok[i] or len(boxes) == 0:
+                    regions.append(np.zeros((0, enc.dim), np.float32))
+                elif self.regions.mode == "roi":
+                    size = (frame.shape[1], frame.shape[0])
+                    regions.append(roi_embeddings(enc, grids[i], boxes, size, masks, self.regions.roi_output))
+                else:
+                    regions.append(crop_embeddings(enc, frame, boxes, self.regions, masks))
+            batch["region_emb"] = _ragged(regions)
+        batch["embedding"] = emb
+        del batch["pixels"], batch["frame"]
+        return batch

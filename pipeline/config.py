@@ -1,0 +1,131 @@
+"""The run configuration: YAML validated into typed sections, with ``--set section.key=value`` overrides.
+
+Each section's model lives beside the code that reads it; this module only composes them. Unknown keys are
+errors naming the key.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+from pathlib import Path
+from typing import Any
+
+import yaml
+from pydantic import Field, ValidationError
+
+from operators.assemble import SegmentConfig
+from operators.base import StageResources, StrictModel
+from operators.decode import DecodeConfig
+from operators.detect_track import DetectConfig
+from operators.encoders import EncoderConfig
+from operators.regions import RegionConfig
+
+CONFIG_DIR = Path(__file__).resolve().parent.parent / "configs"
+
+
+class RayConfig(StrictModel):
+    address: str | None = None  # None: start a local Ray; "auto" or ray://...: join a cluster
+    num_cpus: int | None = None  # for a local Ray only
+    # Fractional CPU requests so every stage can run at once on a 2-core machine (actors hold their CPU for
+    # their lifetime; whole-CPU actors would starve the decode tasks). Each worker caps torch at one thread
+    # per whole CPU it asked for (at least one).
+    decode: StageResources = StageResources(num_cpus=0.5, concurrency=2, batch_size=1)
+    detect: StageResources = StageResources(num_cpus=0.5, concurrency=1, batch_size=8)
+    preprocess: StageResources = StageResources(num_cpus=0.25, concurrency=1, batch_size=16)
+    embed: StageResources = StageResources(num_cpus=0.5, concurrency=1, batch_size=16)
+
+
+class DbConfig(StrictModel):
+    path: str = "./vidsearch_db"
+    commit_every_videos: int = 8  # completed videos committed together (fewer, larger LanceDB fragments)
+    commit_every_s: float = 30.0
+
+
+class MaintenanceConfig(StrictModel):
+    vector_index_min_rows: int = 50_000  # below this, exact search is fast and exact
+    index_type: str = "IVF_HNSW_SQ"
+    num_partitions: int | None = None  # None: about sqrt(rows)
+    nprobes: int = 32
+    refine_factor: int | None = 5
+    scalar_index_min_rows: int = 10_000
+
+
+class FailureConfig(StrictModel):
+    quarantine_after: int = 3  # attempts failing the same way before a video is skipped by later runs
+
+
+class SearchConfig(StrictModel):
+    overfetch: int = 5  # stage 1 fetches k * overfetch candidates for re-ranking
+    max_query_chars: int = 1000
+    max_k: int = 1000
+    rerank: str | None = "attention"
+    rerank_weight: float = 0.5
+    rerankers: dict[str, dict[str, Any]] = Field(default_factory=dict)
+
+
+class Config(StrictModel):
+    decode: DecodeConfig = DecodeConfig()
+    encoder: EncoderConfig = EncoderConfig()
+    detect: DetectConfig = DetectConfig()
+    regions: RegionConfig = RegionConfig()
+    segments: SegmentConfig = SegmentConfig()
+    ray: RayConfig = RayConfig()
+    db: DbConfig = DbConfig()
+    maintenance: MaintenanceConfig = MaintenanceConfig()
+    failures: FailureConfig = FailureConfig()
+    search: SearchConfig = SearchConfig()
+    random_weights: bool = False  # set by configs whose models are randomly initialised
+
+    def pipeline_version(self) -> str:
+        """Hash of everything that changes the rows a video produces (models, sampling, segmenting, regions)."""
+        parts = {
+            "encoder": self.encoder.model_dump(exclude={"device", "batch_size", "cache_dir"}),
+            "decode": self.decode.model_dump(include={"fps", "max_side"}),
+            "segments": self.segments.model_dump(),
+            "detect": self.detect.model_dump(exclude={"device", "half"}) if self.detect.enabled else None,
+            "regions": self.regions.model_dump() if self.detect.enabled else None,
+        }
+        return hashlib.sha256(json.dumps(parts, sort_keys=True, default=str).encode()).hexdigest()[:16]
+
+
+class ConfigError(ValueError):
+    """A configuration that cannot be used; the message names the file and key."""
+
+
+def _set(tree: dict[str, Any], dotted: str, value: Any) -> None:
+    keys = dotted.split(".")
+    node = tree
+    for key in keys[:-1]:
+        node = node.setdefault(key, {})
+        if not isinstance(node, dict):
+            raise ConfigError(f"--set {dotted}: '{key}' is not a section")
+    node[keys[-1]] = value
+
+
+def resolve_config_path(name: str | Path) -> Path:
+    path = Path(name)
+    if not path.exists() and (CONFIG_DIR / f"{name}.yaml").exists():
+        path = CONFIG_DIR / f"{name}.yaml"
+    if not path.exists():
+        raise ConfigError(f"config file '{name}' not found (give a path or a name from {CONFIG_DIR})")
+    return path
+
+
+def load_config(name: str | Path = "default", overrides: list[str] | None = None) -> Config:
+    """Load ``name`` (a path, or a name in ``configs/`` without .yaml) and apply ``section.key=value`` overrides."""
+    path = resolve_config_path(name)
+    tree = yaml.safe_load(path.read_text()) or {}
+    for item in overrides or []:
+        if "=" not in item:
+            raise ConfigError(f"--set expects section.key=value, got '{item}'")
+        key, raw = item.split("=", 1)
+        _set(tree, key.strip(), yaml.safe_load(raw))
+    try:
+        return Config.model_validate(tree)
+    except ValidationError as exc:
+        problems = "; ".join(
+            f"{'.'.join(str(p) for p in e['loc'])}: {'unknown key' if e['type'] == 'extra_forbidden' else e['msg']}"
+            for e in exc.errors()
+        )
+        raise ConfigError(f"invalid config {path}: {problems}") from None

@@ -1,0 +1,207 @@
+"""Column names and Arrow schemas of every LanceDB table, declared once.
+
+Coordinates: boxes are stored normalised to the upright frame, ``[x1, y1, x2, y2]`` in ``[0, 1]``, so they
+overlay any thumbnail or player size without knowing the decode resolution.
+
+Ids are deterministic (``uuid5``) so that a rerun or a retried commit produces the same keys:
+``video_id`` from the content fingerprint, ``frame_id`` from (video, frame index), ``segment_id`` from
+(video, start), ``track_id`` from (video, tracker id).
+"""
+
+from __future__ import annotations
+
+import uuid
+
+import pyarrow as pa
+
+NAMESPACE = uuid.UUID("6f1d2f1c-3a57-4a38-9c1e-5b1c0f7d2a90")
+
+VIDEOS = "videos"
+FRAMES = "frames"
+SEGMENTS = "segments"
+TRACKS = "tracks"
+THUMBNAILS = "thumbnails"
+FAILURES = "failures"
+RUNS = "runs"
+
+#: Tables that hold a video's indexed rows; all of them are written before the video is marked complete.
+CONTENT_TABLES = (FRAMES, SEGMENTS, TRACKS, THUMBNAILS)
+#: Tables searchable by vector, and so valid ``level`` values.
+LEVELS = (SEGMENTS, FRAMES, TRACKS)
+
+STATUS_STARTED = "started"
+STATUS_COMPLETE = "complete"
+
+
+def make_id(*parts: object) -> str:
+    """A deterministic id from the given parts (uuid5 in the project's namespace)."""
+    return str(uuid.uuid5(NAMESPACE, "/".join(str(p) for p in parts)))
+
+
+BOX = pa.struct(
+    [
+        ("track_id", pa.string()),
+        ("class_name", pa.string()),
+        ("conf", pa.float32()),
+        ("x1", pa.float32()),
+        ("y1", pa.float32()),
+        ("x2", pa.float32()),
+        ("y2", pa.float32()),
+    ]
+)
+
+OBSERVATION = pa.struct(
+    [
+        ("t", pa.float64()),
+        ("x1", pa.float32()),
+        ("y1", pa.float32()),
+        ("x2", pa.float32()),
+        ("y2", pa.float32()),
+        ("conf", pa.float32()),
+        ("mask_area", pa.float32()),  # fraction of the frame covered by the mask; -1 without masks
+    ]
+)
+
+
+def vector(dim: int) -> pa.DataType:
+    return pa.list_(pa.float32(), dim)
+
+
+def videos_schema() -> pa.Schema:
+    return pa.schema(
+        [
+            ("video_id", pa.string()),
+            ("fingerprint", pa.string()),
+            ("path", pa.string()),
+            ("size_bytes", pa.int64()),
+            ("duration_s", pa.float64()),
+            ("fps", pa.float64()),
+            ("n_frames", pa.int64()),
+            ("width", pa.int32()),
+            ("height", pa.int32()),
+            ("rotation", pa.int32()),
+            ("backend", pa.string()),
+            ("n_samples", pa.int32()),
+            ("status", pa.string()),
+            ("pipeline_version", pa.string()),
+            ("run_id", pa.string()),
+            ("indexed_at", pa.timestamp("us", tz="UTC")),
+        ]
+    )
+
+
+def frames_schema(dim: int) -> pa.Schema:
+    return pa.schema(
+        [
+            ("frame_id", pa.string()),
+            ("video_id", pa.string()),
+            ("t", pa.float64()),
+            ("frame_idx", pa.int64()),
+            ("embedding", vector(dim)),
+            ("boxes", pa.list_(BOX)),
+            ("class_names", pa.list_(pa.string())),
+        ]
+    )
+
+
+def segments_schema(dim: int) -> pa.Schema:
+    return pa.schema(
+        [
+            ("segment_id", pa.string()),
+            ("video_id", pa.string()),
+            ("start_s", pa.float64()),
+            ("end_s", pa.float64()),
+            ("n_frames", pa.int32()),
+            ("embedding", vector(dim)),
+            ("thumb_id", pa.string()),
+            ("class_names", pa.list_(pa.string())),
+        ]
+    )
+
+
+def tracks_schema(dim: int) -> pa.Schema:
+    return pa.schema(
+        [
+            ("track_id", pa.string()),
+            ("video_id", pa.string()),
+            ("tracker_id", pa.int64()),
+            ("class_name", pa.string()),
+            ("conf_mean", pa.float32()),
+            ("t_first", pa.float64()),
+            ("t_last", pa.float64()),
+            ("duration_s", pa.float64()),
+            ("n_obs", pa.int32()),
+            ("trajectory", pa.list_(OBSERVATION)),
+            ("embedding", vector(dim)),
+            ("best_t", pa.float64()),
+            ("best_box", pa.list_(pa.float32(), 4)),
+            ("thumb_id", pa.string()),
+        ]
+    )
+
+
+def thumbnails_schema() -> pa.Schema:
+    return pa.schema(
+        [
+            ("thumb_id", pa.string()),
+            ("video_id", pa.string()),
+            ("t", pa.float64()),
+            ("width", pa.int32()),
+            ("height", pa.int32()),
+            ("jpeg", pa.binary()),
+        ]
+    )
+
+
+def failures_schema() -> pa.Schema:
+    return pa.schema(
+        [
+            ("failure_id", pa.string()),
+            ("path", pa.string()),
+            ("video_id", pa.string()),
+            ("stage", pa.string()),
+            ("error_type", pa.string()),
+            ("message", pa.string()),
+            ("attempts", pa.int32()),
+            ("quarantined", pa.bool_()),
+            ("first_seen", pa.timestamp("us", tz="UTC")),
+            ("last_seen", pa.timestamp("us", tz="UTC")),
+        ]
+    )
+
+
+def runs_schema() -> pa.Schema:
+    return pa.schema(
+        [
+            ("run_id", pa.string()),
+            ("started_at", pa.timestamp("us", tz="UTC")),
+            ("finished_at", pa.timestamp("us", tz="UTC")),
+            ("pipeline_version", pa.string()),
+            ("summary_json", pa.string()),
+        ]
+    )
+
+
+#: Primary key of each table, used for idempotent ``merge_insert`` and for per-video deletes.
+KEYS = {
+    VIDEOS: "video_id",
+    FRAMES: "frame_id",
+    SEGMENTS: "segment_id",
+    TRACKS: "track_id",
+    THUMBNAILS: "thumb_id",
+    FAILURES: "failure_id",
+    RUNS: "run_id",
+}
+
+
+def table_schema(name: str, dim: int) -> pa.Schema:
+    """The schema of table ``name`` for embeddings of width ``dim``."""
+    builders = {
+        VIDEOS: videos_schema,
+        THUMBNAILS: thumbnails_schema,
+        FAILURES: failures_schema,
+        RUNS: runs_schema,
+    }
+    if name in builders:
+        return builders[name]()
+    return {FRAMES: frames_schema, SEGMENTS: segments_schema, TRACKS: tracks_schema}[name](dim)

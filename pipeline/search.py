@@ -1,0 +1,347 @@
+"""Search: text or image -> encoder -> LanceDB vector search over segments | frames | tracks (stage 1,
+over-fetching ``k * overfetch``) -> fusion re-rank (stage 2) -> typed results.
+
+Filters are structured (``Filters``) and compile to a LanceDB expression in one place,
+``compile_filters``: column names come from the schema, never from the caller, and every value is typed
+and quoted. Only rows of videos marked ``complete`` are returned.
+"""
+
+from __future__ import annotations
+
+import fnmatch
+import io
+import math
+from dataclasses import asdict, dataclass, field
+from typing import Any, Literal
+
+import numpy as np
+from pydantic import BaseModel, ConfigDict, Field, field_validator
+
+from operators.encoders import OpenClipEncoder, build_encoder, embedding_dim
+from operators.rerank import Query, RerankInput, build_reranker
+from pipeline import schema as S
+from pipeline.config import Config
+from pipeline.store import Store, in_list, quote
+
+Level = Literal["segments", "frames", "tracks"]
+MAX_LIST = 1000  # values in one list filter
+MAX_VALUE_CHARS = 1000
+
+
+class SearchError(ValueError):
+    """A search request that cannot be served; the message is safe to show to the caller."""
+
+
+class Filters(BaseModel):
+    """Structured filters. Every field is optional; all given fields must hold (AND)."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    video_ids: list[str] | None = Field(default=None, max_length=MAX_LIST)
+    path_glob: str | None = Field(default=None, max_length=MAX_VALUE_CHARS)
+    time_range: tuple[float, float] | None = None
+    classes: list[str] | None = Field(default=None, max_length=MAX_LIST)
+    min_track_duration: float | None = None
+    min_score: float | None = None
+
+    @field_validator("video_ids", "classes")
+    @classmethod
+    def _strings(cls, v: list[str] | None) -> list[str] | None:
+        if v is not None:
+            for s in v:
+                if len(s) > MAX_VALUE_CHARS or "\x00" in s:
+                    raise ValueError("filter values must be under 1000 characters with no NUL")
+        return v
+
+    @field_validator("time_range")
+    @classmethod
+    def _range(cls, v: tuple[float, float] | None) -> tuple[float, float] | None:
+        if v is not None:
+            a, b = v
+            if not (math.isfinite(a) and math.isfinite(b)) or a < 0 or b < a:
+                raise ValueError("time_range must be two finite seconds, 0 <= start <= end")
+        return v
+
+    @field_validator("min_track_duration", "min_score")
+    @classmethod
+    def _finite(cls, v: float | None) -> float | None:
+        if v is not None and not math.isfinite(v):
+            raise ValueError("must be a finite number")
+        return v
+
+
+#: Per level: the columns a filter may touch.
+_TIME_COLUMNS = {"frames": ("t", "t"), "segments": ("start_s", "end_s"), "tracks": ("t_first", "t_last")}
+
+
+def compile_filters(filters: Filters | None, level: Level, video_paths: dict[str, str] | None = None) -> str | None:
+    """The LanceDB ``where`` expression for ``filters`` on ``level`` (None when nothing to filter).
+
+    Column names are checked against the level's schema; values are quoted or formatted as floats.
+    ``video_paths`` (video id -> path) resolves ``path_glob`` to ids, so no pattern reaches SQL.
+    """
+    if filters is None:
+        return None
+    columns = set(S.table_schema(level, 1).names)
+    parts: list[str] = []
+
+    def col(name: str) -> str:
+        if name not in columns:
+            raise SearchError(f"filter column '{name}' does not exist on {level}")
+        return name
+
+    ids: set[str] | None = set(filters.video_ids) if filters.video_ids is not None else None
+    if filters.path_glob is not None:
+        matched = {vid for vid, p in (video_paths or {}).items() if fnmatch.fnmatchcase(p, filters.path_glob)}
+        ids = matched if ids is None else ids & matched
+    if ids is not None:
+        parts.append(in_list(col("video_id"), sorted(ids)) if ids else "false")
+    if filters.time_range is not None:
+        start_col, end_col = _TIME_COLUMNS[level]
+        a, b = filters.time_range
+        parts.append(f"{col(end_col)} >= {float(a)!r} AND {col(start_col)} <= {float(b)!r}")
+    if filters.classes:
+        values = ", ".join(quote(c) for c in filters.classes)
+        if level == "tracks":
+            parts.append(f"{col('class_name')} IN ({values})")
+        else:
+            parts.append(f"array_has_any({col('class_names')}, make_array({values}))")
+    if filters.min_track_duration is not None:
+        if level != "tracks":
+            raise SearchError("min_track_duration applies to level 'tracks' only")
+        parts.append(f"{col('duration_s')} >= {float(filters.min_track_duration)!r}")
+    return " AND ".join(f"({p})" for p in parts) if parts else None
+
+
+@dataclass
+class Box:
+    class_name: str
+    box: list[float]  # normalised x1, y1, x2, y2
+    track_id: str
+    conf: float
+
+
+@dataclass
+class SearchResult:
+    rank: int
+    level: str
+    id: str
+    video_id: str
+    path: str
+    start_s: float
+    end_s: float
+    score: float
+    stage1_score: float
+    thumb_id: str
+    boxes: list[Box] = field(default_factory=list)
+    class_name: str | None = None
+    trajectory: list[dict[str, float]] | None = None
+
+    def as_dict(self) -> dict[str, Any]:
+        return asdict(self)
+
+
+class Searcher:
+    """Search over the database at ``db`` with the encoder and search settings of ``config``."""
+
+    def __init__(self, db: str | Store, config: Config, encoder: OpenClipEncoder | None = None) -> None:
+        self.cfg = config
+        self.store = db if isinstance(db, Store) else Store(db, embedding_dim(config.encoder))
+        self.encoder = encoder
+        self._rerankers: dict[str, Any] = {}
+
+    # -- inputs ---------------------------------------------------------------------------------------------
+    def _encoder(self) -> OpenClipEncoder:
+        if self.encoder is None:
+            self.encoder = build_encoder(self.cfg.encoder)
+            self.encoder.setup()
+        return self.encoder
+
+    def embed_query(self, text: str | None, image: Any) -> Query:
+        if (text is None) == (image is None):
+            raise SearchError("give exactly one of a text query or an image")
+        enc = self._encoder()
+        if text is not None:
+            if not isinstance(text, str) or not text.strip():
+                raise SearchError("the query text is empty")
+            if len(text) > self.cfg.search.max_query_chars:
+                raise SearchError(f"the query is longer than {self.cfg.search.max_query_chars} characters")
+            return Query(enc.encode_text([text])[0], enc.encode_text_tokens(text), text=text)
+        rgb = load_image(image)
+        emb = enc.encode_images([rgb])[0]
+        return Query(emb, emb[None], image=rgb)
+
+    # -- search ---------------------------------------------------------------------------------------------
+    def search(
+        self,
+        text: str | None = None,
+        image: Any = None,
+        k: int = 10,
+        level: Level = "segments",
+        filters: Filters | dict[str, Any] | None = None,
+        rerank: str | None | Literal["default"] = "default",
+    ) -> list[SearchResult]:
+        if level not in S.LEVELS:
+            raise SearchError(f"level must be one of {', '.join(S.LEVELS)}")
+        if not isinstance(k, int) or isinstance(k, bool) or not 1 <= k <= self.cfg.search.max_k:
+            raise SearchError(f"k must be an integer from 1 to {self.cfg.search.max_k}")
+        if isinstance(filters, dict):
+            filters = Filters.model_validate(filters)
+        reranker = self.cfg.search.rerank if rerank == "default" else rerank
+        query = self.embed_query(text, image)
+        videos = {
+            r["video_id"]: r["path"] for r in self.store.complete_videos().select(["video_id", "path"]).to_pylist()
+        }
+        if not videos or not self.store.exists(level):
+            return []
+        where = compile_filters(filters, level, videos)
+        fetch = k * self.cfg.search.overfetch if reranker else k
+        q = (
+            self.store.table(level)
+            .search(query.embedding.tolist(), vector_column_name="embedding")
+            .distance_type("cosine")
+        )
+        if where:
+            q = q.where(where, prefilter=True)
+        rows = [r for r in q.limit(fetch).to_arrow().to_pylist() if r["video_id"] in videos]
+        results = [self._result(level, r, videos[r["video_id"]]) for r in rows]
+        if reranker and results:
+            results = self._rerank(reranker, query, level, results)
+        if filters is not None and filters.min_score is not None:
+            results = [r for r in results if r.score >= filters.min_score]
+        results = results[:k]
+        self._attach_boxes(level, results)
+        for i, r in enumerate(results):
+            r.rank = i + 1
+        return results
+
+    def _result(self, level: str, r: dict[str, Any], path: str) -> SearchResult:
+        score = 1.0 - float(r["_distance"])
+        common = {
+            "rank": 0,
+            "level": level,
+            "video_id": r["video_id"],
+            "path": path,
+            "score": score,
+            "stage1_score": score,
+        }
+        if level == "frames":
+            boxes = [
+                Box(b["class_name"], [b["x1"], b["y1"], b["x2"], b["y2"]], b["track_id"], b["conf"])
+                for b in r["boxes"] or []
+            ]
+            return SearchResult(
+                id=r["frame_id"], start_s=r["t"], end_s=r["t"], thumb_id=r["frame_id"], boxes=boxes, **common
+            )
+        if level == "segments":
+            return SearchResult(
+                id=r["segment_id"], start_s=r["start_s"], end_s=r["end_s"], thumb_id=r["thumb_id"], **common
+            )
+        b = r["best_box"]
+        return SearchResult(
+            id=r["track_id"],
+            start_s=r["t_first"],
+            end_s=r["t_last"],
+            thumb_id=r["thumb_id"],
+            class_name=r["class_name"],
+            trajectory=r["trajectory"],
+            boxes=[Box(r["class_name"], list(b), r["track_id"], r["conf_mean"])],
+            **common,
+        )
+
+    def _attach_boxes(self, level: str, results: list[SearchResult]) -> None:
+        """Segment hits show the boxes of their keyframe (the frame their thumbnail comes from)."""
+        if level != "segments" or not results:
+            return
+        rows = self.store.rows(S.FRAMES, in_list("frame_id", [r.thumb_id for r in results]), ["frame_id", "boxes"])
+        by_id = {r["frame_id"]: r["boxes"] or [] for r in rows.to_pylist()}
+        for r in results:
+            r.boxes = [
+                Box(b["class_name"], [b["x1"], b["y1"], b["x2"], b["y2"]], b["track_id"], b["conf"])
+                for b in by_id.get(r.thumb_id, [])
+            ]
+
+    # -- stage 2 --------------------------------------------------------------------------------------------
+    def reranker(self, name: str) -> Any:
+        if name not in self._rerankers:
+            rr = build_reranker(name, self.cfg.search.rerankers.get(name))
+            rr.setup()
+            self._rerankers[name] = rr
+        return self._rerankers[name]
+
+    def _rerank(self, name: str, query: Query, level: str, results: list[SearchResult]) -> list[SearchResult]:
+        rr = self.reranker(name)
+        contexts = self._contexts(level, results)
+        inputs = [
+            RerankInput(
+                r.stage1_score,
+                contexts.get(r.id, np.zeros((0, len(query.embedding)), np.float32)),
+                keyframe=self._keyframe_loader(r.thumb_id),
+            )
+            for r in results
+        ]
+        w = self.cfg.search.rerank_weight
+        for r, s in zip(results, rr.score(query, inputs), strict=True):
+            r.score = (1 - w) * r.stage1_score + w * float(s)
+        return sorted(results, key=lambda r: -r.score)
+
+    def _contexts(self, level: str, results: list[SearchResult]) -> dict[str, np.ndarray]:
+        """Per candidate: embeddings of its frames (in its span) and of the tracks alive in its span."""
+        spans = " OR ".join(
+            f"(video_id = {quote(r.video_id)} AND t >= {r.start_s - 1e-6!r} AND t <= {r.end_s + 1e-6!r})"
+            for r in results
+        )
+        frames = self.store.rows(S.FRAMES, spans, ["video_id", "t", "embedding"]).to_pylist()
+        tspans = " OR ".join(
+            f"(video_id = {quote(r.video_id)} AND t_last >= {r.start_s - 1e-6!r} AND t_first <= {r.end_s + 1e-6!r})"
+            for r in results
+        )
+        tracks = (
+            self.store.rows(S.TRACKS, tspans, ["video_id", "t_first", "t_last", "embedding"]).to_pylist()
+            if self.store.exists(S.TRACKS)
+            else []
+        )
+        out = {}
+        for r in results:
+            embs = [
+                f["embedding"]
+                for f in frames
+                if f["video_id"] == r.video_id and r.start_s - 1e-6 <= f["t"] <= r.end_s + 1e-6
+            ]
+            embs += [
+                t["embedding"]
+                for t in tracks
+                if t["video_id"] == r.video_id and t["t_last"] >= r.start_s and t["t_first"] <= r.end_s
+            ]
+            out[r.id] = np.asarray(embs, dtype=np.float32).reshape(-1, self.store.dim)
+        return out
+
+    def _keyframe_loader(self, thumb_id: str) -> Any:
+        def load() -> Any:
+            jpeg = self.thumbnail(thumb_id)
+            return load_image(jpeg) if jpeg else None
+
+        return load
+
+    # -- media ----------------------------------------------------------------------------------------------
+    def thumbnail(self, thumb_id: str) -> bytes | None:
+        rows = self.store.rows(S.THUMBNAILS, f"thumb_id = {quote(thumb_id)}", ["jpeg"])
+        return rows.column("jpeg")[0].as_py() if rows.num_rows else None
+
+
+def load_image(image: Any, max_pixels: int = 40_000_000) -> np.ndarray:
+    """An RGB uint8 array from a path, bytes or array; refuses decompression bombs and non-images."""
+    from PIL import Image, UnidentifiedImageError
+
+    if isinstance(image, np.ndarray):
+        if image.ndim != 3 or image.shape[2] != 3:
+            raise SearchError("an image array must be H x W x 3")
+        return image.astype(np.uint8)
+    try:
+        src = io.BytesIO(image) if isinstance(image, bytes | bytearray) else image
+        with Image.open(src) as im:
+            if im.width * im.height > max_pixels:
+                raise SearchError(f"the image is too large ({im.width}x{im.height}); the limit is {max_pixels} pixels")
+            return np.asarray(im.convert("RGB"))
+    except (UnidentifiedImageError, OSError, Image.DecompressionBombError) as exc:
+        raise SearchError(f"the upload is not a readable image ({type(exc).__name__})") from None

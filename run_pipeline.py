@@ -1,0 +1,146 @@
+"""Command line: parse arguments, load the config, start Ray, call the runner or the searcher."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import os
+import sys
+from typing import Any
+
+
+def _common(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--config", default="default", help="YAML path, or a name in configs/ (default, tiny, ...)")
+    p.add_argument("--db", help="database directory or object-store URI (overrides db.path)")
+    p.add_argument("--set", dest="overrides", action="append", default=[], metavar="SECTION.KEY=VALUE")
+
+
+def parser() -> argparse.ArgumentParser:
+    ap = argparse.ArgumentParser(prog="vidsearch", description="Index videos into LanceDB and search them.")
+    sub = ap.add_subparsers(dest="command", required=True)
+
+    p = sub.add_parser("index", help="index files, folders (recursive) or globs")
+    p.add_argument("paths", nargs="+")
+    _common(p)
+    p.add_argument("--address", default=os.environ.get("RAY_ADDRESS"), help="Ray cluster address (default: local Ray)")
+    p.add_argument("--retry-failed", action="store_true", help="retry quarantined videos")
+    p.add_argument("--summary-json", help="also write the run summary to this file")
+    p.add_argument("--no-progress", action="store_true")
+
+    p = sub.add_parser("search", help="search by text or by example image")
+    p.add_argument("text", nargs="?")
+    p.add_argument("--image", help="query by example image file")
+    _common(p)
+    p.add_argument("-k", type=int, default=10)
+    p.add_argument("--level", default="segments", choices=["segments", "frames", "tracks"])
+    p.add_argument("--class", dest="classes", action="append", help="keep hits with this object class (repeatable)")
+    p.add_argument("--video-id", dest="video_ids", action="append")
+    p.add_argument("--path-glob")
+    p.add_argument("--time-range", nargs=2, type=float, metavar=("START", "END"))
+    p.add_argument("--min-track-duration", type=float)
+    p.add_argument("--min-score", type=float)
+    p.add_argument("--rerank", default="default", help="re-ranker name, or 'none'")
+    p.add_argument("--json", action="store_true", help="print JSON")
+    return ap
+
+
+def _config(args: argparse.Namespace) -> Any:
+    from pipeline.config import load_config
+
+    overrides = list(args.overrides)
+    if args.db:
+        overrides.append(f"db.path={args.db}")
+    return load_config(args.config, overrides)
+
+
+def start_ray(cfg: Any, address: str | None) -> None:
+    import ray
+
+    if ray.is_initialized():
+        return
+    address = address or cfg.ray.address
+    if address:
+        ray.init(address=address, log_to_driver=False)
+    else:
+        ray.init(num_cpus=cfg.ray.num_cpus, include_dashboard=False, log_to_driver=False)
+
+
+def cmd_index(args: argparse.Namespace) -> int:
+    from pipeline.runner import RANDOM_WEIGHTS_NOTICE, run_index
+
+    cfg = _config(args)
+    if cfg.random_weights:
+        print(RANDOM_WEIGHTS_NOTICE, file=sys.stderr)
+    start_ray(cfg, args.address)
+    summary = run_index(cfg, args.paths, progress=not args.no_progress, retry_failed=args.retry_failed)
+    print(summary.text())
+    if args.summary_json:
+        with open(args.summary_json, "w") as f:
+            json.dump(summary.as_dict(), f, indent=2, default=str)
+    return 0
+
+
+def _filters(args: argparse.Namespace) -> dict[str, Any] | None:
+    f = {
+        "video_ids": args.video_ids,
+        "path_glob": args.path_glob,
+        "classes": args.classes,
+        "time_range": tuple(args.time_range) if args.time_range else None,
+        "min_track_duration": args.min_track_duration,
+        "min_score": args.min_score,
+    }
+    f = {k: v for k, v in f.items() if v is not None}
+    return f or None
+
+
+def format_table(results: list[Any]) -> str:
+    lines = [f"{'rank':>4}  {'score':>7}  {'span':>17}  {'objects':<24}  video"]
+    for r in results:
+        objects = r.class_name or ", ".join(sorted({b.class_name for b in r.boxes}))[:24]
+        span = f"{r.start_s:7.2f}-{r.end_s:7.2f}s"
+        lines.append(f"{r.rank:>4}  {r.score:7.4f}  {span:>17}  {objects:<24}  {r.path}")
+    return "\n".join(lines)
+
+
+def cmd_search(args: argparse.Namespace) -> int:
+    from pipeline.runner import RANDOM_WEIGHTS_NOTICE
+    from pipeline.search import Searcher
+
+    cfg = _config(args)
+    if cfg.random_weights:
+        print(RANDOM_WEIGHTS_NOTICE, file=sys.stderr)
+    image = None
+    if args.image:
+        with open(args.image, "rb") as f:
+            image = f.read()
+    rerank = None if args.rerank == "none" else args.rerank
+    results = Searcher(cfg.db.path, cfg).search(
+        text=args.text, image=image, k=args.k, level=args.level, filters=_filters(args), rerank=rerank
+    )
+    if args.json:
+        print(json.dumps([r.as_dict() for r in results], indent=2))
+    else:
+        print(format_table(results) if results else "no results")
+    return 0
+
+
+COMMANDS = {"index": cmd_index, "search": cmd_search}
+
+
+def main(argv: list[str] | None = None) -> int:
+    logging.basicConfig(level=logging.WARNING, format="%(levelname)s %(message)s")
+    args = parser().parse_args(argv)
+    from operators.encoders import MissingCheckpointError
+    from pipeline.config import ConfigError
+    from pipeline.search import SearchError
+
+    try:
+        return COMMANDS[args.command](args)
+    except (MissingCheckpointError, ConfigError, SearchError) as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 2
+
+
+if __name__ == "__main__":
+    sys.exit(main())
