@@ -66,7 +66,8 @@ def sample_indices(timestamps: npt.NDArray[np.float64], fps: float) -> npt.NDArr
     if pos is None:
         return np.zeros(1, dtype=np.int64)
     left, right = timestamps[pos - 1], timestamps[pos]
-    nearest = np.where(np.abs(grid - left) <= np.abs(right - grid), pos - 1, pos)
+    # Ties (a grid point halfway between two frames) go to the earlier frame; 1e-6 absorbs float32 timestamps.
+    nearest = np.where(np.abs(grid - left) <= np.abs(right - grid) + 1e-6, pos - 1, pos)
     return np.unique(nearest).astype(np.int64)
 
 
@@ -76,14 +77,8 @@ def target_size(width: int, height: int, max_side: int) -> tuple[int, int]:
     return max(2, int(round(width * scale / 2)) * 2), max(2, int(round(height * scale / 2)) * 2)
 
 
-def _clean_timestamps(ts: npt.NDArray[np.float64], fps: float) -> npt.NDArray[np.float64]:
-    """Replace missing or garbage timestamps (some AVI/MPEG-4 files) with index / fps."""
-    ok = np.isfinite(ts) & (ts >= 0) & (ts < 1e7)
-    if len(ts) and (not ok.all() or np.any(np.diff(ts) <= 0)):
-        if fps <= 0:
-            raise DecodeError("frame timestamps are unusable and the file declares no frame rate")
-        return np.arange(len(ts), dtype=np.float64) / fps
-    return ts
+def _usable(ts: npt.NDArray[np.float64]) -> bool:
+    return bool(np.all(np.isfinite(ts)) and np.all(ts >= 0) and np.all(ts < 1e7) and np.all(np.diff(ts) > 0))
 
 
 class _DecordReader:
@@ -94,7 +89,11 @@ class _DecordReader:
         h, w = probe[0].shape[:2] if len(probe) else (0, 0)  # decord returns upright frames
         self.fps = float(probe.get_avg_fps() or 0.0)
         ts = probe.get_frame_timestamp(range(len(probe)))[:, 0].astype(np.float64) if len(probe) else np.zeros(0)
-        self.timestamps = _clean_timestamps(ts, self.fps)
+        if not _usable(ts):
+            # Seen on MPEG-4 ASP AVIs with packed B-frames: decord's index is then off by a frame as well, so
+            # hand the file to PyAV, which decodes in presentation order.
+            raise DecodeError("frame timestamps are unusable")
+        self.timestamps = ts
         self.width, self.height = int(w), int(h)
         self.out_w, self.out_h = target_size(self.width, self.height, max_side)
         del probe
@@ -119,9 +118,9 @@ class _PyAVReader:
             self.fps = float(rate) if rate else 0.0
             tb = float(stream.time_base) if stream.time_base else 1.0 / max(self.fps, 1.0)
             pts = [p.pts for p in container.demux(stream) if p.pts is not None and p.size > 0]
-        self.timestamps = _clean_timestamps(np.sort(np.asarray(pts, dtype=np.float64)) * tb, self.fps)
-        if len(self.timestamps):
-            self.timestamps = self.timestamps - self.timestamps[0]
+        times = np.unique(np.asarray(pts, dtype=np.float64)) * tb
+        self.t0 = float(times[0]) if len(times) else 0.0
+        self.timestamps = times - self.t0
         self.rotation = 0
         self.width = self.height = 0
         with av.open(path) as container:
@@ -133,21 +132,30 @@ class _PyAVReader:
         self.out_w, self.out_h = target_size(self.width, self.height, max_side) if self.width else (0, 0)
 
     def frames(self, indices: npt.NDArray[np.int64], chunk: int) -> Iterator[npt.NDArray[np.uint8]]:
+        """Decoded frames whose presentation time is one of the sampled ones (matched by time, not by decode
+        position: packed B-frames and skipped-frame packets make positions unreliable)."""
         import av
 
         k = (self.rotation // 90) % 4  # np.rot90 turns counter-clockwise, like the display matrix angle
         stored_w, stored_h = (self.out_h, self.out_w) if k % 2 else (self.out_w, self.out_h)
-        wanted = set(indices.tolist())
+        wanted = self.timestamps[indices] + self.t0
+        taken = np.zeros(len(wanted), dtype=bool)
         out: list[npt.NDArray[np.uint8]] = []
         with av.open(self.path) as container:
-            for i, frame in enumerate(container.decode(video=0)):
-                if i in wanted:
-                    rgb = frame.reformat(width=stored_w, height=stored_h, format="rgb24").to_ndarray()
-                    out.append(np.ascontiguousarray(np.rot90(rgb, k)) if k else rgb)
-                    if len(out) == chunk:
-                        yield np.stack(out)
-                        out = []
-                if i >= indices[-1]:
+            stream = container.streams.video[0]
+            tb = float(stream.time_base) if stream.time_base else 0.0
+            for frame in container.decode(video=0):
+                t = frame.pts * tb if frame.pts is not None and tb else float(frame.time or 0.0)
+                j = int(np.argmin(np.abs(wanted - t)))
+                if taken[j] or abs(wanted[j] - t) > 1e-6:
+                    continue
+                taken[j] = True
+                rgb = frame.reformat(width=stored_w, height=stored_h, format="rgb24").to_ndarray()
+                out.append(np.ascontiguousarray(np.rot90(rgb, k)) if k else rgb)
+                if len(out) == chunk:
+                    yield np.stack(out)
+                    out = []
+                if taken.all():
                     break
         if out:
             yield np.stack(out)
