@@ -67,11 +67,12 @@ def start_ray(cfg: Any, address: str | None) -> None:
 
 
 def cmd_index(args: argparse.Namespace) -> int:
-    from pipeline.runner import RANDOM_WEIGHTS_NOTICE, run_index
+    from pipeline.runner import RANDOM_WEIGHTS_NOTICE, preflight, run_index
 
     cfg = _config(args)
     if cfg.random_weights:
         print(RANDOM_WEIGHTS_NOTICE, file=sys.stderr)
+    preflight(cfg)  # a missing checkpoint stops the run here, before Ray starts or anything is written
     start_ray(cfg, args.address)
     summary = run_index(cfg, args.paths, progress=not args.no_progress, retry_failed=args.retry_failed)
     print(summary.text())

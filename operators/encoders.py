@@ -80,7 +80,12 @@ def resolve_checkpoint(cfg: EncoderConfig) -> str | None:
             f"open_clip has no pretrained tag '{cfg.pretrained}' for model '{cfg.model}' (known tags: {tags})."
         )
     source = pcfg.get("hf_hub") or pcfg.get("url")
+    cached = _cached_hf_file(pcfg.get("hf_hub", ""), cfg.cache_dir)
+    if cached:
+        return cached
     try:
+        if os.environ.get("HF_HUB_OFFLINE") == "1" or not _reachable(source or ""):
+            raise ConnectionError("no network route to the model hub")
         path = download_pretrained(pcfg, cache_dir=cfg.cache_dir)
     except Exception as exc:  # no network, hub refused, partial download...
         raise MissingCheckpointError(
@@ -93,6 +98,34 @@ def resolve_checkpoint(cfg: EncoderConfig) -> str | None:
             f"Encoder checkpoint {cfg.model}/{cfg.pretrained} could not be resolved to a file."
         )
     return path
+
+
+def _cached_hf_file(hf_hub: str, cache_dir: str | None) -> str | None:
+    """The checkpoint's file if it is already in the Hugging Face cache (no network needed)."""
+    if not hf_hub:
+        return None
+    from huggingface_hub import try_to_load_from_cache
+
+    repo, filename = os.path.split(hf_hub.rstrip("/")) if not hf_hub.endswith("/") else (hf_hub.rstrip("/"), "")
+    for name in [filename] if filename else ["open_clip_model.safetensors", "open_clip_pytorch_model.bin"]:
+        found = try_to_load_from_cache(repo, name, cache_dir=cache_dir)
+        if isinstance(found, str) and os.path.isfile(found):
+            return found
+    return None
+
+
+def _reachable(source: str, timeout_s: float = 3.0) -> bool:
+    """Whether the host serving ``source`` answers a TCP connect (fail fast offline instead of retrying)."""
+    import socket
+    from urllib.parse import urlparse
+
+    url = source if "://" in source else os.environ.get("HF_ENDPOINT", "https://huggingface.co")
+    host = urlparse(url).hostname or "huggingface.co"
+    try:
+        with socket.create_connection((host, 443), timeout=timeout_s):
+            return True
+    except OSError:
+        return False
 
 
 class OpenClipEncoder:
