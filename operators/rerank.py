@@ -4,18 +4,29 @@
 embeddings attend over the candidate's frame, region and track embeddings with scaled dot-product
 attention, softmax(Q K^T / sqrt(d)) V, and each attended vector is scored against the query.
 
+``vilt`` - single-stream: image patches and query tokens in one transformer
+(``ViltForImageAndTextRetrieval``); the score is sigmoid(logit) of its retrieval head.
+
+``blip-itm`` - dual-stream: BLIP's text encoder cross-attends to the ViT's image features
+(``BlipForImageTextRetrieval`` with the image-text matching head); the score is P(match).
+
 Every re-ranker takes a ``RerankInput`` per candidate and returns one score per candidate; the searcher
-combines it with the stage-1 score by ``search.rerank_weight``.
+combines it with the stage-1 score by ``search.rerank_weight``. Options come from
+``search.rerankers.<name>`` in the config.
 """
 
 from __future__ import annotations
 
+import os
 from collections.abc import Callable
 from dataclasses import dataclass, field
-from typing import Any, Protocol
+from typing import Any, ClassVar, Protocol
 
 import numpy as np
 import numpy.typing as npt
+
+from operators.base import StrictModel
+from operators.encoders import Device, MissingCheckpointError, pick_device
 
 
 def scaled_dot_product_attention(
@@ -61,7 +72,7 @@ class AttentionReranker:
 
     needs_keyframes = False
 
-    def __init__(self, temperature: float = 1.0, **_: Any) -> None:
+    def __init__(self, temperature: float = 1.0) -> None:
         self.temperature = temperature
 
     def setup(self) -> None:
@@ -81,10 +92,176 @@ class AttentionReranker:
         return scores
 
 
-RERANKERS: dict[str, Callable[..., Reranker]] = {"attention": AttentionReranker}
+# -- image-text matching models from transformers ----------------------------------------------------------
+
+
+class PairRerankerConfig(StrictModel):
+    """``search.rerankers.vilt`` / ``search.rerankers.blip-itm``."""
+
+    #: A Hugging Face hub id (read from the local cache, downloaded if a network exists) or a local directory
+    #: written by ``save_pretrained`` holding the model and its processor.
+    checkpoint: str | None = None
+    device: Device = "auto"
+    batch_size: int = 16
+    #: Never touch the network; also implied by HF_HUB_OFFLINE=1 or TRANSFORMERS_OFFLINE=1.
+    local_files_only: bool = False
+    cache_dir: str | None = None
+
+
+def _offline(cfg: PairRerankerConfig) -> bool:
+    truthy = {"1", "ON", "YES", "TRUE"}
+    env = any(os.environ.get(v, "").upper() in truthy for v in ("HF_HUB_OFFLINE", "TRANSFORMERS_OFFLINE"))
+    return cfg.local_files_only or env
+
+
+def load_pretrained(name: str, cfg: PairRerankerConfig, model_cls: Any, processor_cls: Any) -> tuple[Any, Any]:
+    """(model, processor) from ``cfg.checkpoint`` with ``from_pretrained``; one-sentence error when missing.
+
+    A hub id is looked up in the local cache first, so a cached checkpoint never touches the network; only a
+    cache miss with networking allowed tries a download.
+    """
+    ckpt = cfg.checkpoint
+    key = f"search.rerankers.{name}.checkpoint"
+    if not ckpt:
+        raise MissingCheckpointError(
+            f"Re-ranker '{name}' has no checkpoint: set {key} to a Hugging Face hub id or to a local directory "
+            f"written by save_pretrained."
+        )
+    local = os.path.isdir(os.path.expanduser(ckpt))
+    if not local and (os.path.isabs(ckpt) or ckpt.startswith((".", "~")) or ckpt.count("/") > 1):
+        raise MissingCheckpointError(
+            f"Re-ranker '{name}' checkpoint directory '{ckpt}' does not exist: set {key} to a directory written "
+            f"by save_pretrained or to a Hugging Face hub id."
+        )
+    path = os.path.expanduser(ckpt) if local else ckpt
+    common = {"cache_dir": cfg.cache_dir}
+
+    def load(local_only: bool) -> tuple[Any, Any]:
+        processor = processor_cls.from_pretrained(path, local_files_only=local_only, **common)
+        model = model_cls.from_pretrained(path, local_files_only=local_only, **common)
+        return model, processor
+
+    try:
+        return load(local_only=True)
+    except OSError as exc:
+        if local:
+            raise MissingCheckpointError(
+                f"Re-ranker '{name}' checkpoint directory '{ckpt}' does not hold a saved {model_cls.__name__} "
+                f"with its processor ({type(exc).__name__}): write both there with save_pretrained."
+            ) from None
+        reason = "offline mode is on" if _offline(cfg) else None
+    if reason is None:
+        try:
+            return load(local_only=False)
+        except Exception as exc:  # no network, unknown repo, partial download...
+            reason = type(exc).__name__
+    raise MissingCheckpointError(
+        f"Re-ranker '{name}' checkpoint '{ckpt}' is not in the Hugging Face cache and could not be downloaded "
+        f"({reason}): download it where a network exists and set {key} to the local directory, or place it in "
+        f"the cache ({cfg.cache_dir or os.environ.get('HF_HOME', '~/.cache/huggingface')})."
+    )
+
+
+class PairReranker:
+    """Scores (query text, keyframe) pairs with an image-text matching model, ``batch_size`` pairs per pass.
+
+    Keyframes come from ``RerankInput.keyframe()`` (the stored JPEG thumbnail at the hit's time), so no
+    video is decoded. These models score text against images, so for an image query (no text) and for a
+    candidate without a keyframe the score is the stage-1 score: the stage-1 order is kept.
+    """
+
+    needs_keyframes = True
+    name: ClassVar[str]
+    model_class: ClassVar[str]
+    processor_class: ClassVar[str]
+
+    def __init__(self, **options: Any) -> None:
+        self.cfg = PairRerankerConfig(**options)
+        self.model: Any = None
+        self.processor: Any = None
+
+    def setup(self) -> None:
+        import transformers
+
+        model_cls = getattr(transformers, self.model_class)
+        processor_cls = getattr(transformers, self.processor_class)
+        model, self.processor = load_pretrained(self.name, self.cfg, model_cls, processor_cls)
+        self.device = pick_device(self.cfg.device)
+        self.model = model.to(self.device).eval()
+
+    def score(self, query: Query, candidates: list[RerankInput]) -> list[float]:
+        scores = [c.stage1_score for c in candidates]
+        if not query.text:
+            return scores
+        frames = [(i, c.keyframe()) for i, c in enumerate(candidates) if c.keyframe is not None]
+        frames = [(i, f) for i, f in frames if f is not None]
+        for start in range(0, len(frames), self.cfg.batch_size):
+            chunk = frames[start : start + self.cfg.batch_size]
+            matched = self.match(query.text, [f for _, f in chunk])
+            for (i, _), s in zip(chunk, matched, strict=True):
+                scores[i] = float(s)
+        return scores
+
+    def match(self, text: str, images: list[npt.NDArray[np.uint8]]) -> npt.NDArray[np.float32]:
+        """Match scores in [0, 1] of ``text`` against each RGB image."""
+        import torch
+        from PIL import Image
+
+        assert self.model is not None, "call setup() first"
+        inputs = self.processor(
+            images=[Image.fromarray(np.asarray(im, dtype=np.uint8)) for im in images],
+            text=[text] * len(images),
+            return_tensors="pt",
+            padding=True,
+            truncation=True,
+            max_length=self.max_text_tokens(),
+        ).to(self.device)
+        with torch.inference_mode():
+            return self.forward(inputs).float().cpu().numpy().astype(np.float32)
+
+    def max_text_tokens(self) -> int:
+        return int(self.model.config.text_config.max_position_embeddings)
+
+    def forward(self, inputs: Any) -> Any:
+        raise NotImplementedError
+
+
+class ViltReranker(PairReranker):
+    """ViLT retrieval head: one transformer over patches + tokens; score = sigmoid(logit)."""
+
+    name = "vilt"
+    model_class = "ViltForImageAndTextRetrieval"
+    processor_class = "ViltProcessor"
+
+    def max_text_tokens(self) -> int:
+        return int(self.model.config.max_position_embeddings)  # ViLT has 40 text positions
+
+    def forward(self, inputs: Any) -> Any:
+        return self.model(**inputs).logits[:, 0].sigmoid()
+
+
+class BlipItmReranker(PairReranker):
+    """BLIP image-text matching head: text cross-attends to ViT features; score = P(match)."""
+
+    name = "blip-itm"
+    model_class = "BlipForImageTextRetrieval"
+    processor_class = "BlipProcessor"
+
+    def forward(self, inputs: Any) -> Any:
+        return self.model(**inputs, use_itm_head=True).itm_score.softmax(dim=-1)[:, 1]
+
+
+RERANKERS: dict[str, Callable[..., Reranker]] = {
+    "attention": AttentionReranker,
+    "vilt": ViltReranker,
+    "blip-itm": BlipItmReranker,
+}
 
 
 def build_reranker(name: str, options: dict[str, Any] | None = None) -> Reranker:
     if name not in RERANKERS:
         raise ValueError(f"unknown re-ranker '{name}'; registered: {sorted(RERANKERS)}")
-    return RERANKERS[name](**(options or {}))
+    try:
+        return RERANKERS[name](**(options or {}))
+    except (TypeError, ValueError) as exc:  # unknown or invalid option keys
+        raise ValueError(f"invalid options for re-ranker '{name}' (search.rerankers.{name}): {exc}") from None
