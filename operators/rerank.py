@@ -26,7 +26,7 @@ import numpy as np
 import numpy.typing as npt
 
 from operators.base import StrictModel
-from operators.encoders import Device, MissingCheckpointError, pick_device
+from operators.encoders import Device, MissingCheckpointError, _reachable, pick_device
 
 
 def scaled_dot_product_attention(
@@ -118,7 +118,7 @@ def load_pretrained(name: str, cfg: PairRerankerConfig, model_cls: Any, processo
     """(model, processor) from ``cfg.checkpoint`` with ``from_pretrained``; one-sentence error when missing.
 
     A hub id is looked up in the local cache first, so a cached checkpoint never touches the network; only a
-    cache miss with networking allowed tries a download.
+    cache miss with networking allowed (not HF_HUB_OFFLINE) and a reachable hub tries a download.
     """
     ckpt = cfg.checkpoint
     key = f"search.rerankers.{name}.checkpoint"
@@ -150,6 +150,8 @@ def load_pretrained(name: str, cfg: PairRerankerConfig, model_cls: Any, processo
                 f"with its processor ({type(exc).__name__}): write both there with save_pretrained."
             ) from None
         reason = "offline mode is on" if _offline(cfg) else None
+    if reason is None and not _reachable(os.environ.get("HF_ENDPOINT", "https://huggingface.co")):
+        reason = "no network route to the model hub"  # fail fast instead of waiting on retries
     if reason is None:
         try:
             return load(local_only=False)
