@@ -1,16 +1,21 @@
 """Decode and sample: one video in, its sampled frames out in time-ordered chunks (1:N fan-out).
 
-decord is the primary reader (it seeks by index, resizes inside the decoder and applies the rotation
-side-data itself); PyAV is the fallback for what decord cannot open (WebM with H.264, GIF, files with no
-usable index). Sampling is by *timestamp*: for each point ``k / fps`` of the sampling grid the frame whose
-presentation time is nearest is taken, which stays right for variable-frame-rate files.
+Every file is first probed with PyAV (``operators.media_probe``): the header and the packet times are read
+without decoding, and the resource limits are enforced there, before any frame is decoded. The probe's
+packet times are the sampling clock: for each point ``k / fps`` of the grid the frame whose presentation time
+is nearest is taken, which stays right for variable-frame-rate files. decord then decodes the sampled frames
+(it seeks by index, resizes inside the decoder and applies the rotation itself) when its frame index agrees
+with those packet times; otherwise, or when decord fails part-way, PyAV decodes the remaining samples, matched
+by presentation time. Both readers scale in the decoder to ``max_side``, so a full-size RGB frame is never
+allocated, and output goes out in chunks of ``chunk_frames``, so a task's memory does not grow with the file.
 
-A video that neither reader can decode becomes one failure row (``error`` set, no frames); it never stops
-the job.
+A video that cannot be decoded, breaks a limit, or changes while it is read becomes one failure row
+(``error`` set to one sentence, no frames); it never stops the job.
 """
 
 from __future__ import annotations
 
+import dataclasses
 import io
 import math
 import os
@@ -24,6 +29,9 @@ import numpy.typing as npt
 from PIL import Image
 
 from operators.base import Batch, Operator, StrictModel
+from operators.media_probe import DecodeError, Header, container_hint, probe, short_error
+
+__all__ = ["Decode", "DecodeConfig", "DecodeError", "VideoInfo", "sample_indices", "target_size"]
 
 
 class DecodeConfig(StrictModel):
@@ -33,15 +41,12 @@ class DecodeConfig(StrictModel):
     backend: Literal["auto", "decord", "pyav"] = "auto"
     thumb_side: int = 320
     thumb_quality: int = 80
-    # Resource limits, checked from the header before any frame is decoded.
+    # Resource limits, enforced by the probe before any frame is decoded (see operators/media_probe.py).
     max_source_pixels: int = 7680 * 4320  # 8K; above this the file is refused
-    max_duration_s: float = 6 * 3600.0
+    max_duration_s: float = 6 * 3600.0  # measured from packet times, not from the header's claim
+    max_frames: int = 1_000_000  # video frames in the file (about 9 h at 30 fps)
     max_samples: int = 100_000
-    timeout_s: float = 1800.0  # wall-clock limit for decoding one video
-
-
-class DecodeError(Exception):
-    """A video that cannot be decoded; the message is the reason recorded in ``failures``."""
+    timeout_s: float = 1800.0  # wall-clock limit for decoding one video, checked between frames
 
 
 @dataclass(frozen=True)
@@ -82,79 +87,68 @@ def _usable(ts: npt.NDArray[np.float64]) -> bool:
 
 
 class _DecordReader:
-    def __init__(self, path: str, max_side: int) -> None:
+    """Seeks by frame index; used only when its index matches the probe's packet times frame for frame."""
+
+    name = "decord"
+
+    def __init__(self, path: str, header: Header, out_w: int, out_h: int) -> None:
         import decord
 
-        probe = decord.VideoReader(path, num_threads=1)
-        h, w = probe[0].shape[:2] if len(probe) else (0, 0)  # decord returns upright frames
-        self.fps = float(probe.get_avg_fps() or 0.0)
-        ts = probe.get_frame_timestamp(range(len(probe)))[:, 0].astype(np.float64) if len(probe) else np.zeros(0)
-        if not _usable(ts):
+        self.reader = decord.VideoReader(path, num_threads=1, width=out_w, height=out_h)
+        n = len(self.reader)
+        ts = self.reader.get_frame_timestamp(range(n))[:, 0].astype(np.float64) if n else np.zeros(0)
+        if n != len(header.times) or not _usable(ts) or np.max(np.abs((ts - ts[0]) - header.times)) > 2e-3:
             # Seen on MPEG-4 ASP AVIs with packed B-frames: decord's index is then off by a frame as well, so
             # hand the file to PyAV, which decodes in presentation order.
-            raise DecodeError("frame timestamps are unusable")
-        self.timestamps = ts
-        self.width, self.height = int(w), int(h)
-        self.out_w, self.out_h = target_size(self.width, self.height, max_side)
-        del probe
-        self.reader = decord.VideoReader(path, num_threads=1, width=self.out_w, height=self.out_h)
-        self.rotation = 0  # decord applies rotation itself; the stored rotation is read by the PyAV probe
+            raise DecodeError("decord's frame index does not match the packet times")
 
-    def frames(self, indices: npt.NDArray[np.int64], chunk: int) -> Iterator[npt.NDArray[np.uint8]]:
+    def frames(self, indices: npt.NDArray[np.int64], chunk: int, deadline: float) -> Iterator[npt.NDArray[np.uint8]]:
         for start in range(0, len(indices), chunk):
+            if time.monotonic() > deadline:
+                raise TimeoutError
             yield self.reader.get_batch(indices[start : start + chunk].tolist()).asnumpy()
 
 
 class _PyAVReader:
-    def __init__(self, path: str, max_side: int) -> None:
-        import av
+    """Decodes in presentation order and keeps the frames whose time is a sampled one."""
 
-        self.path = path
-        with av.open(path) as container:
-            if not container.streams.video:
-                raise DecodeError("no video stream (audio-only or not a video)")
-            stream = container.streams.video[0]
-            rate = stream.average_rate or stream.guessed_rate
-            self.fps = float(rate) if rate else 0.0
-            tb = float(stream.time_base) if stream.time_base else 1.0 / max(self.fps, 1.0)
-            pts = [p.pts for p in container.demux(stream) if p.pts is not None and p.size > 0]
-        times = np.unique(np.asarray(pts, dtype=np.float64)) * tb
-        self.t0 = float(times[0]) if len(times) else 0.0
-        self.timestamps = times - self.t0
-        self.rotation = 0
-        self.width = self.height = 0
-        with av.open(path) as container:
-            for frame in container.decode(video=0):
-                self.rotation = int(getattr(frame, "rotation", 0) or 0)
-                w, h = frame.width, frame.height
-                self.width, self.height = (h, w) if self.rotation % 180 else (w, h)
-                break
-        self.out_w, self.out_h = target_size(self.width, self.height, max_side) if self.width else (0, 0)
+    name = "pyav"
 
-    def frames(self, indices: npt.NDArray[np.int64], chunk: int) -> Iterator[npt.NDArray[np.uint8]]:
+    def __init__(self, path: str, header: Header, out_w: int, out_h: int) -> None:
+        self.path, self.header, self.out_w, self.out_h = path, header, out_w, out_h
+
+    def frames(self, indices: npt.NDArray[np.int64], chunk: int, deadline: float) -> Iterator[npt.NDArray[np.uint8]]:
         """Decoded frames whose presentation time is one of the sampled ones (matched by time, not by decode
         position: packed B-frames and skipped-frame packets make positions unreliable)."""
         import av
 
-        k = (self.rotation // 90) % 4  # np.rot90 turns counter-clockwise, like the display matrix angle
+        k = (self.header.rotation // 90) % 4  # np.rot90 turns counter-clockwise, like the display matrix angle
         stored_w, stored_h = (self.out_h, self.out_w) if k % 2 else (self.out_w, self.out_h)
-        wanted = self.timestamps[indices] + self.t0
+        wanted = self.header.times[indices] + self.header.t0
         taken = np.zeros(len(wanted), dtype=bool)
         out: list[npt.NDArray[np.uint8]] = []
-        with av.open(self.path) as container:
+        with av.open(self.path, metadata_errors="ignore") as container:
             stream = container.streams.video[0]
-            tb = float(stream.time_base) if stream.time_base else 0.0
-            for frame in container.decode(video=0):
-                t = frame.pts * tb if frame.pts is not None and tb else float(frame.time or 0.0)
-                j = int(np.argmin(np.abs(wanted - t)))
-                if taken[j] or abs(wanted[j] - t) > 1e-6:
-                    continue
-                taken[j] = True
-                rgb = frame.reformat(width=stored_w, height=stored_h, format="rgb24").to_ndarray()
-                out.append(np.ascontiguousarray(np.rot90(rgb, k)) if k else rgb)
-                if len(out) == chunk:
-                    yield np.stack(out)
-                    out = []
+            stream.codec_context.thread_count = 1  # frames in flight (each full size) do not grow with cores
+            tb = float(stream.time_base)
+            for packet in container.demux(stream):
+                if time.monotonic() > deadline:
+                    raise TimeoutError
+                try:
+                    decoded = packet.decode()
+                except av.error.InvalidDataError:
+                    continue  # a corrupt packet: the decoder conceals it in the frames that follow
+                for frame in decoded:
+                    t = frame.pts * tb if frame.pts is not None else float(frame.time or 0.0)
+                    j = int(np.argmin(np.abs(wanted - t)))
+                    if taken[j] or abs(wanted[j] - t) > 1e-6:
+                        continue
+                    taken[j] = True
+                    rgb = frame.reformat(width=stored_w, height=stored_h, format="rgb24").to_ndarray()
+                    out.append(np.ascontiguousarray(np.rot90(rgb, k)) if k else rgb)
+                    if len(out) == chunk:
+                        yield np.stack(out)
+                        out = []
                 if taken.all():
                     break
         if out:
@@ -172,9 +166,9 @@ def encode_jpeg(frame: npt.NDArray[np.uint8], max_side: int, quality: int) -> by
 class Decode(Operator):
     """Video rows in, frame rows out (1:N).
 
-    Reads ``video_id``, ``path``. Writes per frame ``video_id``, ``path``, ``t``, ``frame_idx``, ``sample_idx``,
-    ``n_samples`` (planned samples of the video), ``frame`` (uint8 HxWx3, upright, working size), ``thumb``
-    (JPEG bytes), ``error`` ("" when fine) and the video's metadata columns.
+    Reads ``video_id``, ``path`` (and ``fingerprint`` when given). Writes per frame ``video_id``, ``path``,
+    ``t``, ``frame_idx``, ``sample_idx``, ``n_samples`` (planned samples of the video), ``frame`` (uint8 HxWx3,
+    upright, working size), ``thumb`` (JPEG bytes), ``error`` ("" when fine) and the video's metadata columns.
     """
 
     kind = "task"
@@ -182,89 +176,101 @@ class Decode(Operator):
     def __init__(self, cfg: DecodeConfig) -> None:
         self.cfg = cfg
 
-    def open(self, path: str) -> tuple[_DecordReader | _PyAVReader, VideoInfo]:
-        """Open ``path`` with the configured backend (decord first, PyAV on failure) and probe it."""
+    def open(self, path: str, deadline: float) -> tuple[Header, VideoInfo]:
+        """Check the file, probe it (limits enforced) and describe it; raises ``DecodeError``."""
         if os.path.isdir(path):
             raise DecodeError("path is a directory")
         if not os.access(path, os.R_OK):
             raise DecodeError("file is not readable (permission denied)")
         if os.path.getsize(path) == 0:
             raise DecodeError("file is empty (0 bytes)")
-        errors: list[str] = []
-        order = {"auto": ("decord", "pyav"), "decord": ("decord",), "pyav": ("pyav",)}[self.cfg.backend]
-        for backend in order:
-            try:
-                reader: _DecordReader | _PyAVReader = (
-                    _DecordReader(path, self.cfg.max_side)
-                    if backend == "decord"
-                    else _PyAVReader(path, self.cfg.max_side)
-                )
-                if len(reader.timestamps) == 0 or reader.width == 0:
-                    raise DecodeError("no decodable video frames")
-                return reader, self._info(path, reader, backend)
-            except DecodeError as exc:
-                errors.append(f"{backend}: {exc}")
-            except Exception as exc:  # readers raise many types for bad media; keep the first line
-                first = str(exc).strip().splitlines()[0][:200] if str(exc).strip() else ""
-                errors.append(f"{backend}: {type(exc).__name__}: {first}")
-        raise DecodeError("cannot decode video (" + "; ".join(errors) + ")")
-
-    def _info(self, path: str, reader: _DecordReader | _PyAVReader, backend: str) -> VideoInfo:
-        rotation, codec = reader.rotation, ""
         try:
-            import av
-
-            with av.open(path) as container:
-                stream = container.streams.video[0]
-                codec = stream.codec_context.name
-                if backend == "decord":
-                    frame = next(container.decode(video=0))
-                    rotation = int(getattr(frame, "rotation", 0) or 0)
-        except Exception:  # metadata only; decoding already succeeded
-            pass
-        ts = reader.timestamps
-        step = float(np.median(np.diff(ts))) if len(ts) > 1 else (1.0 / reader.fps if reader.fps else 0.0)
-        return VideoInfo(
-            duration_s=float(ts[-1] - ts[0] + step),
-            fps=reader.fps if reader.fps > 0 else (1.0 / step if step else 0.0),
+            header = probe(path, self.cfg, deadline)
+        except DecodeError:
+            raise
+        except Exception as exc:  # av.open refusing the bytes: not a container FFmpeg knows
+            errors = [f"pyav: {short_error(exc, path)}"]
+            if self.cfg.backend != "pyav":
+                errors.insert(0, f"decord: {_decord_open_error(path)}")
+            why = container_hint(path) or "not a recognised video file"
+            raise DecodeError(f"cannot decode video: {why} ({'; '.join(errors)})") from None
+        ts = header.times
+        step = float(np.median(np.diff(ts))) if len(ts) > 1 else (1.0 / header.fps if header.fps else 0.0)
+        return header, VideoInfo(
+            duration_s=float(ts[-1] + step),
+            fps=header.fps if header.fps > 0 else (1.0 / step if step else 0.0),
             n_frames=len(ts),
-            width=reader.width,
-            height=reader.height,
-            rotation=rotation,
-            backend=backend,
-            codec=codec,
+            width=header.width,
+            height=header.height,
+            rotation=header.rotation,
+            backend="",
+            codec=header.codec,
         )
 
-    def check_limits(self, info: VideoInfo) -> None:
-        if info.width * info.height > self.cfg.max_source_pixels:
-            raise DecodeError(
-                f"resolution {info.width}x{info.height} exceeds the limit of {self.cfg.max_source_pixels} pixels"
-            )
-        if info.duration_s > self.cfg.max_duration_s:
-            raise DecodeError(f"duration {info.duration_s:.0f} s exceeds the limit of {self.cfg.max_duration_s:.0f} s")
+    def _readers(self, path: str, header: Header) -> Iterator[_DecordReader | _PyAVReader]:
+        """The readers to try in order: decord (when allowed and consistent with the probe), then PyAV."""
+        out_w, out_h = target_size(header.width, header.height, self.cfg.max_side)
+        if self.cfg.backend in ("auto", "decord"):
+            try:
+                yield _DecordReader(path, header, out_w, out_h)
+            except Exception as exc:
+                if self.cfg.backend == "decord":
+                    raise DecodeError(f"cannot decode video (decord: {short_error(exc, path)})") from None
+        if self.cfg.backend in ("auto", "pyav"):
+            yield _PyAVReader(path, header, out_w, out_h)
 
-    def iter_video(self, video_id: str, path: str) -> Iterator[Batch]:
-        """Decode one video into time-ordered chunks; on failure yield a single error row."""
-        start = time.monotonic()
+    def iter_video(self, video_id: str, path: str, fingerprint: str | None = None) -> Iterator[Batch]:
+        """Decode one video into time-ordered chunks; on failure yield a single error row.
+
+        ``fingerprint`` (the catalog's, taken when the file was listed) is checked before decoding and again
+        before the last chunk leaves, which is held back until then; without it the two checks compare the
+        file with itself. A file that changed is refused: its frames would be stored under another content's id.
+        """
+        deadline = time.monotonic() + self.cfg.timeout_s
+        done = 0
         try:
-            reader, info = self.open(path)
-            self.check_limits(info)
-            indices = sample_indices(reader.timestamps, self.cfg.fps)
+            listed = fingerprint or _fingerprint(path)
+            if fingerprint and _fingerprint(path) != fingerprint:
+                raise DecodeError(_CHANGED)
+            header, info = self.open(path, deadline)
+            indices = sample_indices(header.times, self.cfg.fps)
             if len(indices) > self.cfg.max_samples:
-                raise DecodeError(f"{len(indices)} sampled frames exceed the limit of {self.cfg.max_samples}")
-            done = 0
-            for frames in reader.frames(indices, self.cfg.chunk_frames):
-                if time.monotonic() - start > self.cfg.timeout_s:
-                    raise DecodeError(f"decode timed out after {self.cfg.timeout_s:.0f} s")
-                idx = indices[done : done + len(frames)]
-                yield self._chunk(video_id, path, info, frames, idx, reader.timestamps[idx], done, len(indices))
-                done += len(frames)
+                raise DecodeError(
+                    f"{len(indices)} sampled frames exceed the limit of {self.cfg.max_samples} (decode.max_samples)"
+                )
+            held: Batch | None = None
+            errors: list[str] = []
+            for reader in self._readers(path, header):
+                meta = dataclasses.replace(info, backend=reader.name)
+                try:
+                    for frames in reader.frames(indices[done:], self.cfg.chunk_frames, deadline):
+                        idx = indices[done : done + len(frames)]
+                        if held is not None:
+                            yield held
+                        held = self._chunk(video_id, path, meta, frames, idx, header.times[idx], done, len(indices))
+                        done += len(frames)
+                    break
+                except (DecodeError, TimeoutError):
+                    raise
+                except Exception as exc:  # a reader failing part-way: the next one goes on from sample `done`
+                    errors.append(f"{reader.name}: {short_error(exc, path)}")
             if done != len(indices):
-                raise DecodeError(f"file ended early: decoded {done} of {len(indices)} sampled frames")
+                why = f" ({'; '.join(errors)})" if errors else ""
+                raise DecodeError(f"only {done} of {len(indices)} sampled frames could be decoded{why}")
+            if _fingerprint(path) != listed:
+                raise DecodeError(_CHANGED)
+            if held is not None:
+                yield held
+        except TimeoutError:
+            yield self.error_row(
+                video_id,
+                path,
+                f"decode timed out after {self.cfg.timeout_s:g} s (decode.timeout_s) with {done} sampled frames done",
+            )
         except DecodeError as exc:
             yield self.error_row(video_id, path, str(exc))
-        except Exception as exc:  # a reader crashing mid-file is still a property of the file
-            yield self.error_row(video_id, path, f"{type(exc).__name__}: {str(exc).strip()[:300]}")
+        except Exception as exc:  # anything else a reader raises is still a property of the file
+            yield self.error_row(video_id, path, f"cannot decode video: {short_error(exc, path)}")
 
     def _chunk(
         self,
@@ -312,9 +318,11 @@ class Decode(Operator):
         }
 
     def __call__(self, batch: Batch) -> Iterator[Batch]:  # type: ignore[override]
-        """Reads ``video_id``, ``path``; yields frame chunks (see class docstring)."""
-        for video_id, path in zip(batch["video_id"], batch["path"], strict=True):
-            yield from self.iter_video(str(video_id), str(path))
+        """Reads ``video_id``, ``path`` and, when present, ``fingerprint``; yields frame chunks (see class
+        docstring)."""
+        prints = batch.get("fingerprint", [None] * len(batch["video_id"]))
+        for video_id, path, fp in zip(batch["video_id"], batch["path"], prints, strict=True):
+            yield from self.iter_video(str(video_id), str(path), str(fp) if fp else None)
 
 
 def _meta_columns(info: VideoInfo, n: int) -> Batch:
@@ -328,3 +336,29 @@ def _meta_columns(info: VideoInfo, n: int) -> Batch:
         "backend": np.full(n, info.backend),
         "codec": np.full(n, info.codec),
     }
+
+
+_CHANGED = (
+    "the file changed while it was being indexed (its content no longer matches its fingerprint); "
+    "the next run indexes the new content"
+)
+
+
+def _fingerprint(path: str) -> str:
+    # The catalog defines what "the same file" means; a lazy import keeps operators free of pipeline at import.
+    from pipeline.catalog import fingerprint
+
+    try:
+        return fingerprint(path)[1]
+    except OSError as exc:
+        raise DecodeError(f"cannot read file: {exc.strerror or exc}") from None
+
+
+def _decord_open_error(path: str) -> str:
+    try:
+        import decord
+
+        decord.VideoReader(path, num_threads=1)
+        return "opened it, but the PyAV probe could not"
+    except Exception as exc:
+        return short_error(exc, path)

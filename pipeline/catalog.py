@@ -12,6 +12,7 @@ from __future__ import annotations
 import glob
 import hashlib
 import os
+import stat
 from dataclasses import dataclass
 
 from pipeline import schema as S
@@ -95,6 +96,9 @@ def list_videos(inputs: list[str]) -> tuple[list[VideoFile], list[Unreadable]]:
             problems.append(Unreadable(path, "is a directory, not a video file"))
             continue
         try:
+            if not stat.S_ISREG(os.stat(path).st_mode):  # a FIFO or device would block or never end
+                problems.append(Unreadable(path, "not a regular file (a pipe, socket or device)"))
+                continue
             size, fp = fingerprint(path)
         except OSError as exc:
             problems.append(Unreadable(path, f"cannot read file: {exc.strerror or exc}"))

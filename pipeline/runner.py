@@ -167,7 +167,9 @@ class Runner:
         assembler = Assembler(
             self.cfg.segments, self.cfg.detect if self.cfg.detect.enabled else None, self.cfg.decode.fps, self.dim
         )
-        ds = build_dataset(self.cfg, [{"video_id": f.video_id, "path": f.path} for f in todo], checkpoint)
+        # The fingerprint lets decode refuse a file whose content changed since it was listed.
+        items = [{"video_id": f.video_id, "path": f.path, "fingerprint": f.fingerprint} for f in todo]
+        ds = build_dataset(self.cfg, items, checkpoint)
         buffers: dict[str, _VideoBuffer] = {}
         finished: set[str] = set()
         pending: list[tuple[dict[str, Any], dict[str, pa.Table]]] = []
