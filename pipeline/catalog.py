@@ -108,3 +108,21 @@ def list_videos(inputs: list[str]) -> tuple[list[VideoFile], list[Unreadable]]:
             continue
         videos.append(VideoFile(path, size, fp))
     return videos, problems
+
+
+def under(path: str, roots: list[str]) -> bool:
+    """Whether ``path`` lies inside one of the folders ``roots`` (absolute, compared by path components)."""
+    return any(os.path.commonpath([path, r]) == r for r in roots)
+
+
+def gone(videos: list[dict[str, str]], roots: list[str] | None = None) -> list[dict[str, str]]:
+    """The ``videos`` rows (``video_id``, ``path``) whose file no longer exists.
+
+    With ``roots``, only files inside those folders are considered, and only roots that exist and are folders
+    count: an unmounted share must never look like a deleted archive.
+    """
+    if roots is not None:
+        roots = [os.path.abspath(r) for r in roots if os.path.isdir(r)]
+        if not roots:
+            return []
+    return [v for v in videos if (roots is None or under(v["path"], roots)) and not os.path.exists(v["path"])]

@@ -1,17 +1,30 @@
-"""The index run: list and fingerprint videos, skip what is done, stream the Ray graph, assemble each
-finished video on the driver and hand groups of finished videos to the single committer.
+"""The index run: take the database lock, recover a crashed run, list and fingerprint videos, plan (skip,
+move, re-index, replace), stream the Ray graph, assemble each finished video on the driver and hand groups of
+finished videos to the single committer; then prune (``incremental``) and maintain indexes when needed.
 
 Frame rows of one video arrive in any order and possibly twice (a retried decode task re-yields its
-chunks), so the driver buffers them by ``(video_id, sample_idx)``; a video is finished when all of its
-``n_samples`` rows are in, or failed when an error row arrives.
+chunks, a restarted actor re-runs its batch), so the driver buffers them by ``(video_id, sample_idx)``; a video
+is finished when all of its ``n_samples`` rows are in, or failed when an error row arrives.
+
+Planning, per listed file (video id = uuid5 of the content fingerprint, see ``catalog``):
+- complete under this pipeline version -> skipped; if its recorded path is gone (or now holds other content)
+  the path is updated: a moved or renamed file is recognised, not re-encoded;
+- complete under another pipeline version -> re-indexed ("changed"); its rows are replaced in the commit;
+- a path whose recorded content is no longer listed anywhere -> the file changed: the new content is indexed
+  ("changed") and the old video's rows are removed once the new ones are complete;
+- quarantined (failed ``failures.quarantine_after`` times with this content) -> skipped until ``retry_failed``;
+- otherwise new.
 """
 
 from __future__ import annotations
 
 import datetime as dt
 import logging
+import os
 import time
 import uuid
+from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import asdict, dataclass, field
 from typing import Any
 
@@ -25,6 +38,8 @@ from pipeline import schema as S
 from pipeline.catalog import VideoFile, list_videos
 from pipeline.config import Config
 from pipeline.graph import build_dataset, rows_of, select_driver_columns
+from pipeline.lock import DatabaseLock
+from pipeline.maintenance import maintain, needs_maintenance, prune
 from pipeline.store import Store, now
 
 log = logging.getLogger(__name__)
@@ -37,35 +52,67 @@ RANDOM_WEIGHTS_NOTICE = (
 
 @dataclass
 class RunSummary:
+    """What one index run did; written as JSON to the ``runs`` table (and ``--summary-json``)."""
+
     run_id: str
     pipeline_version: str
+    db: str = ""
+    incremental: bool = False
     videos_seen: int = 0
-    indexed: int = 0
+    indexed: int = 0  # new + changed
     new: int = 0
-    changed: int = 0
-    skipped: int = 0
+    changed: int = 0  # re-indexed: a new pipeline version, or a file whose content changed
+    skipped: int = 0  # already complete with this content and pipeline version (moved ones included)
     moved: int = 0
     quarantined: int = 0
     failed: int = 0
-    recovered: int = 0
-    frames: int = 0
+    recovered: int = 0  # videos a crashed run had left half-written, removed before this run
+    pruned: int = 0
+    frames: int = 0  # rows written per table
     segments: int = 0
     tracks: int = 0
+    thumbnails: int = 0
     wall_s: float = 0.0
+    stages: dict[str, float] = field(default_factory=dict)  # driver seconds per step
+    graph_stages: dict[str, dict[str, float]] = field(default_factory=dict)  # Ray Data time per operator
+    maintenance: dict[str, Any] | None = None
     failures: list[dict[str, str]] = field(default_factory=list)
+    pruned_paths: list[str] = field(default_factory=list)
 
     def as_dict(self) -> dict[str, Any]:
-        return asdict(self)
+        return {"kind": "index", **asdict(self)}
 
     def text(self) -> str:
         lines = [
             f"run {self.run_id}  pipeline {self.pipeline_version}",
             f"videos: {self.indexed} indexed ({self.new} new, {self.changed} changed), {self.skipped} skipped "
-            f"({self.moved} moved), {self.failed} failed, {self.quarantined} quarantined",
-            f"rows: {self.frames} frames, {self.segments} segments, {self.tracks} tracks; {self.wall_s:.1f} s",
+            f"({self.moved} moved), {self.failed} failed, {self.quarantined} quarantined, {self.pruned} pruned"
+            + (f", {self.recovered} recovered from a crashed run" if self.recovered else ""),
+            f"rows: {self.frames} frames, {self.segments} segments, {self.tracks} tracks, {self.thumbnails} "
+            f"thumbnails; {self.wall_s:.1f} s",
+            "stages: " + ", ".join(f"{k} {v:.1f} s" for k, v in self.stages.items()),
         ]
         lines += [f"  failed: {f['path']}: {f['message']}" for f in self.failures]
         return "\n".join(lines)
+
+
+@dataclass
+class Plan:
+    todo: list[VideoFile]
+    reindexed: set[str] = field(default_factory=set)  # complete under another pipeline version
+    replaces: dict[str, list[str]] = field(default_factory=dict)  # new id -> ids whose file it replaced
+
+    def is_change(self, video_id: str) -> bool:
+        return video_id in self.reindexed or video_id in self.replaces
+
+
+@contextmanager
+def _timed(stages: dict[str, float], name: str) -> Iterator[None]:
+    t0 = time.monotonic()
+    try:
+        yield
+    finally:
+        stages[name] = round(stages.get(name, 0.0) + time.monotonic() - t0, 3)
 
 
 def preflight(cfg: Config) -> str | None:
@@ -83,58 +130,102 @@ class _VideoBuffer:
 
 
 class Runner:
-    """One index run over ``inputs`` into ``cfg.db.path``."""
+    """One index run over ``inputs`` into ``cfg.db.path``.
 
-    def __init__(self, cfg: Config, progress: bool = True, retry_failed: bool = False) -> None:
+    ``incremental``: the scheduled-run mode; also prunes videos whose files are gone from the input folders.
+    """
+
+    def __init__(
+        self, cfg: Config, progress: bool = True, retry_failed: bool = False, incremental: bool = False
+    ) -> None:
         self.cfg = cfg
         self.progress = progress
         self.retry_failed = retry_failed
+        self.incremental = incremental
         self.dim = embedding_dim(cfg.encoder)
         self.store = Store(cfg.db.path, self.dim)
         self.version = cfg.pipeline_version()
 
-    def plan(self, files: list[VideoFile], summary: RunSummary) -> tuple[list[VideoFile], set[str]]:
-        """Videos to index; updates ``summary`` with skips. Returns (todo, ids of changed videos)."""
-        done = {
-            r["video_id"]: r
-            for r in self.store.complete_videos().select(["video_id", "path", "pipeline_version"]).to_pylist()
-        }
-        quarantined = set() if self.retry_failed else self.store.quarantined_paths()
-        todo, changed, taken = [], set(), set()
+    def plan(self, files: list[VideoFile], summary: RunSummary, quarantined: dict[str, set[str]] | None = None) -> Plan:
+        """What to index (see the module docstring); updates ``summary`` with skips, moves, quarantines."""
+        rows = self.store.complete_videos().select(["video_id", "path", "pipeline_version"]).to_pylist()
+        done = {r["video_id"]: r for r in rows}
+        at_path: dict[str, list[str]] = {}
+        for r in rows:
+            at_path.setdefault(r["path"], []).append(r["video_id"])
+        listed = {f.path: f.video_id for f in files}
+        listed_ids = set(listed.values())
+        quarantined = quarantined if quarantined is not None else self._quarantined()
+        plan, taken = Plan([]), set()
         for f in files:
             prev = done.get(f.video_id)
+            replaced = [v for v in at_path.get(f.path, []) if v != f.video_id and v not in listed_ids]
             if f.video_id in taken:  # same content twice in this run: index once
                 summary.skipped += 1
             elif prev and prev["pipeline_version"] == self.version:
                 summary.skipped += 1
-                if prev["path"] != f.path and not _exists(prev["path"]):
+                taken.add(f.video_id)
+                if prev["path"] != f.path and not _holds(prev["path"], f.video_id, listed):
                     self.store.update_path(f.video_id, f.path)  # moved or renamed: same content, new path
                     summary.moved += 1
-            elif f.path in quarantined:
+                if replaced:  # a replacement that committed but died before removing the old video
+                    self.store.delete_videos(replaced)
+            elif f.video_id in quarantined.get(f.path, ()):
                 summary.quarantined += 1
             else:
-                todo.append(f)
+                plan.todo.append(f)
                 taken.add(f.video_id)
                 if prev:
-                    changed.add(f.video_id)
-        return todo, changed
+                    plan.reindexed.add(f.video_id)
+                if replaced:
+                    plan.replaces[f.video_id] = replaced
+        return plan
+
+    def _quarantined(self) -> dict[str, set[str]]:
+        return {} if self.retry_failed else self.store.quarantined()
 
     def run(self, inputs: list[str]) -> RunSummary:
+        """Index ``inputs`` under the database lock (``LockBusy`` if another run holds it)."""
+        with DatabaseLock(self.cfg.db.path, "index", self.cfg.db.lock_dir):
+            return self._run(inputs)
+
+    def _run(self, inputs: list[str]) -> RunSummary:
         started = now()
         t0 = time.monotonic()
-        summary = RunSummary(run_id=str(uuid.uuid4()), pipeline_version=self.version)
+        summary = RunSummary(
+            run_id=str(uuid.uuid4()), pipeline_version=self.version, db=self.cfg.db.path, incremental=self.incremental
+        )
+        st = summary.stages
         if self.cfg.random_weights:
             log.warning(RANDOM_WEIGHTS_NOTICE)
-        checkpoint = preflight(self.cfg)
-        summary.recovered = len(self.store.recover())
-        files, unreadable = list_videos(inputs)
+        _warn_ephemeral(self.cfg.db.path)
+        with _timed(st, "preflight"):
+            checkpoint = preflight(self.cfg)
+        self.store.record_run(summary.run_id, started, self.version, summary.as_dict(), finished=False)
+        with _timed(st, "recover"):
+            summary.recovered = len(self.store.recover())
+        with _timed(st, "list"):
+            files, unreadable = list_videos(inputs)
         summary.videos_seen = len(files) + len(unreadable)
+        quarantined = self._quarantined()
         for bad in unreadable:
-            self._fail(summary, bad.path, "", "list", "UnreadableFile", bad.reason)
-        todo, changed = self.plan(files, summary)
-        if todo:
-            self.store.begin([self._video_row(f) for f in todo])
-            self._stream(todo, changed, checkpoint, summary)
+            if bad.path in quarantined:
+                summary.quarantined += 1
+            else:
+                self._fail(summary, bad.path, "", "list", "UnreadableFile", bad.reason)
+        with _timed(st, "plan"):
+            plan = self.plan(files, summary, quarantined)
+        if self.incremental:
+            with _timed(st, "prune"):
+                pruned = prune(self.store, roots=[i for i in inputs if os.path.isdir(i)])
+            summary.pruned, summary.pruned_paths = len(pruned), [p["path"] for p in pruned]
+        if plan.todo:
+            self.store.begin([self._video_row(f) for f in plan.todo])
+            self._stream(plan, checkpoint, summary)
+        if self.cfg.maintenance.after_index and (summary.indexed or summary.pruned or summary.moved):
+            with _timed(st, "maintain"):
+                if needs_maintenance(self.store, self.cfg.maintenance):
+                    summary.maintenance = maintain(self.store, self.cfg.maintenance)
         summary.wall_s = time.monotonic() - t0
         self.store.record_run(summary.run_id, started, self.version, summary.as_dict())
         return summary
@@ -160,9 +251,11 @@ class Runner:
             "indexed_at": None,
         }
 
-    def _stream(self, todo: list[VideoFile], changed: set[str], checkpoint: str | None, summary: RunSummary) -> None:
+    def _stream(self, plan: Plan, checkpoint: str | None, summary: RunSummary) -> None:
         from tqdm import tqdm
 
+        st = summary.stages
+        todo = plan.todo
         by_id = {f.video_id: f for f in todo}
         assembler = Assembler(
             self.cfg.segments, self.cfg.detect if self.cfg.detect.enabled else None, self.cfg.decode.fps, self.dim
@@ -175,7 +268,12 @@ class Runner:
         pending: list[tuple[dict[str, Any], dict[str, pa.Table]]] = []
         last_commit = time.monotonic()
         bar = tqdm(total=len(todo), unit="video", disable=not self.progress, desc="indexing")
-        for batch in ds.iter_batches(batch_size=None, batch_format="numpy"):
+        batches = iter(ds.iter_batches(batch_size=None, batch_format="numpy"))
+        while True:
+            with _timed(st, "graph"):  # the driver waiting on the Ray graph
+                batch = next(batches, None)
+            if batch is None:
+                break
             for row in rows_of(select_driver_columns(batch)):
                 vid = str(row["video_id"])
                 if vid in finished:
@@ -185,7 +283,8 @@ class Runner:
                     finished.add(vid)
                     buffers.pop(vid, None)
                     self._fail(summary, f.path, vid, "decode", "DecodeError", str(row["error"]))
-                    self.store.delete_videos([vid]) if vid not in changed else None
+                    if vid not in plan.reindexed:  # a re-indexed video keeps its complete rows
+                        self.store.delete_videos([vid])
                     bar.update(1)
                     continue
                 buf = buffers.setdefault(vid, _VideoBuffer())
@@ -193,18 +292,20 @@ class Runner:
                 buf.rows[int(row["sample_idx"])] = row
                 if len(buf.rows) == buf.expected:
                     finished.add(vid)
-                    pending.append(self._assemble(assembler, f, buffers.pop(vid), summary, vid in changed))
+                    with _timed(st, "assemble"):
+                        pending.append(self._assemble(assembler, f, buffers.pop(vid), summary, plan.is_change(vid)))
                     bar.update(1)
                     bar.set_postfix(frames=summary.frames)
             if pending and (
                 len(pending) >= self.cfg.db.commit_every_videos
                 or time.monotonic() - last_commit > self.cfg.db.commit_every_s
             ):
-                self._commit(pending)
+                self._commit(pending, plan, st)
                 pending, last_commit = [], time.monotonic()
         if pending:
-            self._commit(pending)
+            self._commit(pending, plan, st)
         bar.close()
+        summary.graph_stages = graph_stage_times(ds, self.cfg)
         for vid in set(by_id) - finished:  # the graph ended without all of a video's frames
             self._fail(
                 summary,
@@ -214,7 +315,7 @@ class Runner:
                 "Incomplete",
                 "the pipeline ended before all sampled frames arrived",
             )
-            if vid not in changed:
+            if vid not in plan.reindexed:
                 self.store.delete_videos([vid])
 
     def _assemble(
@@ -238,18 +339,23 @@ class Runner:
         summary.frames += tables[S.FRAMES].num_rows
         summary.segments += tables[S.SEGMENTS].num_rows
         summary.tracks += tables[S.TRACKS].num_rows
+        summary.thumbnails += tables[S.THUMBNAILS].num_rows
         video = self._video_row(f, meta)
         video["run_id"] = summary.run_id
         return video, tables
 
-    def _commit(self, pending: list[tuple[dict[str, Any], dict[str, pa.Table]]]) -> None:
+    def _commit(
+        self, pending: list[tuple[dict[str, Any], dict[str, pa.Table]]], plan: Plan, stages: dict[str, float]
+    ) -> None:
+        """One commit of a group of finished videos (see ``Store.commit`` for the order of writes)."""
         tables: dict[str, list[pa.Table]] = {}
         for _, t in pending:
             for name, rows in t.items():
                 tables.setdefault(name, []).append(rows)
-        self.store.commit([v for v, _ in pending], tables)
-        for v, _ in pending:
-            self.store.clear_failure(v["path"])
+        with _timed(stages, "commit"):
+            self.store.commit([v for v, _ in pending], tables, reindexed=plan.reindexed, replaces=plan.replaces)
+            for v, _ in pending:
+                self.store.clear_failure(v["path"])
 
     def _fail(self, summary: RunSummary, path: str, video_id: str, stage: str, error_type: str, message: str) -> None:
         summary.failed += 1
@@ -263,14 +369,66 @@ def _objects(items: list[Any]) -> np.ndarray:
     return out
 
 
-def _exists(path: str) -> bool:
-    import os
+def _holds(path: str, video_id: str, listed: dict[str, str]) -> bool:
+    """Whether ``path`` still holds the content ``video_id`` (a copy, not a move): by this run's listing when the
+    path was listed, else by its existence (an unlisted file is not fingerprinted)."""
+    return listed[path] == video_id if path in listed else os.path.exists(path)
 
-    return os.path.exists(path)
+
+def _warn_ephemeral(db: str) -> None:
+    if os.environ.get("RAY_JOB_SUBMISSION_ID") and "://" not in db and not os.path.isabs(db):
+        log.warning(
+            "database path %r is relative inside a submitted Ray job: it lands in the job's temporary working "
+            "directory; give an absolute shared path or an object-store URI",
+            db,
+        )
 
 
-def run_index(cfg: Config, inputs: list[str], progress: bool = True, retry_failed: bool = False) -> RunSummary:
-    return Runner(cfg, progress=progress, retry_failed=retry_failed).run(inputs)
+def graph_stage_times(ds: Any, cfg: Config) -> dict[str, dict[str, float]]:
+    """Ray Data's per-operator totals (task wall seconds summed over workers, CPU seconds, tasks), named after
+    the graph's stages in order (fused operators get joined names). Empty when Ray offers no stats."""
+    stages = ["decode", *(["detect"] if cfg.detect.enabled else []), "preprocess", "embed"]
+    try:
+        ops = [op for s in _lineage(ds._get_stats_summary()) for op in s.operators_stats]  # ds.stats() is text
+    except Exception:  # noqa: BLE001 - stats are a report, never a reason to fail a run
+        return {}
+    out: dict[str, dict[str, float]] = {}
+    k = 0
+    for op in ops:
+        names = []
+        for part in op.operator_name.split("->"):
+            if part.startswith("MapBatches") and k < len(stages):
+                names.append(stages[k])
+                k += 1
+        if not names:
+            continue
+        wall, cpu = op.wall_time or {}, op.cpu_time or {}
+        out["+".join(names)] = {
+            "wall_s": round(float(_stat(wall, "sum")), 3),
+            "cpu_s": round(float(_stat(cpu, "sum")), 3),
+            "tasks": int(_stat(wall, "count")),
+        }
+    return out
+
+
+def _lineage(summary: Any) -> list[Any]:
+    """A stats summary and its parents, upstream first (each executed part of the graph is one summary)."""
+    out = []
+    for parent in summary.parents or []:
+        out += _lineage(parent)
+    return [*out, summary]
+
+
+def _stat(summary: Any, key: str) -> float:
+    if isinstance(summary, dict):
+        return float(summary.get(key, 0) or 0)
+    return float(getattr(summary, key, 0) or 0)
+
+
+def run_index(
+    cfg: Config, inputs: list[str], progress: bool = True, retry_failed: bool = False, incremental: bool = False
+) -> RunSummary:
+    return Runner(cfg, progress=progress, retry_failed=retry_failed, incremental=incremental).run(inputs)
 
 
 def utc(ts: float) -> dt.datetime:

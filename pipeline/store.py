@@ -1,18 +1,26 @@
 """The LanceDB database: tables, the single-committer write protocol, failures and run records.
 
-Exactly-once protocol (all writes come from the one committer in the driver):
-1. ``begin(videos)`` writes each video's ``videos`` row with status ``started``.
-2. ``commit(...)`` writes the rows of a group of finished videos to every content table (merge on the
-   deterministic key, so a retried commit cannot duplicate), deletes rows of those videos that the new
-   version no longer has, then flips the videos to ``complete`` in one ``merge_insert``.
+Exactly-once protocol (all writes come from the one committer in the driver, under the database lock of
+``pipeline/lock.py``; Ray workers only produce Arrow-able batches, so LanceDB never sees concurrent writers and
+there are no commit conflicts to retry):
+1. ``begin(videos)`` writes each new video's ``videos`` row with status ``started``.
+2. ``commit(...)`` writes the rows of a group of finished videos to every content table (``merge_insert`` on
+   the deterministic key, so a retried commit cannot duplicate), then flips the videos to ``complete`` in one
+   ``merge_insert``. For a video re-indexed under a new pipeline version (same id, still ``complete`` with its
+   old rows), the new rows overwrite the old ones key by key and only then are the old keys the new version no
+   longer has deleted; for a file whose content changed (new id), the old video's rows are deleted only after
+   the new video is ``complete``. A reader therefore never finds a re-indexed video missing.
 3. ``recover()`` at start deletes every content row of videos still ``started`` (a crashed run).
-Readers only trust videos that are ``complete``.
+Readers only trust videos that are ``complete`` and read ``videos`` before the content tables, so rows written
+by a run in progress are invisible to them.
 """
 
 from __future__ import annotations
 
 import datetime as dt
 import json
+import os
+import signal
 from collections.abc import Iterable
 from typing import Any
 
@@ -37,26 +45,43 @@ def in_list(column: str, values: Iterable[str]) -> str:
     return f"{column} IN ({', '.join(quote(v) for v in values)})"
 
 
-class Store:
-    """Typed access to the database at ``uri`` for embeddings of width ``dim``."""
+#: Test hook: ``VIDSEARCH_FAULT=after-rows:N`` makes the process SIGKILL itself in its N-th commit, after the
+#: content rows are written and before the videos are marked complete (the worst moment for a crash).
+FAULT_ENV = "VIDSEARCH_FAULT"
+_commits = 0
 
-    def __init__(self, uri: str, dim: int) -> None:
+
+def _fault_point(point: str) -> None:
+    spec = os.environ.get(FAULT_ENV, "")
+    if spec.partition(":")[0] == point and str(_commits) == spec.partition(":")[2]:
+        os.kill(os.getpid(), signal.SIGKILL)
+
+
+class Store:
+    """Typed access to the database at ``uri`` for embeddings of width ``dim``.
+
+    Tables are re-checked for new versions on every read (``read_consistency_s=0``), so a long-lived reader
+    (the search server) sees each commit of a concurrent index run as soon as it lands.
+    """
+
+    def __init__(self, uri: str, dim: int, read_consistency_s: float | None = 0.0) -> None:
         self.uri = uri
         self.dim = dim
-        self.db = lancedb.connect(uri)
+        interval = None if read_consistency_s is None else dt.timedelta(seconds=read_consistency_s)
+        self.db = lancedb.connect(uri, read_consistency_interval=interval)
         self._tables: dict[str, Any] = {}
 
     # -- tables -------------------------------------------------------------------------------------------
     def table(self, name: str) -> Any:
         if name not in self._tables:
-            if name in self.db.table_names(limit=1000):
+            if self.exists(name):
                 self._tables[name] = self.db.open_table(name)
             else:
                 self._tables[name] = self.db.create_table(name, schema=S.table_schema(name, self.dim), exist_ok=True)
         return self._tables[name]
 
     def exists(self, name: str) -> bool:
-        return name in self.db.table_names(limit=1000)
+        return name in self._tables or name in self.db.list_tables(limit=1000).tables
 
     def rows(self, name: str, where: str | None = None, columns: list[str] | None = None) -> pa.Table:
         if not self.exists(name):
@@ -81,22 +106,41 @@ class Store:
             rows = [{**v, "status": S.STATUS_STARTED} for v in fresh]
             self._upsert(S.VIDEOS, pa.Table.from_pylist(rows, schema=S.videos_schema()))
 
-    def commit(self, videos: list[dict[str, Any]], tables: dict[str, list[pa.Table]]) -> None:
-        """Write the content rows of ``videos`` to every table, then mark the videos complete."""
+    def commit(
+        self,
+        videos: list[dict[str, Any]],
+        tables: dict[str, list[pa.Table]],
+        reindexed: Iterable[str] = (),
+        replaces: dict[str, list[str]] | None = None,
+    ) -> None:
+        """Write the content rows of ``videos`` to every table, then mark the videos complete.
+
+        ``reindexed``: ids among ``videos`` that already had complete rows (a new pipeline version); their
+        keys the new rows no longer have are deleted after the new rows are in. ``replaces``: new id -> ids of
+        the videos whose file it replaced (same path, new content), deleted once the new video is complete.
+        """
+        global _commits
+        _commits += 1
         ids = [v["video_id"] for v in videos]
+        reset = set(reindexed)
+        again = [i for i in ids if i in reset]
         for name in S.CONTENT_TABLES:
             parts = [t for t in tables.get(name, []) if t.num_rows]
             new = pa.concat_tables(parts) if parts else S.table_schema(name, self.dim).empty_table()
+            key = S.KEYS[name]
+            old_keys = (
+                set(self.rows(name, in_list("video_id", again), [key]).column(key).to_pylist()) if again else set()
+            )
             if new.num_rows:
                 self._upsert(name, new)
-            key = S.KEYS[name]
-            stale = f"{in_list('video_id', ids)}"
-            if new.num_rows:
-                stale += f" AND NOT {in_list(key, new.column(key).to_pylist())}"
-            if self.exists(name):
-                self.table(name).delete(stale)
+            stale = old_keys - set(new.column(key).to_pylist())
+            if stale:
+                self.table(name).delete(in_list(key, sorted(stale)))
+        _fault_point("after-rows")
         rows = [{**v, "status": S.STATUS_COMPLETE, "indexed_at": now()} for v in videos]
         self._upsert(S.VIDEOS, pa.Table.from_pylist(rows, schema=S.videos_schema()))
+        old_ids = sorted({o for i in ids for o in (replaces or {}).get(i, []) if o not in ids})
+        self.delete_videos(old_ids)
 
     def _upsert(self, name: str, rows: pa.Table) -> None:
         table = self.table(name)
@@ -135,15 +179,27 @@ class Store:
     def update_path(self, video_id: str, path: str) -> None:
         self.table(S.VIDEOS).update(where=f"video_id = {quote(video_id)}", values={"path": path})
 
+    def status_counts(self) -> dict[str, int]:
+        """Videos per status (``started`` ones belong to a run in progress or a crashed one)."""
+        counts: dict[str, int] = {}
+        for status in self.rows(S.VIDEOS, columns=["status"]).column("status").to_pylist():
+            counts[status] = counts.get(status, 0) + 1
+        return counts
+
     # -- failures and runs ----------------------------------------------------------------------------------
     def record_failure(
         self, path: str, video_id: str, stage: str, error_type: str, message: str, quarantine_after: int
     ) -> int:
-        """Add or bump a failure of (path, stage); returns its attempt count."""
+        """Add or bump a failure of (path, stage); returns its attempt count.
+
+        Attempts count only while the content stays the same: a file replaced by new content (another
+        ``video_id``) starts again from one.
+        """
         fid = S.make_id("failure", path, stage)
         old = self.rows(S.FAILURES, f"failure_id = {quote(fid)}")
-        attempts = (old.column("attempts")[0].as_py() if old.num_rows else 0) + 1
-        first = old.column("first_seen")[0].as_py() if old.num_rows else now()
+        same = bool(old.num_rows) and old.column("video_id")[0].as_py() == video_id
+        attempts = (old.column("attempts")[0].as_py() if same else 0) + 1
+        first = old.column("first_seen")[0].as_py() if same else now()
         row = {
             "failure_id": fid,
             "path": path,
@@ -163,15 +219,32 @@ class Store:
         if self.exists(S.FAILURES):
             self.table(S.FAILURES).delete(f"path = {quote(path)}")
 
-    def quarantined_paths(self) -> set[str]:
-        return set(self.rows(S.FAILURES, "quarantined = true", ["path"]).column("path").to_pylist())
+    def quarantined(self) -> dict[str, set[str]]:
+        """Quarantined path -> the video ids (content) that failed there (``""`` for a file that never listed)."""
+        out: dict[str, set[str]] = {}
+        for r in self.rows(S.FAILURES, "quarantined = true", ["path", "video_id"]).to_pylist():
+            out.setdefault(r["path"], set()).add(r["video_id"] or "")
+        return out
 
-    def record_run(self, run_id: str, started: dt.datetime, version: str, summary: dict[str, Any]) -> None:
+    def quarantined_paths(self) -> set[str]:
+        return set(self.quarantined())
+
+    def record_run(
+        self, run_id: str, started: dt.datetime, version: str, summary: dict[str, Any], finished: bool = True
+    ) -> None:
+        """Write (or overwrite) a run's row; a row with no ``finished_at`` is a run in progress or one that died."""
         row = {
             "run_id": run_id,
             "started_at": started,
-            "finished_at": now(),
+            "finished_at": now() if finished else None,
             "pipeline_version": version,
             "summary_json": json.dumps(summary, default=str),
         }
         self._upsert(S.RUNS, pa.Table.from_pylist([row], schema=S.runs_schema()))
+
+    def runs(self, last: int | None = None) -> list[dict[str, Any]]:
+        """Run rows, newest first, with ``summary`` parsed."""
+        rows = sorted(self.rows(S.RUNS).to_pylist(), key=lambda r: r["started_at"], reverse=True)
+        for r in rows:
+            r["summary"] = json.loads(r.pop("summary_json") or "{}")
+        return rows[:last] if last else rows

@@ -1,0 +1,244 @@
+"""Index maintenance after ingest: vector indexes chosen by table size, scalar indexes on the filter columns,
+full-text indexes on class names and paths, and compaction; and ``prune``, which removes the rows of videos
+whose files are gone.
+
+- **Vector indexes** (``embedding`` of segments, frames, tracks): below ``vector_index_min_rows`` none (exact
+  search is fast and exact there); above, ``index_type`` with the configured parameters, cosine distance (what
+  search uses). ``build_vector_index`` is the one function that builds it, so benchmarks measure what
+  production builds. Rebuilt when the configured type changes or the table grew ``retrain_growth`` times since
+  the build; in between ``optimize()`` folds new rows into the existing index.
+- **Scalar indexes** on the columns search filters and joins on (``SCALAR_INDEXES``) above
+  ``scalar_index_min_rows``; **FTS** (LanceDB's native inverted index) on class names and paths whenever a
+  table has rows, since a full-text query needs one.
+- **Compaction**: ``table.optimize()`` merges small fragments (one per commit), updates every index with the
+  rows added since it was built, and removes versions older than ``keep_versions_s``.
+
+Readers keep working throughout: every step commits a new table version (Lance is multi-version), and a
+reader keeps the version it opened until it re-checks, so it sees either the old or the new layout, never a
+half-built one. Maintenance writes, so it runs under the database lock (the index run already holds it).
+Builds are recorded as ``maintain`` runs in the ``runs`` table (rows at build time drive the retrain rule).
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import logging
+import math
+import time
+import uuid
+from typing import Any
+
+from pipeline import schema as S
+from pipeline.catalog import gone
+from pipeline.config import MaintenanceConfig
+from pipeline.store import Store, now, quote
+
+log = logging.getLogger(__name__)
+
+VECTOR_COLUMN = "embedding"
+VECTOR_INDEX = "embedding_idx"
+METRIC = "cosine"  # must match the distance search uses
+
+#: Per table: column -> scalar index type (BTREE for keys, ids and ranges; BITMAP for few distinct values;
+#: LABEL_LIST for list columns filtered with array_has_any).
+SCALAR_INDEXES: dict[str, dict[str, str]] = {
+    S.VIDEOS: {"video_id": "BTREE", "status": "BITMAP", "pipeline_version": "BITMAP"},
+    S.FRAMES: {"frame_id": "BTREE", "video_id": "BTREE", "t": "BTREE", "class_names": "LABEL_LIST"},
+    S.SEGMENTS: {
+        "segment_id": "BTREE",
+        "video_id": "BTREE",
+        "start_s": "BTREE",
+        "end_s": "BTREE",
+        "class_names": "LABEL_LIST",
+    },
+    S.TRACKS: {
+        "track_id": "BTREE",
+        "video_id": "BTREE",
+        "class_name": "BITMAP",
+        "t_first": "BTREE",
+        "t_last": "BTREE",
+        "duration_s": "BTREE",
+    },
+    S.THUMBNAILS: {"thumb_id": "BTREE", "video_id": "BTREE"},
+}
+#: Per table: columns with a full-text index.
+FTS_INDEXES: dict[str, list[str]] = {
+    S.VIDEOS: ["path"],
+    S.TRACKS: ["class_name"],
+    S.SEGMENTS: ["class_names"],
+    S.FRAMES: ["class_names"],
+}
+
+
+def _index_config(cfg: MaintenanceConfig, n_rows: int, dim: int) -> Any:
+    from lancedb.index import IvfFlat, IvfHnswPq, IvfHnswSq, IvfPq, IvfSq
+
+    partitions = cfg.num_partitions or max(1, round(math.sqrt(n_rows)))
+    partitions = max(1, min(partitions, n_rows))
+    sub_vectors = cfg.num_sub_vectors or next(d for d in range(max(1, dim // 8), 0, -1) if dim % d == 0)
+    common = {"distance_type": METRIC, "num_partitions": partitions}
+    hnsw = {"m": cfg.hnsw_m, "ef_construction": cfg.hnsw_ef_construction}
+    return {
+        "IVF_PQ": lambda: IvfPq(**common, num_sub_vectors=sub_vectors),
+        "IVF_HNSW_SQ": lambda: IvfHnswSq(**common, **hnsw),
+        "IVF_HNSW_PQ": lambda: IvfHnswPq(**common, **hnsw, num_sub_vectors=sub_vectors),
+        "IVF_SQ": lambda: IvfSq(**common),
+        "IVF_FLAT": lambda: IvfFlat(**common),
+    }[cfg.index_type]()
+
+
+def build_vector_index(table: Any, cfg: MaintenanceConfig, n_rows: int, force: bool = False) -> dict[str, Any] | None:
+    """Build (or replace) the vector index on ``table.embedding`` for a table of ``n_rows`` rows.
+
+    Below ``cfg.vector_index_min_rows`` nothing is built and ``None`` is returned (exact search), unless
+    ``force``. Otherwise ``cfg.index_type`` with ``num_partitions`` (default about sqrt(n_rows)),
+    ``num_sub_vectors`` (PQ; default dim/8), ``hnsw_m``/``hnsw_ef_construction`` (HNSW) and cosine distance.
+    Returns what was built. Queries tune recall with ``cfg.nprobes`` and ``cfg.refine_factor``.
+    """
+    if n_rows < cfg.vector_index_min_rows and not force:
+        return None
+    dim = table.schema.field(VECTOR_COLUMN).type.list_size
+    index = _index_config(cfg, n_rows, dim)
+    t0 = time.monotonic()
+    table.create_index(VECTOR_COLUMN, config=index, replace=True, name=VECTOR_INDEX)
+    built = {
+        "index_type": cfg.index_type,
+        "rows": n_rows,
+        "num_partitions": index.num_partitions,
+        "seconds": round(time.monotonic() - t0, 3),
+    }
+    log.info("built %s on %s rows in %.1f s", cfg.index_type, n_rows, built["seconds"])
+    return built
+
+
+def _last_builds(store: Store) -> dict[str, dict[str, Any]]:
+    """Table -> the most recent vector-index build recorded by a ``maintain`` run."""
+    builds: dict[str, dict[str, Any]] = {}
+    for run in store.runs():  # newest first
+        for table, built in run["summary"].get("vector_index_builds", {}).items():
+            builds.setdefault(table, built)
+    return builds
+
+
+def index_state(table: Any) -> list[dict[str, Any]]:
+    """Every index of ``table``: name, type, columns, rows indexed and not yet indexed."""
+    out = []
+    for ix in table.list_indices():
+        st = table.index_stats(ix.name)
+        out.append(
+            {
+                "name": ix.name,
+                "type": st.index_type if st else str(ix.index_type),
+                "columns": list(ix.columns),
+                "indexed_rows": st.num_indexed_rows if st else None,
+                "unindexed_rows": st.num_unindexed_rows if st else None,
+            }
+        )
+    return out
+
+
+def _maintain_table(
+    store: Store, name: str, cfg: MaintenanceConfig, last_build: dict[str, Any] | None, force: bool
+) -> tuple[dict[str, Any], dict[str, Any] | None]:
+    table = store.table(name)
+    n = table.count_rows()
+    report: dict[str, Any] = {"rows": n, "actions": []}
+    existing = {ix["name"]: ix for ix in index_state(table)}
+    built = None
+    if name in S.LEVELS and n:
+        vec = existing.get(VECTOR_INDEX)
+        if vec is None:
+            rebuild = n >= cfg.vector_index_min_rows or force
+        else:  # a changed index type, or a table that outgrew the partitions it was trained with
+            grown = last_build is not None and n >= cfg.retrain_growth * max(1, int(last_build["rows"]))
+            rebuild = vec["type"] != cfg.index_type or grown
+        if rebuild:
+            built = build_vector_index(table, cfg, n, force=True)
+            report["actions"].append(f"vector index {cfg.index_type} on {n} rows")
+    if n >= cfg.scalar_index_min_rows:
+        for column, kind in SCALAR_INDEXES.get(name, {}).items():
+            ix_name = f"{column}_{kind.lower()}"
+            if ix_name not in existing:
+                table.create_scalar_index(column, index_type=kind, replace=True, name=ix_name)
+                report["actions"].append(f"{kind} index on {column}")
+    if cfg.fts and n:
+        for column in FTS_INDEXES.get(name, []):
+            ix_name = f"{column}_fts"
+            if ix_name not in existing:
+                table.create_fts_index(column, replace=True, name=ix_name)
+                report["actions"].append(f"FTS index on {column}")
+    small = int(table.stats()["fragment_stats"]["num_small_fragments"])
+    unindexed = sum(int(ix["unindexed_rows"] or 0) for ix in existing.values())
+    if force or small >= cfg.compact_min_fragments or unindexed:
+        table.optimize(cleanup_older_than=dt.timedelta(seconds=cfg.keep_versions_s))
+        report["actions"].append(f"optimize ({small} small fragments, {unindexed} unindexed rows)")
+    report["indexes"] = index_state(table)
+    return report, built
+
+
+def needs_maintenance(store: Store, cfg: MaintenanceConfig) -> bool:
+    """Cheap check: a table with enough rows but no vector index, missing scalar/FTS indexes, rows not yet in
+    an index, or too many small fragments."""
+    builds = _last_builds(store)
+    for name in (*S.CONTENT_TABLES, S.VIDEOS):
+        if not store.exists(name):
+            continue
+        table = store.table(name)
+        n = table.count_rows()
+        names = {ix.name for ix in table.list_indices()}
+        if name in S.LEVELS and n >= cfg.vector_index_min_rows and VECTOR_INDEX not in names:
+            return True
+        if name in S.LEVELS and VECTOR_INDEX in names and name in builds:
+            if n >= cfg.retrain_growth * max(1, int(builds[name]["rows"])):
+                return True
+        if n >= cfg.scalar_index_min_rows and any(
+            f"{c}_{k.lower()}" not in names for c, k in SCALAR_INDEXES.get(name, {}).items()
+        ):
+            return True
+        if cfg.fts and n and any(f"{c}_fts" not in names for c in FTS_INDEXES.get(name, [])):
+            return True
+        if any((table.index_stats(ix) or _Empty).num_unindexed_rows for ix in names):
+            return True
+        if int(table.stats()["fragment_stats"]["num_small_fragments"]) >= cfg.compact_min_fragments:
+            return True
+    return False
+
+
+class _Empty:
+    num_unindexed_rows = 0
+
+
+def maintain(store: Store, cfg: MaintenanceConfig, force: bool = False) -> dict[str, Any]:
+    """Bring every table's indexes and layout up to date; returns (and records in ``runs``) a report.
+
+    ``force``: compact every table and build vector indexes even below ``vector_index_min_rows``.
+    """
+    started, t0 = now(), time.monotonic()
+    builds = _last_builds(store)
+    report: dict[str, Any] = {"kind": "maintain", "tables": {}, "vector_index_builds": {}}
+    for name in (S.VIDEOS, *S.CONTENT_TABLES):
+        if not store.exists(name):
+            continue
+        tr, built = _maintain_table(store, name, cfg, builds.get(name), force)
+        report["tables"][name] = tr
+        if built:
+            report["vector_index_builds"][name] = built
+    report["wall_s"] = round(time.monotonic() - t0, 3)
+    store.record_run(f"maintain-{uuid.uuid4()}", started, "", report)
+    return report
+
+
+def prune(store: Store, roots: list[str] | None = None, dry_run: bool = False) -> list[dict[str, str]]:
+    """Remove every row of the indexed videos whose file is gone (and their failure records); returns them.
+
+    ``roots``: only files inside these folders, and only folders that exist (see ``catalog.gone``); ``None``:
+    every indexed video. A moved file is not gone: the index run that sees it at its new path updates the path
+    first (``index --incremental`` plans before it prunes).
+    """
+    videos = store.rows(S.VIDEOS, columns=["video_id", "path"]).to_pylist()
+    missing = gone(videos, roots)
+    if not dry_run:
+        store.delete_videos([v["video_id"] for v in missing])
+        for f in gone(store.rows(S.FAILURES, columns=["path"]).to_pylist(), roots):
+            store.table(S.FAILURES).delete(f"path = {quote(f['path'])}")
+    return missing

@@ -1,0 +1,268 @@
+"""The store's exactly-once protocol, failures and quarantine, pruning and the database lock, on LanceDB in
+``tmp_path`` with rows built from the real schemas (no Ray, no models)."""
+
+from __future__ import annotations
+
+import os
+import signal
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pyarrow as pa
+import pytest
+
+from pipeline import schema as S
+from pipeline.lock import EXIT_LOCKED, DatabaseLock, LockBusy, lock_path
+from pipeline.maintenance import prune
+from pipeline.store import Store
+
+DIM = 8
+ROOT = Path(__file__).resolve().parent.parent
+
+
+def video_row(vid: str, path: str = "/videos/x.mp4", version: str = "v1") -> dict:
+    return {
+        "video_id": vid,
+        "fingerprint": f"fp-{vid}",
+        "path": path,
+        "size_bytes": 1,
+        "duration_s": 4.0,
+        "fps": 25.0,
+        "n_frames": 100,
+        "width": 64,
+        "height": 48,
+        "rotation": 0,
+        "backend": "test",
+        "n_samples": 4,
+        "status": S.STATUS_STARTED,
+        "pipeline_version": version,
+        "run_id": "",
+        "indexed_at": None,
+    }
+
+
+def content(vid: str, times: list[float], seed: int = 0, classes: tuple[str, ...] = ("person", "dog")) -> dict:
+    """One video's rows for every content table; keys derive from (video, t) like the assembler's."""
+    rng = np.random.default_rng(seed)
+    n = len(times)
+    emb = pa.FixedSizeListArray.from_arrays(pa.array(rng.normal(size=n * DIM).astype(np.float32)), DIM)
+    fid = [S.make_id("frame", vid, t) for t in times]
+    names = [[classes[i % len(classes)]] for i in range(n)]
+    frames = pa.table(
+        {
+            "frame_id": fid,
+            "video_id": [vid] * n,
+            "t": pa.array(times, pa.float64()),
+            "frame_idx": pa.array([int(t * 25) for t in times], pa.int64()),
+            "embedding": emb,
+            "boxes": pa.array([[] for _ in times], pa.list_(S.BOX)),
+            "class_names": pa.array(names, pa.list_(pa.string())),
+        },
+        schema=S.frames_schema(DIM),
+    )
+    segments = pa.table(
+        {
+            "segment_id": [S.make_id("segment", vid, t) for t in times],
+            "video_id": [vid] * n,
+            "start_s": pa.array(times, pa.float64()),
+            "end_s": pa.array([t + 1 for t in times], pa.float64()),
+            "n_frames": pa.array([1] * n, pa.int32()),
+            "embedding": emb,
+            "thumb_id": fid,
+            "class_names": pa.array(names, pa.list_(pa.string())),
+        },
+        schema=S.segments_schema(DIM),
+    )
+    tracks = pa.table(
+        {
+            "track_id": [S.make_id("track", vid, i) for i in range(n)],
+            "video_id": [vid] * n,
+            "tracker_id": pa.array(range(n), pa.int64()),
+            "class_name": [classes[i % len(classes)] for i in range(n)],
+            "conf_mean": pa.array([0.5] * n, pa.float32()),
+            "t_first": pa.array(times, pa.float64()),
+            "t_last": pa.array(times, pa.float64()),
+            "duration_s": pa.array([0.0] * n, pa.float64()),
+            "n_obs": pa.array([1] * n, pa.int32()),
+            "trajectory": pa.array([[] for _ in times], pa.list_(S.OBSERVATION)),
+            "embedding": emb,
+            "best_t": pa.array(times, pa.float64()),
+            "best_box": pa.array([[0.1, 0.1, 0.5, 0.5]] * n, pa.list_(pa.float32(), 4)),
+            "thumb_id": fid,
+        },
+        schema=S.tracks_schema(DIM),
+    )
+    thumbs = pa.table(
+        {
+            "thumb_id": fid,
+            "video_id": [vid] * n,
+            "t": pa.array(times, pa.float64()),
+            "width": pa.array([4] * n, pa.int32()),
+            "height": pa.array([3] * n, pa.int32()),
+            "jpeg": pa.array([b"jpeg"] * n, pa.binary()),
+        },
+        schema=S.thumbnails_schema(),
+    )
+    return {S.FRAMES: frames, S.SEGMENTS: segments, S.TRACKS: tracks, S.THUMBNAILS: thumbs}
+
+
+def tables_of(*groups: dict) -> dict[str, list[pa.Table]]:
+    return {name: [g[name] for g in groups] for name in S.CONTENT_TABLES}
+
+
+def keys(store: Store, name: str, where: str | None = None) -> list[str]:
+    return sorted(store.rows(name, where, [S.KEYS[name]]).column(S.KEYS[name]).to_pylist())
+
+
+def test_commit_then_crash_leftovers_are_recovered_and_a_retried_commit_adds_nothing(tmp_path) -> None:
+    store = Store(str(tmp_path / "db"), DIM)
+    store.begin([video_row("a", "/v/a.mp4"), video_row("b", "/v/b.mp4")])
+    assert store.status_counts() == {S.STATUS_STARTED: 2}
+    a, b = content("a", [0.0, 1.0, 2.0]), content("b", [0.0, 1.0], seed=1)
+    store.commit([video_row("a", "/v/a.mp4")], tables_of(a))
+    # "b" dies half-written: its rows are in every table but it never became complete.
+    for name in S.CONTENT_TABLES:
+        store._upsert(name, b[name])
+    assert store.count(S.FRAMES, "video_id = 'b'") == 2
+    assert store.complete_ids() == {"a"}
+
+    assert store.recover() == ["b"]
+    for name in (*S.CONTENT_TABLES, S.VIDEOS):
+        assert store.count(name, "video_id = 'b'") == 0, name
+    assert store.count(S.FRAMES, "video_id = 'a'") == 3
+
+    store.commit([video_row("a", "/v/a.mp4")], tables_of(a))  # a retried commit of the same group
+    for name in S.CONTENT_TABLES:
+        ids = keys(store, name)
+        assert len(ids) == len(set(ids)) == 3, name
+    assert store.count(S.VIDEOS) == 1 and store.complete_ids() == {"a"}
+
+
+def test_reindex_overwrites_then_drops_stale_keys_and_never_leaves_the_video_without_rows(tmp_path) -> None:
+    store = Store(str(tmp_path / "db"), DIM)
+    store.begin([video_row("a")])
+    store.commit([video_row("a")], tables_of(content("a", [0.0, 1.0, 2.0, 3.0])))
+    first_version = store.table(S.FRAMES).version
+
+    # New pipeline version samples differently: t=2,3 are kept (same keys), 0,1 are gone, 4,5 are new.
+    store.begin([video_row("a", version="v2")])  # a complete video stays complete while it is re-indexed
+    assert store.complete_ids() == {"a"}
+    store.commit([video_row("a", version="v2")], tables_of(content("a", [2.0, 3.0, 4.0, 5.0], seed=9)), {"a"})
+
+    assert sorted(store.rows(S.FRAMES, columns=["t"]).column("t").to_pylist()) == [2.0, 3.0, 4.0, 5.0]
+    assert store.complete_videos().column("pipeline_version").to_pylist() == ["v2"]
+    table = store.table(S.FRAMES)
+    seen = []
+    for v in range(first_version, table.version + 1):  # every version a reader could have opened
+        table.checkout(v)
+        seen.append(sorted(table.to_arrow().column("t").to_pylist()))
+    table.checkout_latest()
+    assert all(rows for rows in seen), seen  # the video always had rows
+    # The new rows landed before the stale ones left: some version holds old and new together.
+    assert any({0.0, 4.0} <= set(rows) for rows in seen), seen
+
+
+def test_a_replaced_file_drops_the_old_video_only_when_the_new_one_is_complete(tmp_path) -> None:
+    store = Store(str(tmp_path / "db"), DIM)
+    store.begin([video_row("old", "/v/a.mp4")])
+    store.commit([video_row("old", "/v/a.mp4")], tables_of(content("old", [0.0, 1.0])))
+    store.begin([video_row("new", "/v/a.mp4")])
+    assert store.count(S.FRAMES, "video_id = 'old'") == 2  # begin touches nothing of the old video
+    store.commit([video_row("new", "/v/a.mp4")], tables_of(content("new", [0.0])), replaces={"new": ["old"]})
+    for name in (*S.CONTENT_TABLES, S.VIDEOS):
+        assert store.count(name, "video_id = 'old'") == 0, name
+    assert store.complete_ids() == {"new"}
+
+
+def test_failures_count_attempts_quarantine_after_n_and_restart_for_new_content(tmp_path) -> None:
+    store = Store(str(tmp_path / "db"), DIM)
+    attempts = [store.record_failure("/v/bad.mp4", "x", "decode", "DecodeError", "boom", 3) for _ in range(3)]
+    assert attempts == [1, 2, 3]
+    assert store.quarantined() == {"/v/bad.mp4": {"x"}}
+    row = store.rows(S.FAILURES).to_pylist()[0]
+    assert row["quarantined"] and row["attempts"] == 3 and row["error_type"] == "DecodeError"
+    # The file was replaced by other content: a fresh start, not quarantined.
+    assert store.record_failure("/v/bad.mp4", "y", "decode", "DecodeError", "boom", 3) == 1
+    assert store.quarantined() == {}
+    store.clear_failure("/v/bad.mp4")
+    assert store.count(S.FAILURES) == 0
+
+
+def test_prune_removes_only_videos_whose_files_are_gone_under_existing_roots(tmp_path) -> None:
+    (tmp_path / "archive").mkdir()
+    kept = tmp_path / "archive" / "kept.mp4"
+    kept.write_bytes(b"x")
+    store = Store(str(tmp_path / "db"), DIM)
+    rows = [
+        video_row("kept", str(kept)),
+        video_row("gone", str(tmp_path / "archive" / "gone.mp4")),
+        video_row("elsewhere", str(tmp_path / "other" / "gone.mp4")),
+    ]
+    store.begin(rows)
+    store.commit(rows, tables_of(*(content(r["video_id"], [0.0]) for r in rows)))
+    store.record_failure(str(tmp_path / "archive" / "broken.mp4"), "z", "decode", "DecodeError", "boom", 3)
+
+    assert prune(store, roots=[str(tmp_path / "unmounted")]) == []  # a missing root prunes nothing
+    assert [v["video_id"] for v in prune(store, roots=[str(tmp_path / "archive")], dry_run=True)] == ["gone"]
+    assert store.complete_ids() == {"kept", "gone", "elsewhere"}
+    assert [v["video_id"] for v in prune(store, roots=[str(tmp_path / "archive")])] == ["gone"]
+    assert store.complete_ids() == {"kept", "elsewhere"} and store.count(S.FRAMES, "video_id = 'gone'") == 0
+    assert store.count(S.FAILURES) == 0  # the failure of a file that is gone goes too
+    assert [v["video_id"] for v in prune(store)] == ["elsewhere"]
+
+
+HOLDER = """
+import sys, time
+from pipeline.lock import DatabaseLock
+with DatabaseLock(sys.argv[1], "index"):
+    print("locked", flush=True)
+    time.sleep(120)
+"""
+
+
+def test_lock_refuses_a_second_writer_names_the_holder_and_dies_with_it(tmp_path) -> None:
+    db = str(tmp_path / "db")
+    holder = subprocess.Popen(
+        [sys.executable, "-c", HOLDER, db], cwd=ROOT, stdout=subprocess.PIPE, text=True, env={**os.environ}
+    )
+    try:
+        assert holder.stdout.readline().strip() == "locked"
+        with pytest.raises(LockBusy) as err:
+            DatabaseLock(db, "index").acquire()
+        assert f"pid {holder.pid}" in str(err.value) and db in str(err.value)
+        holder.send_signal(signal.SIGKILL)  # no clean-up code runs: the kernel still releases the lock
+        holder.wait(timeout=30)
+        with DatabaseLock(db, "index"):
+            with DatabaseLock(db, "maintain"):  # re-entrant within one process (CLI, then runner)
+                pass
+            assert "index" in Path(lock_path(db)).read_text()
+        assert Path(lock_path(db)).read_text() == ""  # released
+    finally:
+        if holder.poll() is None:
+            holder.kill()
+    assert EXIT_LOCKED == 75
+
+
+def test_object_store_databases_lock_a_local_file_keyed_by_uri(tmp_path) -> None:
+    a = lock_path("s3://bucket/a", str(tmp_path))
+    assert a.parent == tmp_path and a != lock_path("s3://bucket/b", str(tmp_path))
+    assert lock_path(str(tmp_path / "db")) == tmp_path / "db" / ".vidsearch.lock"
+    with DatabaseLock("s3://bucket/a", "index", str(tmp_path)):
+        assert a.exists()
+
+
+def test_cli_second_writer_exits_75_with_a_message(tmp_path) -> None:
+    db = str(tmp_path / "db")
+    with DatabaseLock(db, "index"):
+        proc = subprocess.run(
+            [sys.executable, str(ROOT / "run_pipeline.py"), "prune", "--config", "tiny", "--db", db],
+            cwd=ROOT,
+            capture_output=True,
+            text=True,
+            timeout=300,
+        )
+    assert proc.returncode == EXIT_LOCKED, proc.stderr
+    assert "another vidsearch run is writing to" in proc.stderr and f"pid {os.getpid()}" in proc.stderr
+    assert "Traceback" not in proc.stderr
