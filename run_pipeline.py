@@ -23,9 +23,18 @@ def parser() -> argparse.ArgumentParser:
     p = sub.add_parser("index", help="index files, folders (recursive) or globs")
     p.add_argument("paths", nargs="+")
     _common(p)
-    p.add_argument("--address", default=os.environ.get("RAY_ADDRESS"), help="Ray cluster address (default: local Ray)")
+    p.add_argument(
+        "--address",
+        default=os.environ.get("RAY_ADDRESS"),
+        help="Ray cluster address, e.g. auto or HOST:6379 (default: $RAY_ADDRESS, else ray.address, else a local Ray)",
+    )
     p.add_argument("--retry-failed", action="store_true", help="retry quarantined videos")
-    p.add_argument("--summary-json", help="also write the run summary to this file")
+    p.add_argument(
+        "--incremental",
+        action="store_true",
+        help="scheduled-run mode: also prune videos whose files are gone from the given folders",
+    )
+    p.add_argument("--summary-json", help="also write the run summary as JSON to this file ('-': stdout)")
     p.add_argument("--no-progress", action="store_true")
 
     p = sub.add_parser("search", help="search by text or by example image")
@@ -41,6 +50,20 @@ def parser() -> argparse.ArgumentParser:
     p.add_argument("--min-track-duration", type=float)
     p.add_argument("--min-score", type=float)
     p.add_argument("--rerank", default="default", help="re-ranker name, or 'none'")
+    p.add_argument("--json", action="store_true", help="print JSON")
+
+    p = sub.add_parser("prune", help="remove the rows of indexed videos whose files are gone")
+    _common(p)
+    p.add_argument("--under", action="append", help="only files inside this folder (repeatable)")
+    p.add_argument("--dry-run", action="store_true", help="list what would be removed")
+
+    p = sub.add_parser("maintain", help="build/refresh vector, scalar and full-text indexes; compact tables")
+    _common(p)
+    p.add_argument("--force", action="store_true", help="compact everything; vector indexes even on small tables")
+
+    p = sub.add_parser("status", help="videos by state, rows, indexes, pipeline versions, runs, quarantined files")
+    _common(p)
+    p.add_argument("--runs", type=int, default=5, help="how many recent runs to show")
     p.add_argument("--json", action="store_true", help="print JSON")
     return ap
 
@@ -61,7 +84,7 @@ def start_ray(cfg: Any, address: str | None) -> None:
         return
     address = address or cfg.ray.address
     if address:
-        ray.init(address=address, log_to_driver=False)
+        ray.init(address=address, log_to_driver=False, runtime_env=cfg.ray.runtime_env)
     else:
         ray.init(num_cpus=cfg.ray.num_cpus, include_dashboard=False, log_to_driver=False)
 
@@ -73,12 +96,65 @@ def cmd_index(args: argparse.Namespace) -> int:
     if cfg.random_weights:
         print(RANDOM_WEIGHTS_NOTICE, file=sys.stderr)
     preflight(cfg)  # a missing checkpoint stops the run here, before Ray starts or anything is written
-    start_ray(cfg, args.address)
-    summary = run_index(cfg, args.paths, progress=not args.no_progress, retry_failed=args.retry_failed)
+    from pipeline.lock import DatabaseLock
+
+    with DatabaseLock(cfg.db.path, "index", cfg.db.lock_dir):  # a second run exits here, before Ray starts
+        start_ray(cfg, args.address)
+        summary = run_index(
+            cfg,
+            args.paths,
+            progress=not args.no_progress,
+            retry_failed=args.retry_failed,
+            incremental=args.incremental,
+        )
     print(summary.text())
-    if args.summary_json:
+    if args.summary_json == "-":
+        print(json.dumps(summary.as_dict(), indent=2, default=str))
+    elif args.summary_json:
         with open(args.summary_json, "w") as f:
             json.dump(summary.as_dict(), f, indent=2, default=str)
+    return 0
+
+
+def _store(cfg: Any) -> Any:
+    from operators.encoders import embedding_dim
+    from pipeline.store import Store
+
+    return Store(cfg.db.path, embedding_dim(cfg.encoder))
+
+
+def cmd_prune(args: argparse.Namespace) -> int:
+    from pipeline.lock import DatabaseLock
+    from pipeline.maintenance import prune
+
+    cfg = _config(args)
+    with DatabaseLock(cfg.db.path, "prune", cfg.db.lock_dir):
+        removed = prune(_store(cfg), roots=args.under, dry_run=args.dry_run)
+    verb = "would remove" if args.dry_run else "removed"
+    print(f"{verb} {len(removed)} videos whose files are gone")
+    for v in removed:
+        print(f"  {v['path']}")
+    return 0
+
+
+def cmd_maintain(args: argparse.Namespace) -> int:
+    from pipeline.lock import DatabaseLock
+    from pipeline.maintenance import maintain
+
+    cfg = _config(args)
+    with DatabaseLock(cfg.db.path, "maintain", cfg.db.lock_dir):
+        report = maintain(_store(cfg), cfg.maintenance, force=args.force)
+    for table, r in report["tables"].items():
+        print(f"{table}: {r['rows']} rows; " + ("; ".join(r["actions"]) or "nothing to do"))
+    return 0
+
+
+def cmd_status(args: argparse.Namespace) -> int:
+    from pipeline.status import collect, format_status
+
+    cfg = _config(args)
+    st = collect(_store(cfg), cfg.pipeline_version(), last_runs=args.runs)
+    print(json.dumps(st, indent=2, default=str) if args.json else format_status(st))
     return 0
 
 
@@ -126,7 +202,13 @@ def cmd_search(args: argparse.Namespace) -> int:
     return 0
 
 
-COMMANDS = {"index": cmd_index, "search": cmd_search}
+COMMANDS = {
+    "index": cmd_index,
+    "search": cmd_search,
+    "prune": cmd_prune,
+    "maintain": cmd_maintain,
+    "status": cmd_status,
+}
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -134,6 +216,7 @@ def main(argv: list[str] | None = None) -> int:
     args = parser().parse_args(argv)
     from operators.encoders import MissingCheckpointError
     from pipeline.config import ConfigError
+    from pipeline.lock import EXIT_LOCKED, LockBusy
     from pipeline.search import SearchError
 
     try:
@@ -141,6 +224,9 @@ def main(argv: list[str] | None = None) -> int:
     except (MissingCheckpointError, ConfigError, SearchError) as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 2
+    except LockBusy as exc:  # cron/CronJob: another run is still going; this one leaves without touching anything
+        print(f"vidsearch: {exc}; exiting without doing anything (exit code {EXIT_LOCKED})", file=sys.stderr)
+        return EXIT_LOCKED
 
 
 if __name__ == "__main__":

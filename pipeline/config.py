@@ -9,7 +9,7 @@ from __future__ import annotations
 import hashlib
 import json
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal
 
 import yaml
 from pydantic import Field, ValidationError
@@ -27,6 +27,9 @@ CONFIG_DIR = Path(__file__).resolve().parent.parent / "configs"
 class RayConfig(StrictModel):
     address: str | None = None  # None: start a local Ray; "auto" or ray://...: join a cluster
     num_cpus: int | None = None  # for a local Ray only
+    # Passed to ray.init when joining a cluster without `ray job submit` (e.g. {"working_dir": "."} to ship the
+    # code, {"env_vars": {...}}); a submitted job already carries its own runtime_env.
+    runtime_env: dict[str, Any] | None = None
     # Fractional CPU requests so every stage can run at once on a 2-core machine (actors hold their CPU for
     # their lifetime; whole-CPU actors would starve the decode tasks). Each worker caps torch at one thread
     # per whole CPU it asked for (at least one).
@@ -40,15 +43,29 @@ class DbConfig(StrictModel):
     path: str = "./vidsearch_db"
     commit_every_videos: int = 8  # completed videos committed together (fewer, larger LanceDB fragments)
     commit_every_s: float = 30.0
+    # Where the write lock of an object-store database lives (local disk of the driver); a local database keeps
+    # its lock inside its own directory. See pipeline/lock.py.
+    lock_dir: str | None = None
 
 
 class MaintenanceConfig(StrictModel):
+    """Index maintenance after ingest (pipeline/maintenance.py); the vector-index parameters need measured
+    recall before they are trusted (benchmarks/)."""
+
     vector_index_min_rows: int = 50_000  # below this, exact search is fast and exact
-    index_type: str = "IVF_HNSW_SQ"
+    index_type: Literal["IVF_PQ", "IVF_HNSW_SQ", "IVF_HNSW_PQ", "IVF_SQ", "IVF_FLAT"] = "IVF_HNSW_SQ"
     num_partitions: int | None = None  # None: about sqrt(rows)
+    num_sub_vectors: int | None = None  # PQ only; None: dim / 8 (a divisor of dim)
+    hnsw_m: int = 20  # HNSW graph degree (IVF_HNSW_*)
+    hnsw_ef_construction: int = 300
     nprobes: int = 32
     refine_factor: int | None = 5
+    retrain_growth: float = 2.0  # rebuild the vector index when a table grew this many times since it was built
     scalar_index_min_rows: int = 10_000
+    fts: bool = True  # full-text indexes on class names and paths
+    compact_min_fragments: int = 16  # compact (optimize) a table once it has this many small fragments
+    keep_versions_s: float = 7 * 24 * 3600.0  # optimize() removes table versions older than this
+    after_index: bool = True  # run the needed maintenance at the end of every `index` that changed rows
 
 
 class FailureConfig(StrictModel):
