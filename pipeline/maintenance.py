@@ -87,6 +87,12 @@ def _index_config(cfg: MaintenanceConfig, n_rows: int, dim: int) -> Any:
     }[cfg.index_type]()
 
 
+def _scalar_config(kind: str) -> Any:
+    from lancedb.index import Bitmap, BTree, LabelList
+
+    return {"BTREE": BTree, "BITMAP": Bitmap, "LABEL_LIST": LabelList}[kind]()
+
+
 def build_vector_index(table: Any, cfg: MaintenanceConfig, n_rows: int, force: bool = False) -> dict[str, Any] | None:
     """Build (or replace) the vector index on ``table.embedding`` for a table of ``n_rows`` rows.
 
@@ -140,6 +146,8 @@ def index_state(table: Any) -> list[dict[str, Any]]:
 def _maintain_table(
     store: Store, name: str, cfg: MaintenanceConfig, last_build: dict[str, Any] | None, force: bool
 ) -> tuple[dict[str, Any], dict[str, Any] | None]:
+    from lancedb.index import FTS
+
     table = store.table(name)
     n = table.count_rows()
     report: dict[str, Any] = {"rows": n, "actions": []}
@@ -159,13 +167,13 @@ def _maintain_table(
         for column, kind in SCALAR_INDEXES.get(name, {}).items():
             ix_name = f"{column}_{kind.lower()}"
             if ix_name not in existing:
-                table.create_scalar_index(column, index_type=kind, replace=True, name=ix_name)
+                table.create_index(column, config=_scalar_config(kind), replace=True, name=ix_name)
                 report["actions"].append(f"{kind} index on {column}")
     if cfg.fts and n:
         for column in FTS_INDEXES.get(name, []):
             ix_name = f"{column}_fts"
             if ix_name not in existing:
-                table.create_fts_index(column, replace=True, name=ix_name)
+                table.create_index(column, config=FTS(), replace=True, name=ix_name)
                 report["actions"].append(f"FTS index on {column}")
     small = int(table.stats()["fragment_stats"]["num_small_fragments"])
     unindexed = sum(int(ix["unindexed_rows"] or 0) for ix in existing.values())
