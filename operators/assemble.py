@@ -99,7 +99,8 @@ class Assembler:
         for k in np.unique(window):
             idx = np.flatnonzero(window == k)
             start = float(k * w)
-            end = float(min((k + 1) * w, max(duration_s, t[idx[-1]] + 1.0 / self.sample_fps)))
+            video_end = duration_s if duration_s > 0 else t[idx[-1]] + 1.0 / self.sample_fps
+            end = float(max(min((k + 1) * w, video_end), t[idx[-1]]))  # never past the video's end
             middle = idx[np.argmin(np.abs(t[idx] - (start + end) / 2))]
             out.append(
                 {

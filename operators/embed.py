@@ -39,6 +39,7 @@ class Preprocess(Operator):
             _register_model_config(self.cfg.model, self.cfg.architecture)
         model_cfg = open_clip.get_model_config(self.cfg.model)
         size = model_cfg["vision_cfg"]["image_size"] if model_cfg else 224
+        self.size = int(size if isinstance(size, int) else size[0])
         self.transform = open_clip.image_transform(
             size, is_train=False, resize_mode=self.cfg.resize_mode, interpolation="bicubic"
         )
@@ -51,10 +52,8 @@ class Preprocess(Operator):
             self.transform(Image.fromarray(f)).numpy() if good else None
             for f, good in zip(batch["frame"], ok, strict=True)
         ]
-        shape = next((p.shape for p in pixels if p is not None), (3, 1, 1))
-        batch["pixels"] = np.stack([p if p is not None else np.zeros(shape, np.float32) for p in pixels]).astype(
-            np.float32
-        )
+        empty = np.zeros((3, self.size, self.size), np.float32)  # failure rows carry no picture
+        batch["pixels"] = np.stack([p if p is not None else empty for p in pixels]).astype(np.float32)
         return batch
 
 
@@ -81,9 +80,14 @@ class Embed(Operator):
     def __call__(self, batch: Batch) -> Batch:
         enc = self.encoder
         assert enc is not None, "call setup() first"
-        emb, grids = enc.encode_pixels(batch["pixels"])
         ok = batch["error"] == ""
-        emb[~ok] = 0.0
+        emb = np.zeros((len(ok), enc.dim), np.float32)
+        grids: list[np.ndarray | None] = [None] * len(ok)
+        if ok.any():
+            good_emb, good_grids = enc.encode_pixels(batch["pixels"][ok])
+            emb[ok] = good_emb
+            for i, g in zip(np.flatnonzero(ok), good_grids, strict=True):
+                grids[i] = g
         if "det_boxes" in batch and self.regions.mode != "none":
             regions = []
             for i, boxes in enumerate(batch["det_boxes"]):
