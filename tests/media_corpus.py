@@ -495,9 +495,29 @@ REPLACED = "replaced.mp4"
 def replace_file(folder: str | os.PathLike[str]) -> None:
     """Swap ``replaced.mp4`` for different content (atomically, like a re-upload)."""
     path = Path(folder) / REPLACED
-    tmp = path.with_suffix(".tmp")
+    tmp = path.with_name(".replacing.mp4")
     encode(tmp, source_frames(8), rate=8)
     os.replace(tmp, path)
+
+
+def decode_peak_rss(path: str) -> tuple[int, int, str]:
+    """Peak RSS (bytes) after decoding a small clip, then after decoding ``path``, and the chunk shapes.
+
+    Meant for a fresh process (this module imports nothing heavy), so the peaks are the decoder's own.
+    """
+    import resource
+
+    from operators.decode import Decode, DecodeConfig
+
+    def peak() -> int:
+        return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024
+
+    dec = Decode(DecodeConfig(max_side=320))
+    for _ in dec.iter_video("small", str(TESTDATA / SOURCE)):
+        pass
+    base = peak()
+    shapes = [str(c["frame"].shape) + c["error"][0] for c in dec.iter_video("8k", path)]
+    return base, peak(), ";".join(shapes)
 
 
 def remove_corpus(out_dir: str | os.PathLike[str]) -> None:
