@@ -11,14 +11,15 @@ from __future__ import annotations
 import fnmatch
 import io
 import math
+import sys
 from dataclasses import asdict, dataclass, field
 from typing import Any, Literal
 
 import numpy as np
-from pydantic import BaseModel, ConfigDict, Field, field_validator
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
 
 from operators.encoders import OpenClipEncoder, build_encoder, embedding_dim
-from operators.rerank import Query, RerankInput, build_reranker
+from operators.rerank import RERANKERS, Query, RerankInput, build_reranker
 from pipeline import schema as S
 from pipeline.config import Config
 from pipeline.store import Store, in_list, quote
@@ -44,13 +45,16 @@ class Filters(BaseModel):
     min_track_duration: float | None = None
     min_score: float | None = None
 
-    @field_validator("video_ids", "classes")
+    @field_validator("video_ids", "classes", "path_glob")
     @classmethod
-    def _strings(cls, v: list[str] | None) -> list[str] | None:
-        if v is not None:
-            for s in v:
-                if len(s) > MAX_VALUE_CHARS or "\x00" in s:
-                    raise ValueError("filter values must be under 1000 characters with no NUL")
+    def _strings(cls, v: list[str] | str | None) -> list[str] | str | None:
+        for s in [v] if isinstance(v, str) else v or []:
+            if len(s) > MAX_VALUE_CHARS or "\x00" in s:
+                raise ValueError("filter values must be under 1000 characters with no NUL")
+            try:
+                s.encode("utf-8")  # lone surrogates (e.g. from a JSON "\ud800" escape) cannot reach the engine
+            except UnicodeEncodeError:
+                raise ValueError("filter values must be valid Unicode text") from None
         return v
 
     @field_validator("time_range")
@@ -70,6 +74,19 @@ class Filters(BaseModel):
         return v
 
 
+def parse_filters(filters: Filters | dict[str, Any] | None) -> Filters | None:
+    """``filters`` as a validated ``Filters``; anything invalid is a ``SearchError`` naming the field."""
+    if filters is None or isinstance(filters, Filters):
+        return filters
+    if not isinstance(filters, dict):
+        raise SearchError("filters must be a mapping of filter names to values")
+    try:
+        return Filters.model_validate(filters)
+    except ValidationError as exc:
+        problems = "; ".join(f"{'.'.join(str(p) for p in e['loc']) or 'filters'}: {e['msg']}" for e in exc.errors())
+        raise SearchError(f"invalid filters: {problems}") from None
+
+
 #: Per level: the columns a filter may touch.
 _TIME_COLUMNS = {"frames": ("t", "t"), "segments": ("start_s", "end_s"), "tracks": ("t_first", "t_last")}
 
@@ -80,6 +97,8 @@ def compile_filters(filters: Filters | None, level: Level, video_paths: dict[str
     Column names are checked against the level's schema; values are quoted or formatted as floats.
     ``video_paths`` (video id -> path) resolves ``path_glob`` to ids, so no pattern reaches SQL.
     """
+    if level not in S.LEVELS:
+        raise SearchError(f"level must be one of {', '.join(S.LEVELS)}")
     if filters is None:
         return None
     columns = set(S.table_schema(level, 1).names)
@@ -160,15 +179,15 @@ class Searcher:
     def embed_query(self, text: str | None, image: Any) -> Query:
         if (text is None) == (image is None):
             raise SearchError("give exactly one of a text query or an image")
-        enc = self._encoder()
-        if text is not None:
+        if text is not None:  # checked before the encoder loads, so a bad request is refused at once
             if not isinstance(text, str) or not text.strip():
                 raise SearchError("the query text is empty")
             if len(text) > self.cfg.search.max_query_chars:
                 raise SearchError(f"the query is longer than {self.cfg.search.max_query_chars} characters")
+            enc = self._encoder()
             return Query(enc.encode_text([text])[0], enc.encode_text_tokens(text), text=text)
         rgb = load_image(image)
-        emb = enc.encode_images([rgb])[0]
+        emb = self._encoder().encode_images([rgb])[0]
         return Query(emb, emb[None], image=rgb)
 
     # -- search ---------------------------------------------------------------------------------------------
@@ -185,9 +204,10 @@ class Searcher:
             raise SearchError(f"level must be one of {', '.join(S.LEVELS)}")
         if not isinstance(k, int) or isinstance(k, bool) or not 1 <= k <= self.cfg.search.max_k:
             raise SearchError(f"k must be an integer from 1 to {self.cfg.search.max_k}")
-        if isinstance(filters, dict):
-            filters = Filters.model_validate(filters)
+        filters = parse_filters(filters)
         reranker = self.cfg.search.rerank if rerank == "default" else rerank
+        if reranker is not None and reranker not in RERANKERS:
+            raise SearchError(f"unknown re-ranker '{reranker}'; choose one of {', '.join(RERANKERS)} or none")
         query = self.embed_query(text, image)
         videos = {
             r["video_id"]: r["path"] for r in self.store.complete_videos().select(["video_id", "path"]).to_pylist()
@@ -337,11 +357,18 @@ def load_image(image: Any, max_pixels: int = 40_000_000) -> np.ndarray:
         if image.ndim != 3 or image.shape[2] != 3:
             raise SearchError("an image array must be H x W x 3")
         return image.astype(np.uint8)
+    # ultralytics replaces PIL's Image.open with a wrapper that answers an unidentifiable file by trying to
+    # pip-install a HEIF plugin; an uploaded non-image must never do that, so use PIL's own opener.
+    patched = sys.modules.get("ultralytics.utils.patches")
+    pil_open = getattr(patched, "_image_open", Image.open) if patched else Image.open
     try:
         src = io.BytesIO(image) if isinstance(image, bytes | bytearray) else image
-        with Image.open(src) as im:
+        with pil_open(src) as im:
             if im.width * im.height > max_pixels:
                 raise SearchError(f"the image is too large ({im.width}x{im.height}); the limit is {max_pixels} pixels")
             return np.asarray(im.convert("RGB"))
-    except (UnidentifiedImageError, OSError, Image.DecompressionBombError) as exc:
+    except SearchError:
+        raise
+    except (UnidentifiedImageError, OSError, Image.DecompressionBombError, ValueError, SyntaxError) as exc:
+        # Pillow's decoders report corrupt input with any of these
         raise SearchError(f"the upload is not a readable image ({type(exc).__name__})") from None
