@@ -68,27 +68,38 @@ class Reranker(Protocol):
 
 
 class AttentionReranker:
-    """Cross-modal attention of query tokens over candidate embeddings; no weights of its own."""
+    """Cross-modal attention of query tokens over candidate embeddings; no weights of its own.
+
+    The embeddings are unit vectors, so Q K^T is a cosine in [-1, 1] and dividing by sqrt(d) alone would make
+    the attention nearly uniform (a plain mean of the context). Keys are therefore scaled by
+    ``logit_scale * sqrt(d)``: the attention logits become ``logit_scale * cos``, the same sharpness as a
+    CLIP similarity (its learned scale is 100), so each query token attends to the frames, regions and tracks
+    that match it. Score: mean over query tokens of cos(attended vector, pooled query).
+    """
 
     needs_keyframes = False
 
-    def __init__(self, temperature: float = 1.0) -> None:
-        self.temperature = temperature
+    def __init__(self, logit_scale: float = 100.0) -> None:
+        if not logit_scale > 0:
+            raise ValueError("logit_scale must be positive")
+        self.logit_scale = logit_scale
 
     def setup(self) -> None:
         pass
 
     def score(self, query: Query, candidates: list[RerankInput]) -> list[float]:
-        q = query.tokens if len(query.tokens) else query.embedding[None]
+        q = np.asarray(query.tokens if len(query.tokens) else query.embedding[None], dtype=np.float64)
+        pooled = np.asarray(query.embedding, dtype=np.float64)
         scores = []
         for c in candidates:
             if len(c.context) == 0:
                 scores.append(c.stage1_score)
                 continue
-            kv = np.asarray(c.context, dtype=np.float64) / self.temperature
-            attended, _ = scaled_dot_product_attention(q, kv, np.asarray(c.context, dtype=np.float64))
+            v = np.asarray(c.context, dtype=np.float64)
+            k = v * (self.logit_scale * np.sqrt(v.shape[-1]))
+            attended, _ = scaled_dot_product_attention(q, k, v)
             attended /= np.maximum(np.linalg.norm(attended, axis=-1, keepdims=True), 1e-12)
-            scores.append(float(np.mean(attended @ np.asarray(query.embedding, dtype=np.float64))))
+            scores.append(float(np.mean(attended @ pooled)))
         return scores
 
 

@@ -132,6 +132,12 @@ def test_attention_reranker_prefers_the_candidate_whose_context_matches_the_quer
     assert s_near > 0.95 > s_far
     assert s_empty == 0.42  # nothing to attend over: the stage-1 score stands
 
+    # One matching region among many unrelated ones: attention picks it out, where a plain mean would not.
+    unit = lambda x: x / np.linalg.norm(x, axis=-1, keepdims=True)  # noqa: E731
+    mixed = unit(np.vstack([near[:1], rng.standard_normal((12, 8))]))
+    (s_mixed,) = rr.score(query, [RerankInput(0.0, mixed.astype(np.float32))])
+    assert s_mixed > 0.95 and float(unit(mixed.mean(axis=0)) @ q) < 0.6
+
 
 def test_unknown_reranker_and_unknown_options_are_errors(checkpoints) -> None:
     with pytest.raises(ValueError, match="unknown re-ranker 'nope'"):
