@@ -65,6 +65,22 @@ def parser() -> argparse.ArgumentParser:
     _common(p)
     p.add_argument("--runs", type=int, default=5, help="how many recent runs to show")
     p.add_argument("--json", action="store_true", help="print JSON")
+
+    p = sub.add_parser("serve", help="HTTP API and search page over an indexed database")
+    _common(p)
+    p.add_argument("--host", default="127.0.0.1", help="interface to bind (default 127.0.0.1: this machine only)")
+    p.add_argument("--port", type=int, default=8000)
+    p.add_argument(
+        "--token",
+        default=os.environ.get("VIDSEARCH_TOKEN"),
+        help="bearer token required on every route (default: $VIDSEARCH_TOKEN, which keeps it out of `ps`)",
+    )
+    p.add_argument(
+        "--media-root",
+        dest="media_roots",
+        action="append",
+        help="stream only video files under this folder (repeatable)",
+    )
     return ap
 
 
@@ -202,12 +218,30 @@ def cmd_search(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_serve(args: argparse.Namespace) -> int:
+    from pipeline.runner import RANDOM_WEIGHTS_NOTICE
+    from pipeline.server import serve
+
+    cfg = _config(args)
+    if cfg.random_weights:
+        print(RANDOM_WEIGHTS_NOTICE, file=sys.stderr)
+    if args.host not in ("127.0.0.1", "localhost", "::1") and not args.token:
+        print(
+            f"WARNING: serving on {args.host} without a token: anyone who reaches it can search and stream",
+            file=sys.stderr,
+        )
+    print(f"serving {cfg.db.path} on http://{args.host}:{args.port}/", file=sys.stderr)
+    serve(cfg, host=args.host, port=args.port, token=args.token or None, media_roots=args.media_roots)
+    return 0
+
+
 COMMANDS = {
     "index": cmd_index,
     "search": cmd_search,
     "prune": cmd_prune,
     "maintain": cmd_maintain,
     "status": cmd_status,
+    "serve": cmd_serve,
 }
 
 

@@ -1,0 +1,206 @@
+// The results page: search by text or image, show hits with their boxes, play a hit from its start.
+"use strict";
+
+const $ = (id) => document.getElementById(id);
+const MAX_BOXES = 6; // boxes drawn per thumbnail; more only clutter a card
+
+function fmtTime(s) {
+  const m = Math.floor(s / 60);
+  const sec = (s - 60 * m).toFixed(1).padStart(4, "0");
+  return `${m}:${sec}`;
+}
+
+function basename(path) {
+  return path.split(/[\\/]/).pop();
+}
+
+function el(tag, cls, text) {
+  const node = document.createElement(tag);
+  if (cls) node.className = cls;
+  if (text !== undefined) node.textContent = text;
+  return node;
+}
+
+function say(text, kind = "") {
+  const box = $("message");
+  box.textContent = text;
+  box.className = `message ${kind}`;
+}
+
+function problem(body, status) {
+  if (body && typeof body.detail === "string") return body.detail;
+  if (body && Array.isArray(body.detail)) {
+    return body.detail.map((e) => `${(e.loc || []).filter((p) => p !== "body").join(".")}: ${e.msg}`).join("; ");
+  }
+  return `the server answered ${status}`;
+}
+
+async function api(url, options) {
+  const res = await fetch(url, { credentials: "same-origin", ...options });
+  if (res.status === 401) {
+    window.location.href = "/login";
+    throw new Error("sign in first");
+  }
+  const body = await res.json().catch(() => null);
+  if (!res.ok) throw new Error(problem(body, res.status));
+  return body;
+}
+
+function number(id) {
+  const v = $(id).value.trim();
+  return v === "" ? null : Number(v);
+}
+
+function filters() {
+  const f = {};
+  const classes = $("classes").value.split(",").map((s) => s.trim()).filter(Boolean);
+  if (classes.length) f.classes = classes;
+  if ($("path_glob").value.trim()) f.path_glob = $("path_glob").value.trim();
+  const from = number("t_from");
+  const to = number("t_to");
+  if (from !== null || to !== null) f.time_range = [from ?? 0, to ?? 1e9];
+  if (number("min_track_duration") !== null) f.min_track_duration = number("min_track_duration");
+  if (number("min_score") !== null) f.min_score = number("min_score");
+  return Object.keys(f).length ? f : null;
+}
+
+async function search(event) {
+  event.preventDefault();
+  const image = $("image").files[0];
+  const params = {
+    k: Number($("k").value) || 12,
+    level: $("level").value,
+    rerank: $("rerank").value,
+    filters: filters(),
+  };
+  let options;
+  if (image) {
+    const form = new FormData();
+    for (const [key, value] of Object.entries(params)) {
+      if (value !== null) form.append(key, typeof value === "object" ? JSON.stringify(value) : String(value));
+    }
+    form.append("image", image);
+    options = { method: "POST", body: form };
+  } else {
+    options = {
+      method: "POST",
+      headers: { "Content-Type": "application/json" },
+      body: JSON.stringify({ text: $("text").value, ...params }),
+    };
+  }
+  $("go").disabled = true;
+  say("Searching…");
+  try {
+    const body = await api("/api/search", options);
+    render(body);
+    const how = body.rerank ? `, re-ranked by ${body.rerank}` : "";
+    say(`${body.count} result${body.count === 1 ? "" : "s"} in ${Math.round(body.took_ms)} ms${how}`);
+  } catch (err) {
+    $("results").replaceChildren();
+    say(err.message, "error");
+  } finally {
+    $("go").disabled = false;
+  }
+}
+
+function thumb(result) {
+  const wrap = el("div", "thumb");
+  const img = el("img");
+  img.src = `/api/thumbnails/${encodeURIComponent(result.thumb_id)}`;
+  img.alt = `${basename(result.path)} at ${fmtTime(result.start_s)}`;
+  img.loading = "lazy";
+  wrap.append(img);
+  const boxes = [...result.boxes].sort((a, b) => b.conf - a.conf).slice(0, MAX_BOXES);
+  for (const b of boxes) {
+    const [x1, y1, x2, y2] = b.box;
+    const box = el("div", "box");
+    Object.assign(box.style, {
+      left: `${100 * x1}%`,
+      top: `${100 * y1}%`,
+      width: `${100 * (x2 - x1)}%`,
+      height: `${100 * (y2 - y1)}%`,
+    });
+    box.append(el("span", "label", b.class_name));
+    wrap.append(box);
+  }
+  wrap.append(el("span", "span-badge", `${fmtTime(result.start_s)} – ${fmtTime(result.end_s)}`));
+  return wrap;
+}
+
+function render(body) {
+  const grid = $("results");
+  grid.replaceChildren();
+  for (const r of body.results) {
+    const card = el("button", "result");
+    card.type = "button";
+    card.dataset.videoId = r.video_id;
+    card.dataset.start = String(r.start_s);
+    card.title = `Play ${basename(r.path)} from ${fmtTime(r.start_s)}`;
+    const meta = el("div", "meta");
+    const top = el("div", "row");
+    top.append(el("span", "rank", `#${r.rank}`), el("span", "score", r.score.toFixed(3)));
+    const name = el("div", "name", basename(r.path));
+    const sub = el("div", "row small");
+    sub.append(el("span", "", r.class_name ? `${r.class_name} track` : r.level.replace(/s$/, "")));
+    if (r.stage1_score !== r.score) sub.append(el("span", "", `stage 1 ${r.stage1_score.toFixed(3)}`));
+    meta.append(top, name, sub);
+    card.append(thumb(r), meta);
+    card.addEventListener("click", () => play(r, card));
+    grid.append(card);
+  }
+}
+
+function play(result, card) {
+  document.querySelectorAll(".result.active").forEach((c) => c.classList.remove("active"));
+  card.classList.add("active");
+  const video = $("video");
+  const src = `/media/${encodeURIComponent(result.video_id)}`;
+  const seek = () => {
+    video.currentTime = result.start_s;
+    video.play().catch(() => {}); // autoplay may be refused; the player is still at the start
+  };
+  $("player").hidden = false;
+  $("now").textContent = `${basename(result.path)} · from ${fmtTime(result.start_s)}`;
+  if (video.getAttribute("src") !== src) {
+    video.addEventListener("loadedmetadata", seek, { once: true });
+    video.src = src;
+  } else if (video.readyState >= 1) {
+    seek();
+  } else {
+    video.addEventListener("loadedmetadata", seek, { once: true });
+  }
+}
+
+function pickImage() {
+  const file = $("image").files[0];
+  $("image-label").textContent = file ? file.name : "Image…";
+  $("clear-image").hidden = !file;
+  $("text").disabled = Boolean(file);
+  $("text").placeholder = file ? "Searching by the chosen image" : $("text").dataset.placeholder;
+}
+
+async function start() {
+  $("text").dataset.placeholder = $("text").placeholder;
+  $("search").addEventListener("submit", search);
+  $("image").addEventListener("change", pickImage);
+  $("clear-image").addEventListener("click", () => {
+    $("image").value = "";
+    pickImage();
+  });
+  try {
+    const info = await api("/api/info");
+    const select = $("rerank");
+    select.append(new Option(`Default (${info.default_rerank || "none"})`, "default"));
+    select.append(new Option("None", "none"));
+    for (const name of info.rerankers) select.append(new Option(name, name));
+    $("k").max = String(info.max_k);
+    $("text").maxLength = info.max_query_chars;
+    const status = $("status");
+    status.append(el("span", "", `${info.videos} video${info.videos === 1 ? "" : "s"} indexed`));
+    if (info.random_weights) status.append(el("span", "warn", "random weights: results carry no meaning"));
+  } catch (err) {
+    say(err.message, "error");
+  }
+}
+
+document.addEventListener("DOMContentLoaded", start);
