@@ -74,10 +74,18 @@ class Store:
     # -- tables -------------------------------------------------------------------------------------------
     def table(self, name: str) -> Any:
         if name not in self._tables:
-            if self.exists(name):
+            schema = S.table_schema(name, self.dim)
+            if not self.exists(name):
+                self._tables[name] = self.db.create_table(name, schema=schema, exist_ok=True)
+                return self._tables[name]
+            try:
                 self._tables[name] = self.db.open_table(name)
-            else:
-                self._tables[name] = self.db.create_table(name, schema=S.table_schema(name, self.dim), exist_ok=True)
+            except ValueError as exc:
+                # Listed but without a committed version: a writer was killed while creating it. It holds no
+                # rows, so create it afresh (otherwise every later run fails to open it).
+                if "not found" not in str(exc):
+                    raise
+                self._tables[name] = self.db.create_table(name, schema=schema, mode="overwrite")
         return self._tables[name]
 
     def exists(self, name: str) -> bool:
