@@ -10,6 +10,10 @@ function fmtTime(s) {
   return `${m}:${sec}`;
 }
 
+function fmtScore(x) {
+  return (Math.abs(x) < 0.0005 ? 0 : x).toFixed(3); // never "-0.000"
+}
+
 function basename(path) {
   return path.split(/[\\/]/).pop();
 }
@@ -123,7 +127,8 @@ function thumb(result) {
     box.append(el("span", "label", b.class_name));
     wrap.append(box);
   }
-  wrap.append(el("span", "span-badge", `${fmtTime(result.start_s)} – ${fmtTime(result.end_s)}`));
+  const span = result.end_s > result.start_s ? `${fmtTime(result.start_s)} – ${fmtTime(result.end_s)}` : "";
+  wrap.append(el("span", "span-badge", span || fmtTime(result.start_s)));
   return wrap;
 }
 
@@ -138,11 +143,11 @@ function render(body) {
     card.title = `Play ${basename(r.path)} from ${fmtTime(r.start_s)}`;
     const meta = el("div", "meta");
     const top = el("div", "row");
-    top.append(el("span", "rank", `#${r.rank}`), el("span", "score", r.score.toFixed(3)));
+    top.append(el("span", "rank", `#${r.rank}`), el("span", "score", fmtScore(r.score)));
     const name = el("div", "name", basename(r.path));
     const sub = el("div", "row small");
     sub.append(el("span", "", r.class_name ? `${r.class_name} track` : r.level.replace(/s$/, "")));
-    if (r.stage1_score !== r.score) sub.append(el("span", "", `stage 1 ${r.stage1_score.toFixed(3)}`));
+    if (r.stage1_score !== r.score) sub.append(el("span", "", `stage 1 ${fmtScore(r.stage1_score)}`));
     meta.append(top, name, sub);
     card.append(thumb(r), meta);
     card.addEventListener("click", () => play(r, card));
