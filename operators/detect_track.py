@@ -116,7 +116,7 @@ class YoloPredictor:
             imgsz=self.cfg.imgsz,
             classes=self.class_ids,
             device=self.device,
-            half=self.cfg.half and self.device == "cuda",
+            **({"half": True} if self.cfg.half and self.device == "cuda" else {}),
             max_det=self.cfg.max_det,
             retina_masks=True,
             verbose=False,
