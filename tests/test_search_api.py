@@ -94,22 +94,8 @@ def test_cli_python_and_http_agree(served, searcher, indexed_db, tmp_path) -> No
     python = [
         r.as_dict() for r in searcher.search(text="a red flower", k=7, level="tracks", filters=filters, rerank=None)
     ]
-    cli = _cli(
-        [
-            "a red flower",
-            "-k",
-            "7",
-            "--level",
-            "tracks",
-            "--class",
-            cls,
-            "--min-track-duration",
-            "1",
-            "--rerank",
-            "none",
-        ],
-        db,
-    )
+    flags = ["--level", "tracks", "--class", cls, "--min-track-duration", "1", "--rerank", "none"]
+    cli = _cli(["a red flower", "-k", "7", *flags], db)
     body = {"text": "a red flower", "k": 7, "level": "tracks", "filters": filters, "rerank": None}
     web = http.post("/api/search", json=body).json()["results"]
     _same(python, cli, web)
