@@ -7,6 +7,7 @@ import json
 import logging
 import os
 import sys
+import tempfile
 from typing import Any
 
 
@@ -60,6 +61,20 @@ def parser() -> argparse.ArgumentParser:
     p = sub.add_parser("maintain", help="build/refresh vector, scalar and full-text indexes; compact tables")
     _common(p)
     p.add_argument("--force", action="store_true", help="compact everything; vector indexes even on small tables")
+
+    p = sub.add_parser("evaluate", help="retrieval quality (R@k, median rank, temporal/box IoU) on a labelled manifest")
+    p.add_argument("--manifest", required=True, help="YAML or JSONL manifest (see eval/)")
+    p.add_argument("--config", dest="configs", action="append", help="config to evaluate (repeat to compare)")
+    p.add_argument("--set", dest="overrides", action="append", default=[], metavar="SECTION.KEY=VALUE")
+    p.add_argument(
+        "--media-root", help="folder the manifest's video paths are relative to (default ../shared/testdata)"
+    )
+    p.add_argument(
+        "--work-dir", default=os.path.join(tempfile.gettempdir(), "vidsearch-eval"), help="databases, query images"
+    )
+    p.add_argument("-k", type=int, default=10)
+    p.add_argument("--address", default=os.environ.get("RAY_ADDRESS"), help="Ray cluster address (default: local Ray)")
+    p.add_argument("--json", help="also write the results as JSON to this file")
 
     p = sub.add_parser("status", help="videos by state, rows, indexes, pipeline versions, runs, quarantined files")
     _common(p)
@@ -218,6 +233,27 @@ def cmd_search(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_evaluate(args: argparse.Namespace) -> int:
+    from pipeline.evaluate import comparison_table, run_configs
+
+    results, notices = run_configs(
+        args.manifest,
+        args.configs or ["default"],
+        args.overrides,
+        args.media_root,
+        args.work_dir,
+        k=args.k,
+        start_ray=lambda cfg: start_ray(cfg, args.address),
+    )
+    for n in notices:
+        print(n)
+    print(comparison_table(results))
+    if args.json:
+        with open(args.json, "w") as f:
+            json.dump(results, f, indent=2, default=str)
+    return 0
+
+
 def cmd_serve(args: argparse.Namespace) -> int:
     from pipeline.runner import RANDOM_WEIGHTS_NOTICE
     from pipeline.server import serve
@@ -237,6 +273,7 @@ def cmd_serve(args: argparse.Namespace) -> int:
 
 COMMANDS = {
     "index": cmd_index,
+    "evaluate": cmd_evaluate,
     "search": cmd_search,
     "prune": cmd_prune,
     "maintain": cmd_maintain,

@@ -20,7 +20,7 @@ import tempfile
 from pathlib import Path
 
 from _common import PRODUCTION_RANDOM, RANDOM_BOXES, clip, header, table
-from pipeline_vs_sequential import CLIPS, QUICK_CLIPS, ray_stage_rows, run_ray
+from pipeline_vs_sequential import CLIPS, QUICK_CLIPS, run_ray, stage_report
 
 
 def main() -> None:
@@ -35,7 +35,7 @@ def main() -> None:
     from pipeline.config import load_config
 
     paths = [clip(c) for c in (QUICK_CLIPS if args.quick else CLIPS)]
-    video_s = sum(Decode(DecodeConfig()).open(p)[1].duration_s for p in paths)
+    video_s = sum(Decode(DecodeConfig()).open(p, 1e12)[1].duration_s for p in paths)
     variants = {"with boxes": [*RANDOM_BOXES, "detect.max_det=20"]}
     if not args.quick:
         variants = {"default conf (no boxes)": [], **variants}
@@ -43,9 +43,8 @@ def main() -> None:
     rows = []
     work = Path(tempfile.mkdtemp(prefix="bench-rt-"))
     for name, extra in variants.items():
-        cfg = load_config(
-            "default", [*PRODUCTION_RANDOM, "decode.fps=1.0", *extra, *args.overrides, f"db.path={work / name[:4]}"]
-        )
+        base = [*PRODUCTION_RANDOM, "decode.fps=1.0", "maintenance.after_index=false", "ray.num_cpus=2"]
+        cfg = load_config("default", [*base, *extra, *args.overrides, f"db.path={work / name[:4]}"])
         r = run_ray(cfg, paths)
         rows.append(
             {
@@ -59,8 +58,7 @@ def main() -> None:
             }
         )
         print(rows[-1], flush=True)
-        if r["ds"] is not None:
-            print(table(ray_stage_rows(r["ds"])[0]))
+        print(stage_report(r))
     print(table(rows))
 
 

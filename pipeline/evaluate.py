@@ -1,0 +1,274 @@
+"""Retrieval evaluation: index a labelled set of videos with a config, run its queries, score the hits.
+
+A manifest (YAML mapping, or JSONL with one query per line) lists queries; each names a video (relative to
+the media root), a text or an image to query with, the relevant span(s) in seconds (none: the whole video is
+relevant) and optionally relevant boxes. Image queries are made at run time from the clip itself (the frame
+nearest ``t``, optionally cropped and re-encoded as JPEG at some quality) into a cache folder, so nothing
+binary is committed.
+
+Metrics (``summarize``): R@1/R@5/R@10 (a relevant hit among the first 1/5/10), median rank of the first
+relevant hit (a query with none in the top ``k`` counts as a miss, shown as ``>k`` when it decides the
+median), mean temporal IoU of the top hit with the best matching relevant span (0 when the top hit is in
+another video) and, over the queries that label boxes, the mean best IoU between a labelled box and the top
+hit's boxes.
+
+A hit is relevant when it comes from the query's video and its span overlaps a relevant span.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import io
+import json
+import math
+import os
+import statistics
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Literal
+
+import numpy as np
+import yaml
+
+from operators.base import StrictModel
+
+Span = tuple[float, float]
+Box4 = tuple[float, float, float, float]
+
+TEXT_NEEDS_PRETRAINED = (
+    "NOTE: text queries are meaningful only with pretrained weights; config '{name}' uses randomly initialised "
+    "models, so its text-query numbers below are chance level."
+)
+
+
+class ImageSpec(StrictModel):
+    """How to make a query image from the query's own clip."""
+
+    t: float  # seconds; the frame nearest this time
+    crop: Box4 | None = None  # normalised x1, y1, x2, y2 of the frame to keep
+    jpeg_quality: int = 75
+    scale: float = 1.0  # resize factor applied after cropping
+
+
+class BoxLabel(StrictModel):
+    t: float
+    box: Box4  # normalised x1, y1, x2, y2 on the upright frame
+
+
+class QuerySpec(StrictModel):
+    id: str
+    video: str  # relative to the media root
+    text: str | None = None
+    image: ImageSpec | None = None
+    relevant: list[Span] | None = None  # None: the whole video
+    boxes: list[BoxLabel] = []
+
+
+class Manifest(StrictModel):
+    name: str = ""
+    description: str = ""
+    level: Literal["segments", "frames", "tracks"] = "segments"
+    videos: list[str] = []  # indexed besides the queries' videos (distractors)
+    queries: list[QuerySpec]
+
+    def all_videos(self) -> list[str]:
+        return list(dict.fromkeys([*self.videos, *(q.video for q in self.queries)]))
+
+
+def load_manifest(path: str | Path) -> Manifest:
+    """A YAML manifest (mapping with ``queries``) or JSONL (one query per line)."""
+    text = Path(path).read_text()
+    if str(path).endswith(".jsonl"):
+        queries = [json.loads(line) for line in text.splitlines() if line.strip()]
+        return Manifest.model_validate({"name": Path(path).stem, "queries": queries})
+    return Manifest.model_validate(yaml.safe_load(text))
+
+
+# -- metrics (pure) -----------------------------------------------------------------------------------------
+@dataclass
+class Hit:
+    path: str
+    start: float
+    end: float
+    boxes: list[Box4] = field(default_factory=list)
+
+
+def overlaps(a: Span, b: Span) -> bool:
+    return a[0] <= b[1] and b[0] <= a[1]
+
+
+def temporal_iou(a: Span, b: Span) -> float:
+    inter = max(0.0, min(a[1], b[1]) - max(a[0], b[0]))
+    union = max(a[1], b[1]) - min(a[0], b[0])
+    return inter / union if union > 0 else float(a == b)
+
+
+def box_iou(a: Box4, b: Box4) -> float:
+    w = max(0.0, min(a[2], b[2]) - max(a[0], b[0]))
+    h = max(0.0, min(a[3], b[3]) - max(a[1], b[1]))
+    inter = w * h
+    union = (a[2] - a[0]) * (a[3] - a[1]) + (b[2] - b[0]) * (b[3] - b[1]) - inter
+    return inter / union if union > 0 else 0.0
+
+
+def is_relevant(hit: Hit, video: str, spans: list[Span]) -> bool:
+    return hit.path == video and any(overlaps((hit.start, hit.end), s) for s in spans)
+
+
+def score_query(hits: list[Hit], video: str, spans: list[Span], boxes: list[Box4], hit_pad: float = 0.5) -> dict:
+    """Rank of the first relevant hit (None: none in ``hits``), top-hit temporal IoU and box IoU.
+
+    A zero-length hit (a frame) is widened by ``hit_pad`` seconds on each side for the IoU, so that a frame
+    inside a relevant span scores above 0.
+    """
+    rank = next((i + 1 for i, h in enumerate(hits) if is_relevant(h, video, spans)), None)
+    tiou = 0.0
+    box = None
+    if hits:
+        top = hits[0]
+        span = (top.start, top.end) if top.end > top.start else (top.start - hit_pad, top.end + hit_pad)
+        if top.path == video:
+            tiou = max(temporal_iou(span, s) for s in spans)
+        if boxes:
+            box = float(np.mean([max((box_iou(b, h) for h in top.boxes), default=0.0) for b in boxes]))
+    return {"rank": rank, "tiou": tiou, "box_iou": box}
+
+
+def summarize(scores: list[dict], k: int) -> dict[str, Any]:
+    """R@1/5/10, median rank (misses rank k+1, shown as '>k'), mean temporal IoU, mean box IoU."""
+    n = len(scores)
+    ranks = [s["rank"] if s["rank"] is not None else math.inf for s in scores]
+    med = statistics.median(ranks) if ranks else math.nan
+    boxes = [s["box_iou"] for s in scores if s["box_iou"] is not None]
+    return {
+        "queries": n,
+        "R@1": sum(r <= 1 for r in ranks) / n if n else math.nan,
+        "R@5": sum(r <= 5 for r in ranks) / n if n else math.nan,
+        "R@10": sum(r <= 10 for r in ranks) / n if n else math.nan,
+        "median_rank": med if math.isfinite(med) else f">{k}",
+        "mean_tIoU": float(np.mean([s["tiou"] for s in scores])) if n else math.nan,
+        "mean_box_IoU": float(np.mean(boxes)) if boxes else None,
+    }
+
+
+# -- query images ---------------------------------------------------------------------------------------------
+def query_image(video: str, spec: ImageSpec, cache: Path) -> bytes:
+    """The JPEG query image for ``spec`` from ``video``, made once into ``cache``."""
+    key = hashlib.sha256(json.dumps([str(video), spec.model_dump()], sort_keys=True).encode()).hexdigest()[:20]
+    path = cache / f"{key}.jpg"
+    if path.exists():
+        return path.read_bytes()
+    from PIL import Image
+
+    from operators.decode import Decode, DecodeConfig
+
+    # The index samples the 1 fps grid from the first frame; its nearest sample is the frame the index holds.
+    best: tuple[float, Any] = (math.inf, None)
+    for chunk in Decode(DecodeConfig(fps=1.0, max_side=4096)).iter_video("query", video):
+        if chunk["error"][0]:
+            raise ValueError(f"cannot make a query image from {video}: {chunk['error'][0]}")
+        i = int(np.argmin(np.abs(chunk["t"] - spec.t)))
+        if abs(chunk["t"][i] - spec.t) < best[0]:
+            best = (abs(chunk["t"][i] - spec.t), chunk["frame"][i])
+    frame = best[1]
+    img = Image.fromarray(frame)
+    if spec.crop is not None:
+        x1, y1, x2, y2 = spec.crop
+        img = img.crop((round(x1 * img.width), round(y1 * img.height), round(x2 * img.width), round(y2 * img.height)))
+    if spec.scale != 1.0:
+        img = img.resize((max(1, round(img.width * spec.scale)), max(1, round(img.height * spec.scale))))
+    buf = io.BytesIO()
+    img.save(buf, format="JPEG", quality=spec.jpeg_quality)
+    cache.mkdir(parents=True, exist_ok=True)
+    path.write_bytes(buf.getvalue())
+    return buf.getvalue()
+
+
+# -- running ------------------------------------------------------------------------------------------------
+def evaluate(
+    manifest: Manifest, cfg: Any, media_root: str | Path, work_dir: str | Path, k: int = 10, index: bool = True
+) -> dict[str, Any]:
+    """Index the manifest's videos with ``cfg`` (into ``cfg.db.path``; complete videos are skipped) and score
+    every query. Ray must be started by the caller when ``index`` is true. Returns the summary plus, per
+    query, its rank."""
+    from pipeline.runner import run_index
+    from pipeline.search import Searcher, SearchResult
+
+    root = Path(media_root)
+    videos = {v: os.path.abspath(root / v) for v in manifest.all_videos()}  # the catalog's form of a path
+    missing = [v for v, p in videos.items() if not Path(p).exists()]
+    if missing:
+        raise FileNotFoundError(f"manifest videos not under {root}: {', '.join(missing)}")
+    if index:
+        summary = run_index(cfg, list(videos.values()), progress=False)
+        if summary.failed:
+            raise RuntimeError(f"indexing failed for {summary.failures}")
+    searcher = Searcher(cfg.db.path, cfg)
+    durations = {
+        r["path"]: float(r["duration_s"])
+        for r in searcher.store.complete_videos().select(["path", "duration_s"]).to_pylist()
+    }
+    cache = Path(work_dir) / "query_images"
+    scores, per_query = [], []
+    for q in manifest.queries:
+        path = videos[q.video]
+        image = query_image(path, q.image, cache) if q.image is not None else None
+        results: list[SearchResult] = searcher.search(text=q.text, image=image, k=k, level=manifest.level)
+        hits = [Hit(r.path, r.start_s, r.end_s, [tuple(b.box) for b in r.boxes]) for r in results]  # type: ignore[misc]
+        spans = q.relevant if q.relevant is not None else [(0.0, durations.get(path, math.inf))]
+        s = score_query(hits, path, spans, [b.box for b in q.boxes])
+        scores.append(s)
+        per_query.append({"id": q.id, **s})
+    return {"summary": summarize(scores, k), "queries": per_query}
+
+
+def comparison_table(results: dict[str, dict[str, Any]]) -> str:
+    """Configs side by side: one row per metric, one column per config."""
+    names = list(results)
+    metrics = list(next(iter(results.values()))["summary"])
+    lines = ["| metric | " + " | ".join(names) + " |", "|---|" + "---|" * len(names)]
+    for m in metrics:
+        cells = []
+        for n in names:
+            v = results[n]["summary"][m]
+            cells.append("n/a" if v is None else f"{v:.3f}" if isinstance(v, float) else str(v))
+        lines.append(f"| {m} | " + " | ".join(cells) + " |")
+    return "\n".join(lines)
+
+
+def default_media_root() -> Path:
+    return Path(__file__).resolve().parent.parent.parent / "shared" / "testdata"
+
+
+def run_configs(
+    manifest_path: str | Path,
+    configs: list[str],
+    overrides: list[str],
+    media_root: str | Path | None,
+    work_dir: str | Path,
+    k: int = 10,
+    start_ray: Any = None,
+) -> tuple[dict[str, dict[str, Any]], list[str]]:
+    """Evaluate ``manifest_path`` with each config (its own database under ``work_dir``, reused across runs:
+    complete videos are skipped). ``start_ray(cfg)`` is called before the first indexing. Returns the results
+    by config and the notices to print (random weights with text queries)."""
+    from pipeline.config import load_config
+    from pipeline.lock import DatabaseLock
+
+    manifest = load_manifest(manifest_path)
+    root = Path(media_root) if media_root else default_media_root()
+    results: dict[str, dict[str, Any]] = {}
+    notices: list[str] = []
+    for name in configs:
+        cfg = load_config(name, overrides)
+        db = Path(work_dir) / f"{Path(name).stem}-{cfg.pipeline_version()}"
+        cfg = load_config(name, [*overrides, f"db.path={db}", "maintenance.after_index=false"])
+        random = cfg.random_weights or cfg.encoder.pretrained is None
+        if random and any(q.text is not None for q in manifest.queries):
+            notices.append(TEXT_NEEDS_PRETRAINED.format(name=name))
+        label = f"{Path(name).stem}{' (random weights)' if random else ''}"
+        with DatabaseLock(cfg.db.path, "evaluate", cfg.db.lock_dir):
+            if start_ray is not None:
+                start_ray(cfg)
+            results[label] = evaluate(manifest, cfg, root, work_dir, k=k)
+    return results, notices
