@@ -62,6 +62,9 @@ class RerankInput:
 
 
 class Reranker(Protocol):
+    needs_context: bool  # reads RerankInput.context (the searcher skips fetching embeddings otherwise)
+    needs_keyframes: bool  # reads RerankInput.keyframe (the searcher fetches all thumbnails in one query)
+
     def setup(self) -> None: ...
 
     def score(self, query: Query, candidates: list[RerankInput]) -> list[float]: ...
@@ -77,6 +80,7 @@ class AttentionReranker:
     that match it. Score: mean over query tokens of cos(attended vector, pooled query).
     """
 
+    needs_context = True
     needs_keyframes = False
 
     def __init__(self, logit_scale: float = 100.0) -> None:
@@ -183,6 +187,7 @@ class PairReranker:
     candidate without a keyframe the score is the stage-1 score: the stage-1 order is kept.
     """
 
+    needs_context = False
     needs_keyframes = True
     name: ClassVar[str]
     model_class: ClassVar[str]

@@ -291,12 +291,14 @@ class Searcher:
 
     def _rerank(self, name: str, query: Query, level: str, results: list[SearchResult]) -> list[SearchResult]:
         rr = self.reranker(name)
-        contexts = self._contexts(level, results)
+        contexts = self._contexts(level, results) if getattr(rr, "needs_context", True) else {}
+        # Image-text re-rankers read every candidate's keyframe: fetch the thumbnails in one query, not one each.
+        jpegs = self._thumbnails([r.thumb_id for r in results]) if getattr(rr, "needs_keyframes", False) else None
         inputs = [
             RerankInput(
                 r.stage1_score,
                 contexts.get(r.id, np.zeros((0, len(query.embedding)), np.float32)),
-                keyframe=self._keyframe_loader(r.thumb_id),
+                keyframe=self._keyframe_loader(r.thumb_id, jpegs),
             )
             for r in results
         ]
@@ -336,12 +338,16 @@ class Searcher:
             out[r.id] = np.asarray(embs, dtype=np.float32).reshape(-1, self.store.dim)
         return out
 
-    def _keyframe_loader(self, thumb_id: str) -> Any:
+    def _keyframe_loader(self, thumb_id: str, jpegs: dict[str, bytes] | None = None) -> Any:
         def load() -> Any:
-            jpeg = self.thumbnail(thumb_id)
+            jpeg = jpegs.get(thumb_id) if jpegs is not None else self.thumbnail(thumb_id)
             return load_image(jpeg) if jpeg else None
 
         return load
+
+    def _thumbnails(self, thumb_ids: list[str]) -> dict[str, bytes]:
+        rows = self.store.rows(S.THUMBNAILS, in_list("thumb_id", sorted(set(thumb_ids))), ["thumb_id", "jpeg"])
+        return {r["thumb_id"]: r["jpeg"] for r in rows.to_pylist()}
 
     # -- media ----------------------------------------------------------------------------------------------
     def thumbnail(self, thumb_id: str) -> bytes | None:
