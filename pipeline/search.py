@@ -11,6 +11,7 @@ from __future__ import annotations
 import fnmatch
 import io
 import math
+import os
 import sys
 from dataclasses import asdict, dataclass, field
 from typing import Any, Literal
@@ -180,7 +181,9 @@ class Searcher:
         if (text is None) == (image is None):
             raise SearchError("give exactly one of a text query or an image")
         if text is not None:  # checked before the encoder loads, so a bad request is refused at once
-            if not isinstance(text, str) or not text.strip():
+            if not isinstance(text, str):
+                raise SearchError(f"the query text must be a string, not {type(text).__name__}")
+            if not text.strip():
                 raise SearchError("the query text is empty")
             if len(text) > self.cfg.search.max_query_chars:
                 raise SearchError(f"the query is longer than {self.cfg.search.max_query_chars} characters")
@@ -206,8 +209,8 @@ class Searcher:
             raise SearchError(f"k must be an integer from 1 to {self.cfg.search.max_k}")
         filters = parse_filters(filters)
         reranker = self.cfg.search.rerank if rerank == "default" else rerank
-        if reranker is not None and reranker not in RERANKERS:
-            raise SearchError(f"unknown re-ranker '{reranker}'; choose one of {', '.join(RERANKERS)} or none")
+        if reranker is not None and (not isinstance(reranker, str) or reranker not in RERANKERS):
+            raise SearchError(f"unknown re-ranker '{str(reranker)[:60]}'; choose one of {', '.join(RERANKERS)} or none")
         query = self.embed_query(text, image)
         videos = {
             r["video_id"]: r["path"] for r in self.store.complete_videos().select(["video_id", "path"]).to_pylist()
@@ -355,6 +358,11 @@ class Searcher:
         return rows.column("jpeg")[0].as_py() if rows.num_rows else None
 
 
+#: Formats an uploaded image may be in. Pillow would otherwise also try EPS/PDF-like formats, whose plugins hand
+#: the bytes to Ghostscript when it is installed: an uploaded file must never reach an interpreter.
+IMAGE_FORMATS = ("JPEG", "PNG", "WEBP", "GIF", "BMP", "TIFF")
+
+
 def load_image(image: Any, max_pixels: int = 40_000_000) -> np.ndarray:
     """An RGB uint8 array from a path, bytes or array; refuses decompression bombs and non-images."""
     from PIL import Image, UnidentifiedImageError
@@ -362,19 +370,28 @@ def load_image(image: Any, max_pixels: int = 40_000_000) -> np.ndarray:
     if isinstance(image, np.ndarray):
         if image.ndim != 3 or image.shape[2] != 3:
             raise SearchError("an image array must be H x W x 3")
+        h, w = image.shape[:2]
+        if not 0 < h * w <= max_pixels:  # checked on the shape: a broadcast view may claim terabytes
+            raise SearchError(f"the image array is {w}x{h}; it must have 1 to {max_pixels} pixels")
+        if image.dtype.kind not in "biuf" or (image.dtype.kind == "f" and not np.isfinite(image).all()):
+            raise SearchError("an image array must hold finite numbers (uint8 0-255)")
         return image.astype(np.uint8)
+    if not isinstance(image, bytes | bytearray | str | os.PathLike) and not hasattr(image, "read"):
+        raise SearchError(f"an image must be bytes, a file path or an H x W x 3 array, not {type(image).__name__}")
     # ultralytics replaces PIL's Image.open with a wrapper that answers an unidentifiable file by trying to
     # pip-install a HEIF plugin; an uploaded non-image must never do that, so use PIL's own opener.
     patched = sys.modules.get("ultralytics.utils.patches")
     pil_open = getattr(patched, "_image_open", Image.open) if patched else Image.open
     try:
         src = io.BytesIO(image) if isinstance(image, bytes | bytearray) else image
-        with pil_open(src) as im:
+        with pil_open(src, formats=IMAGE_FORMATS) as im:
             if im.width * im.height > max_pixels:
                 raise SearchError(f"the image is too large ({im.width}x{im.height}); the limit is {max_pixels} pixels")
             return np.asarray(im.convert("RGB"))
     except SearchError:
         raise
-    except (UnidentifiedImageError, OSError, Image.DecompressionBombError, ValueError, SyntaxError) as exc:
+    except Image.DecompressionBombError:
+        raise SearchError(f"the image is too large: its header declares far more than {max_pixels} pixels") from None
+    except (UnidentifiedImageError, OSError, ValueError, SyntaxError) as exc:
         # Pillow's decoders report corrupt input with any of these
         raise SearchError(f"the upload is not a readable image ({type(exc).__name__})") from None
