@@ -296,10 +296,10 @@ class Runner:
                         pending.append(self._assemble(assembler, f, buffers.pop(vid), summary, plan.is_change(vid)))
                     bar.update(1)
                     bar.set_postfix(frames=summary.frames)
-            if pending and (
-                len(pending) >= self.cfg.db.commit_every_videos
-                or time.monotonic() - last_commit > self.cfg.db.commit_every_s
-            ):
+                    if len(pending) >= self.cfg.db.commit_every_videos:  # at most this many videos per commit
+                        self._commit(pending, plan, st)
+                        pending, last_commit = [], time.monotonic()
+            if pending and time.monotonic() - last_commit > self.cfg.db.commit_every_s:
                 self._commit(pending, plan, st)
                 pending, last_commit = [], time.monotonic()
         if pending:
