@@ -12,7 +12,7 @@ from pathlib import Path
 from typing import Any, Literal
 
 import yaml
-from pydantic import Field, ValidationError
+from pydantic import Field, ValidationError, model_validator
 
 from operators.assemble import SegmentConfig
 from operators.base import StageResources, StrictModel
@@ -37,6 +37,18 @@ class RayConfig(StrictModel):
     detect: StageResources = StageResources(num_cpus=0.5, concurrency=1, batch_size=8)
     preprocess: StageResources = StageResources(num_cpus=0.25, concurrency=1, batch_size=16)
     embed: StageResources = StageResources(num_cpus=0.5, concurrency=1, batch_size=16)
+
+    @model_validator(mode="before")
+    @classmethod
+    def _partial_stages(cls, data: Any) -> Any:
+        """A stage given in part (``--set ray.embed.concurrency=8``) keeps this stage's defaults for the rest,
+        not ``StageResources``' (which would silently reset num_cpus to 1 and num_gpus to 0)."""
+        if isinstance(data, dict):
+            data = dict(data)
+            for name in ("decode", "detect", "preprocess", "embed"):
+                if isinstance(data.get(name), dict):
+                    data[name] = {**cls.model_fields[name].default.model_dump(), **data[name]}
+        return data
 
 
 class DbConfig(StrictModel):
