@@ -43,6 +43,7 @@ STATIC = Path(__file__).resolve().parent / "static"
 TOKEN_ENV = "VIDSEARCH_TOKEN"
 COOKIE = "vidsearch_token"
 MAX_UPLOAD_BYTES = 20 * 1024 * 1024
+MAX_JSON_BYTES = 1024 * 1024
 ID = re.compile(r"[0-9a-f]{8}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{12}")  # uuid5 ids, nothing else
 mimetypes.add_type("video/webm", ".webm")
 mimetypes.add_type("video/x-matroska", ".mkv")
@@ -276,6 +277,9 @@ def create_app(
         """JSON body (``SearchRequest``), or form fields of the same names (``filters`` as a JSON string) plus,
         in a multipart form, an ``image`` file."""
         image = None
+        declared = request.headers.get("content-length", "")
+        if declared.isdigit() and int(declared) > MAX_UPLOAD_BYTES + 2**16:  # refused before reading the body
+            return _detail(413, f"the request is larger than {MAX_UPLOAD_BYTES // 2**20} MiB")
         if request.headers.get("content-type", "").startswith(
             ("multipart/form-data", "application/x-www-form-urlencoded")
         ):
@@ -291,8 +295,13 @@ def create_app(
             if "filters" in body:
                 body["filters"] = _json_field("filters", body["filters"])
         else:
+            raw = bytearray()
+            async for chunk in request.stream():
+                raw += chunk
+                if len(raw) > MAX_JSON_BYTES:
+                    return _detail(413, f"a JSON request must be under {MAX_JSON_BYTES // 2**10} KiB")
             try:
-                body = await request.json()
+                body = json.loads(raw)
             except ValueError:
                 raise RequestValidationError([_error("body", "the body is not valid JSON")]) from None
             if not isinstance(body, dict):

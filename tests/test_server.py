@@ -302,6 +302,14 @@ def test_media_only_for_the_indexed_regular_file_inside_the_roots(indexed_db, tm
 # -- errors ------------------------------------------------------------------------------------------------------
 
 
+def _chunked(text: bytes) -> Iterator[bytes]:
+    """A JSON body sent without Content-Length (chunked), so only the server's streaming cap can stop it."""
+    yield b'{"text": "'
+    for i in range(0, len(text), 2**16):
+        yield text[i : i + 2**16]
+    yield b'"}'
+
+
 def test_bad_input_gets_a_clear_4xx_never_a_500(client, monkeypatch) -> None:
     long = "a" * 1001
     cases = [
@@ -334,6 +342,9 @@ def test_bad_input_gets_a_clear_4xx_never_a_500(client, monkeypatch) -> None:
         ("POST", "/api/search", {"files": {"image": ("x.jpg", b"GIF89a;'--", "image/jpeg")}}, 400, "not a readable"),
         ("POST", "/api/search", {"files": {"image": ("x.jpg", b"", "image/jpeg")}}, 400, "not a readable"),
         ("POST", "/api/search", {"files": {"image": ("x.jpg", b"\xff\xd8" * 600, "image/jpeg")}}, 413, "larger"),
+        ("POST", "/api/search", {"files": {"image": ("x.jpg", b"0" * 70_000, "image/jpeg")}}, 413, "request is larger"),
+        ("POST", "/api/search", {"content": _chunked(b"a" * 2**21), "headers": JSON}, 413, "JSON request must be"),
+        ("POST", "/api/search", {"content": b"\xff\xfe{}", "headers": JSON}, 422, "not valid JSON"),
         ("POST", "/api/search", {"data": {"text": "a", "filters": "{oops"}}, 422, "filters"),
         ("POST", "/api/search", {"data": {"text": "a", "k": "many"}}, 422, "k"),
     ]
