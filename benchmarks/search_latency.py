@@ -157,7 +157,8 @@ def main() -> None:
                     {
                         "rerank": name,
                         "level": level,
-                        "candidates": searcher.store.count(level) if rerank else n,
+                        "results": n,
+                        "re-ranked": min(searcher.store.count(level), args.k * cfg.search.overfetch) if rerank else 0,
                         "queries": len(times),
                         "p50 ms": pct(times, 50),
                         "p95 ms": pct(times, 95),
