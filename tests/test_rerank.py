@@ -139,6 +139,16 @@ def test_attention_reranker_prefers_the_candidate_whose_context_matches_the_quer
     assert s_mixed > 0.95 and float(unit(mixed.mean(axis=0)) @ q) < 0.6
 
 
+def test_production_config_names_valid_reranker_options() -> None:
+    from pipeline.config import load_config
+
+    options = load_config("default").search.rerankers
+    assert set(options) == {"vilt", "blip-itm"}
+    for name, opts in options.items():
+        rr = build_reranker(name, opts)  # validated, nothing loaded yet
+        assert rr.cfg.checkpoint == opts["checkpoint"] and rr.model is None
+
+
 def test_unknown_reranker_and_unknown_options_are_errors(checkpoints) -> None:
     with pytest.raises(ValueError, match="unknown re-ranker 'nope'"):
         build_reranker("nope")
