@@ -211,6 +211,24 @@ def format_table(results: list[Any]) -> str:
     return "\n".join(lines)
 
 
+MAX_IMAGE_BYTES = 50 * 1024 * 1024
+
+
+def _read_image_arg(path: str) -> bytes:
+    """The bytes of ``--image``; a missing, unreadable or oversized file is a clear error, not a traceback."""
+    from pipeline.search import SearchError
+
+    if not os.path.isfile(path):
+        raise SearchError(f"--image {path!r} is not a file")
+    if os.path.getsize(path) > MAX_IMAGE_BYTES:
+        raise SearchError(f"--image {path!r} is larger than {MAX_IMAGE_BYTES // 2**20} MiB")
+    try:
+        with open(path, "rb") as f:
+            return f.read()
+    except OSError as exc:
+        raise SearchError(f"--image {path!r} cannot be read: {exc.strerror or exc}") from None
+
+
 def cmd_search(args: argparse.Namespace) -> int:
     from pipeline.runner import RANDOM_WEIGHTS_NOTICE
     from pipeline.search import Searcher
@@ -218,10 +236,7 @@ def cmd_search(args: argparse.Namespace) -> int:
     cfg = _config(args)
     if cfg.random_weights:
         print(RANDOM_WEIGHTS_NOTICE, file=sys.stderr)
-    image = None
-    if args.image:
-        with open(args.image, "rb") as f:
-            image = f.read()
+    image = _read_image_arg(args.image) if args.image else None
     rerank = None if args.rerank == "none" else args.rerank
     results = Searcher(cfg.db.path, cfg).search(
         text=args.text, image=image, k=args.k, level=args.level, filters=_filters(args), rerank=rerank
@@ -298,6 +313,9 @@ def main(argv: list[str] | None = None) -> int:
     except LockBusy as exc:  # cron/CronJob: another run is still going; this one leaves without touching anything
         print(f"vidsearch: {exc}; exiting without doing anything (exit code {EXIT_LOCKED})", file=sys.stderr)
         return EXIT_LOCKED
+    except OSError as exc:  # storage: disk full, permissions, a vanished database folder
+        print(f"error: storage failure at {getattr(args, 'db', None) or 'the database'}: {exc}", file=sys.stderr)
+        return 1
 
 
 if __name__ == "__main__":
