@@ -58,6 +58,8 @@ class RunSummary:
     pipeline_version: str
     db: str = ""
     incremental: bool = False
+    ray_job_id: str = ""  # the Ray job that ran the graph (look its tasks up with Ray's state API)
+    ray_nodes: int = 0  # alive nodes in the cluster when the graph started
     videos_seen: int = 0
     indexed: int = 0  # new + changed
     new: int = 0
@@ -263,6 +265,7 @@ class Runner:
         # The fingerprint lets decode refuse a file whose content changed since it was listed.
         items = [{"video_id": f.video_id, "path": f.path, "fingerprint": f.fingerprint} for f in todo]
         ds = build_dataset(self.cfg, items, checkpoint)
+        summary.ray_job_id, summary.ray_nodes = _ray_context()
         buffers: dict[str, _VideoBuffer] = {}
         finished: set[str] = set()
         pending: list[tuple[dict[str, Any], dict[str, pa.Table]]] = []
@@ -373,6 +376,14 @@ def _holds(path: str, video_id: str, listed: dict[str, str]) -> bool:
     """Whether ``path`` still holds the content ``video_id`` (a copy, not a move): by this run's listing when the
     path was listed, else by its existence (an unlisted file is not fingerprinted)."""
     return listed[path] == video_id if path in listed else os.path.exists(path)
+
+
+def _ray_context() -> tuple[str, int]:
+    import ray
+
+    if not ray.is_initialized():
+        return "", 0
+    return ray.get_runtime_context().get_job_id(), sum(1 for n in ray.nodes() if n.get("Alive"))
 
 
 def _warn_ephemeral(db: str) -> None:

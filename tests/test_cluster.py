@@ -1,0 +1,176 @@
+"""Multi-node: a Ray head and a second worker node on this machine (``ray.cluster_utils.Cluster``, one CPU each),
+an index job run through the CLI with ``--address``, and Ray's own state API showing where the work ran; a Ray
+worker process killed mid-run (found through the state API, killed by pid) loses and duplicates nothing.
+
+The cluster lives in a subprocess with its own ``RAY_TMPDIR``: the test session already holds an in-process
+local Ray, and the cluster's address file must not redirect anybody's ``ray.init()`` on this machine.
+"""
+
+from __future__ import annotations
+
+import importlib.util
+import json
+import os
+import shutil
+import signal
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import pytest
+
+from pipeline import schema as S
+from pipeline.config import load_config
+from pipeline.store import Store
+from tests.test_resume import DIM, assert_same_tables
+
+ROOT = Path(__file__).resolve().parent.parent
+
+CLUSTER = r"""
+import json, sys
+from ray.cluster_utils import Cluster
+
+cluster = Cluster(
+    initialize_head=True,
+    head_node_args={"num_cpus": 1, "resources": {"head_node": 1}, "include_dashboard": True, "dashboard_port": 0},
+)
+cluster.add_node(num_cpus=1, resources={"worker_node": 1})
+cluster.wait_for_nodes()
+print(json.dumps({"address": cluster.address}), flush=True)
+sys.stdin.read()  # until the test closes our stdin
+cluster.shutdown()
+"""
+
+# One CPU per node; the detector and the encoder actors each ask for more than half of one, so their pools cannot
+# share a node (0.6 + 0.45 > 1) and the job has to use both. The encoder's 0.45 tells its actor apart.
+PLACEMENT = [
+    "ray.detect.num_cpus=0.6",
+    "ray.embed.num_cpus=0.45",
+    "ray.decode.num_cpus=0.2",
+    "ray.decode.concurrency=1",
+    "ray.preprocess.num_cpus=0.2",
+]
+
+
+@pytest.fixture(scope="module")
+def cluster(ray_session):
+    """(address, env) of a running two-node cluster; env makes a subprocess a driver of it."""
+    if importlib.util.find_spec("aiohttp") is None:
+        pytest.skip("Ray's state API needs the dashboard: install ray[default]")
+    tmp = tempfile.mkdtemp(prefix="vsr", dir="/tmp")  # short: Ray's socket paths live under it
+    env = {**os.environ, "RAY_TMPDIR": tmp}  # same auth mode as the session's Ray, set by its ray.init
+    proc = subprocess.Popen(
+        [sys.executable, "-c", CLUSTER], stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True, env=env
+    )
+    try:
+        line = proc.stdout.readline()
+        if not line:
+            pytest.fail(f"the two-node cluster did not start (exit code {proc.wait()})")
+        yield json.loads(line)["address"], env
+    finally:
+        proc.stdin.close()
+        try:
+            proc.wait(timeout=120)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+        shutil.rmtree(tmp, ignore_errors=True)
+
+
+def index_cmd(db: Path, folder: Path, address: str, summary: Path, *extra: str) -> list[str]:
+    cmd = [sys.executable, str(ROOT / "run_pipeline.py"), "index", str(folder), "--config", "tiny"]
+    cmd += ["--db", str(db), "--address", address, "--no-progress", "--summary-json", str(summary)]
+    for item in [*PLACEMENT, *extra]:
+        cmd += ["--set", item]
+    return cmd
+
+
+def stage_actors(address: str, **filters: str) -> list:
+    from ray.util.state import list_actors
+
+    actors = list_actors(address=address, filters=[(k, "=", v) for k, v in filters.items()], detail=True, limit=1000)
+    return [a for a in actors if a.class_name.startswith("MapWorker")]
+
+
+def test_index_job_runs_on_both_nodes_and_indexes_every_video_once(
+    cluster, tmp_path, sample_folder, indexed_db
+) -> None:
+    from ray.util.state import list_nodes, list_tasks
+
+    address, env = cluster
+    ref_cfg, _ = indexed_db
+    summary_path = tmp_path / "summary.json"
+    run = subprocess.run(
+        index_cmd(tmp_path / "db", sample_folder, address, summary_path),
+        cwd=ROOT,
+        env=env,
+        capture_output=True,
+        text=True,
+    )
+    assert run.returncode == 0, run.stderr[-3000:]
+    summary = json.loads(summary_path.read_text())
+    assert (summary["indexed"], summary["failed"], summary["ray_nodes"]) == (3, 0, 2)
+
+    nodes = {n.node_id: n for n in list_nodes(address=address) if n.state == "ALIVE"}
+    assert len(nodes) == 2 and sum(n.is_head_node for n in nodes.values()) == 1
+    job = summary["ray_job_id"]
+    actors = stage_actors(address, job_id=job)
+    assert len(actors) == 2 and {a.node_id for a in actors} == set(nodes)  # one model pool on each node
+    tasks = list_tasks(address=address, filters=[("job_id", "=", job)], detail=True, limit=10_000)
+    work = [t for t in tasks if t.state == "FINISHED" and t.node_id and t.name.startswith(("MapBatches", "MapWorker"))]
+    by_node = {node: sum(t.node_id == node for t in work) for node in nodes}
+    assert all(by_node.values()), by_node  # stage tasks finished on both nodes
+
+    # Every video exactly once, and the same rows as the single-node run of the same folder.
+    assert_same_tables(Store(str(tmp_path / "db"), DIM), Store(ref_cfg.db.path, DIM))
+
+
+def test_worker_killed_mid_run_loses_and_duplicates_nothing(cluster, tmp_path, sample_folder, indexed_db) -> None:
+    from ray.util.state import list_actors, list_tasks
+
+    address, env = cluster
+    ref_cfg, _ = indexed_db
+    db, summary_path = tmp_path / "db", tmp_path / "summary.json"
+    cmd = index_cmd(db, sample_folder, address, summary_path, "db.commit_every_videos=1")
+    log = open(tmp_path / "index.log", "w")  # noqa: SIM115 - closed below
+    proc = subprocess.Popen(cmd, cwd=ROOT, env=env, stdout=log, stderr=subprocess.STDOUT)
+    store = Store(str(db), DIM)
+    victim, complete_at_kill = None, -1
+    try:
+        # Kill the encoder's worker once frames are flowing (the detector has taken a task): every frame still has
+        # to pass through the encoder, so the run can only finish through the actor Ray restarts.
+        while proc.poll() is None and victim is None:
+            actors = stage_actors(address, state="ALIVE")
+            encoder = [a for a in actors if a.required_resources.get("CPU") == 0.45 and a.pid]
+            detector = [a.actor_id for a in actors if a.required_resources.get("CPU") == 0.6]
+            if encoder and detector:
+                tasks = list_tasks(address=address, filters=[("job_id", "=", encoder[0].job_id)], detail=True)
+                if any(t.actor_id == detector[0] and t.name.endswith(".submit") for t in tasks):
+                    victim = encoder[0]
+                    complete_at_kill = len(store.complete_ids()) if store.exists(S.VIDEOS) else 0
+                    os.kill(victim.pid, signal.SIGKILL)
+            time.sleep(0.1)
+        proc.wait(timeout=900)
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+        log.close()
+    assert victim is not None, "the run ended before frames reached the detector"
+    assert proc.returncode == 0, (tmp_path / "index.log").read_text()[-3000:]
+    assert complete_at_kill < 3  # killed while videos were still in flight
+    restarted = list_actors(address=address, filters=[("actor_id", "=", victim.actor_id)], detail=True)
+    assert restarted[0].num_restarts >= 1  # Ray restarted the actor; its lost batches were retried
+    summary = json.loads(summary_path.read_text())
+    assert (summary["indexed"], summary["failed"], summary["skipped"]) == (3, 0, 0)
+    assert_same_tables(Store(str(db), DIM), Store(ref_cfg.db.path, DIM))
+
+
+def test_cluster_gpu_config_puts_decode_on_cpus_and_models_on_fractional_gpus() -> None:
+    cfg = load_config("cluster-gpu")
+    assert cfg.ray.decode.num_gpus == 0 and cfg.ray.preprocess.num_gpus == 0
+    assert 0 < cfg.ray.detect.num_gpus < 1 and 0 < cfg.ray.embed.num_gpus < 1
+    assert cfg.encoder.device == "cuda" and cfg.detect.device == "cuda"
+    assert cfg.pipeline_version() == load_config("default").pipeline_version()  # same rows as default.yaml
+    partial = load_config("tiny", ["ray.embed.batch_size=2"])  # a stage given in part keeps its other defaults
+    assert (partial.ray.embed.num_cpus, partial.ray.embed.batch_size) == (load_config("tiny").ray.embed.num_cpus, 2)
