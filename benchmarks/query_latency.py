@@ -42,6 +42,11 @@ def add_context_tables(db_dir: Path, n_segments: int) -> None:
 
     db = lancedb.connect(str(db_dir))
     names = set(db.table_names(limit=1000))
+    expected = {S.FRAMES: n_segments * FRAMES_PER_SEGMENT, S.TRACKS: (n_segments + 1) // 2}
+    for name, rows in expected.items():  # a table left half-written by an interrupted run is rebuilt
+        if name in names and db.open_table(name).count_rows() != rows:
+            db.drop_table(name)
+            names.discard(name)
     n_videos = (n_segments + SEGMENTS_PER_VIDEO - 1) // SEGMENTS_PER_VIDEO
     if S.VIDEOS not in names:
         rows = [
@@ -78,7 +83,10 @@ def add_context_tables(db_dir: Path, n_segments: int) -> None:
                 },
                 schema=S.frames_schema(DIM),
             )
-            tbl = db.create_table(S.FRAMES, batch) if tbl is None else (tbl.add(batch) or tbl)
+            if tbl is None:
+                tbl = db.create_table(S.FRAMES, batch)
+            else:
+                tbl.add(batch)
         print(f"frames table: {n_segments * FRAMES_PER_SEGMENT:,} rows in {time.perf_counter() - t0:.0f} s", flush=True)
     if S.TRACKS not in names:
         idx = np.arange(0, n_segments, 2)

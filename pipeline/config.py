@@ -32,10 +32,14 @@ class RayConfig(StrictModel):
     runtime_env: dict[str, Any] | None = None
     # Fractional CPU requests so every stage can run at once on a 2-core machine (actors hold their CPU for
     # their lifetime; whole-CPU actors would starve the decode tasks). Each worker caps torch at one thread
-    # per whole CPU it asked for (at least one).
-    decode: StageResources = StageResources(num_cpus=0.5, concurrency=2, batch_size=1)
+    # per whole CPU it asked for (at least one). Measured on 2 cores (benchmarks/pipeline_vs_sequential.py,
+    # BENCHMARKS.md): the requests must add up to at most the 2 CPUs (they were 2.25: tasks queued behind the
+    # actors), and preprocess asks exactly what embed asks (same CPUs, pool size, batch size) so that Ray Data
+    # fuses it into the embed actor on CPU: one worker process fewer and no float32 pixel hop, which cut the
+    # pipeline's CPU seconds from 48 to 38 for the same work. With num_gpus on embed the two stay separate.
+    decode: StageResources = StageResources(num_cpus=0.25, concurrency=2, batch_size=1)
     detect: StageResources = StageResources(num_cpus=0.5, concurrency=1, batch_size=8)
-    preprocess: StageResources = StageResources(num_cpus=0.25, concurrency=1, batch_size=16)
+    preprocess: StageResources = StageResources(num_cpus=0.5, concurrency=1, batch_size=16)
     embed: StageResources = StageResources(num_cpus=0.5, concurrency=1, batch_size=16)
 
     @model_validator(mode="before")

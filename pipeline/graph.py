@@ -65,15 +65,52 @@ def _limit_threads(num_cpus: float) -> None:
 
 
 class StageAdapter:
-    """A Ray Data callable class around any operator factory (used for actor-pool stages)."""
+    """A Ray Data callable class around any operator factory (used for actor-pool stages).
 
-    def __init__(self, factory: Callable[[], Operator], num_cpus: float) -> None:
+    ``per_video``: call the operator on each video's rows of a batch separately (see ``by_video``).
+    """
+
+    def __init__(self, factory: Callable[[], Operator], num_cpus: float, per_video: bool = False) -> None:
         _limit_threads(num_cpus)
         self.op = factory()
         self.op.setup()
+        self.per_video = per_video
 
     def __call__(self, batch: Batch) -> Any:
-        return self.op(batch)
+        return by_video(self.op, batch) if self.per_video else self.op(batch)
+
+
+def by_video(op: Callable[[Batch], Batch], batch: Batch) -> Batch:
+    """``op`` applied to each video's rows of ``batch`` on its own, rows back in their order (1:1 operators).
+
+    Ray Data bundles blocks of different videos into one batch. ultralytics letterboxes a batch whose frames
+    differ in size to a full square but a same-size batch to the smallest rectangle, so without this a
+    frame's boxes would depend on which other video shared its batch, and reruns (or the sequential
+    baseline, benchmarks/pipeline_vs_sequential.py) would not give the same rows.
+    """
+    vids = np.asarray(batch["video_id"])
+    keys, first = np.unique(vids, return_index=True)
+    if len(keys) <= 1:
+        return op(batch)
+    parts, order = [], []
+    for vid in keys[np.argsort(first)]:
+        idx = np.flatnonzero(vids == vid)
+        parts.append(op({k: np.asarray(v)[idx] for k, v in batch.items()}))
+        order.append(idx)
+    back = np.argsort(np.concatenate(order), kind="stable")
+    out: Batch = {}
+    for k in dict.fromkeys(k for p in parts for k in p):
+        cols = [p[k] if k in p else np.full(len(p["video_id"]), None, dtype=object) for p in parts]
+        if any(c.dtype == object for c in cols) and not all(c.dtype == object for c in cols):
+            cols = [_as_objects(c) for c in cols]
+        out[k] = np.concatenate(cols)[back]
+    return out
+
+
+def _as_objects(col: np.ndarray) -> np.ndarray:
+    out = np.empty(len(col), dtype=object)
+    out[:] = list(col)
+    return out
 
 
 def task_fn(factory: Callable[[], Operator], num_cpus: float) -> Callable[[Batch], Any]:
@@ -91,7 +128,7 @@ def task_fn(factory: Callable[[], Operator], num_cpus: float) -> Callable[[Batch
     return run
 
 
-def _apply(ds: Any, factory: Callable[[], Operator], kind: str, res: StageResources) -> Any:
+def _apply(ds: Any, factory: Callable[[], Operator], kind: str, res: StageResources, per_video: bool = False) -> Any:
     import ray.data
 
     common = {"batch_size": res.batch_size, "num_cpus": res.num_cpus, "num_gpus": res.num_gpus or None}
@@ -99,7 +136,7 @@ def _apply(ds: Any, factory: Callable[[], Operator], kind: str, res: StageResour
         # An actor lost with its worker is restarted by the pool and the batch re-submitted (Ray Data retries).
         return ds.map_batches(
             StageAdapter,
-            fn_constructor_kwargs={"factory": factory, "num_cpus": res.num_cpus},
+            fn_constructor_kwargs={"factory": factory, "num_cpus": res.num_cpus, "per_video": per_video},
             compute=ray.data.ActorPoolStrategy(size=res.concurrency),
             **common,
         )
@@ -116,7 +153,8 @@ def build_dataset(cfg: Config, videos: list[dict[str, str]], checkpoint: str | N
     ds = ray.data.from_items(videos, override_num_blocks=max(1, len(videos)))
     ds = _apply(ds, lambda: Decode(cfg.decode), "task", r.decode)  # 1 video : N frame chunks
     if cfg.detect.enabled:
-        ds = _apply(ds, lambda: Detector(cfg.detect), "actor", r.detect)  # 1:1, adds boxes
+        # 1:1, adds boxes; per video so that a frame's boxes never depend on its batch-mates (see by_video)
+        ds = _apply(ds, lambda: Detector(cfg.detect), "actor", r.detect, per_video=True)
     ds = _apply(ds, lambda: Preprocess(cfg.encoder), "task", r.preprocess)  # 1:1, adds pixels
     ds = _apply(ds, lambda: Embed(cfg.encoder, cfg.regions, checkpoint), "actor", r.embed)  # 1:1
     return ds
