@@ -77,7 +77,7 @@ class RunSummary:
     wall_s: float = 0.0
     stages: dict[str, float] = field(default_factory=dict)  # driver seconds per step
     graph_stages: dict[str, dict[str, float]] = field(default_factory=dict)  # Ray Data time per operator
-    maintenance: dict[str, Any] | None = None
+    maintenance: dict[str, list[str]] | None = None  # what end-of-run maintenance did, per table
     failures: list[dict[str, str]] = field(default_factory=list)
     pruned_paths: list[str] = field(default_factory=list)
 
@@ -227,7 +227,8 @@ class Runner:
         if self.cfg.maintenance.after_index and (summary.indexed or summary.pruned or summary.moved):
             with _timed(st, "maintain"):
                 if needs_maintenance(self.store, self.cfg.maintenance):
-                    summary.maintenance = maintain(self.store, self.cfg.maintenance)
+                    report = maintain(self.store, self.cfg.maintenance)  # the full report is its own runs row
+                    summary.maintenance = {t: r["actions"] for t, r in report["tables"].items() if r["actions"]}
         summary.wall_s = time.monotonic() - t0
         self.store.record_run(summary.run_id, started, self.version, summary.as_dict())
         return summary

@@ -174,3 +174,28 @@ def test_cluster_gpu_config_puts_decode_on_cpus_and_models_on_fractional_gpus() 
     assert cfg.pipeline_version() == load_config("default").pipeline_version()  # same rows as default.yaml
     partial = load_config("tiny", ["ray.embed.batch_size=2"])  # a stage given in part keeps its other defaults
     assert (partial.ray.embed.num_cpus, partial.ray.embed.batch_size) == (load_config("tiny").ray.embed.num_cpus, 2)
+
+
+def test_deploy_examples_run_real_commands() -> None:
+    """The crontab line, the CronJob and the RayJob call `index` with flags the CLI accepts and configs it has."""
+    import re
+    import shlex
+
+    import yaml
+
+    from run_pipeline import parser
+
+    deploy = ROOT / "deploy"
+    cron = [line for line in (deploy / "crontab").read_text().splitlines() if line and not line.startswith("#")]
+    cronjob = yaml.safe_load((deploy / "k8s-cronjob.yaml").read_text())
+    container = cronjob["spec"]["jobTemplate"]["spec"]["template"]["spec"]["containers"][0]
+    rayjob = yaml.safe_load((deploy / "rayjob.yaml").read_text())
+    assert cronjob["spec"]["concurrencyPolicy"] == "Forbid" and "ray job submit" in container["args"][0]
+    commands = [*cron, container["args"][0], rayjob["spec"]["entrypoint"]]
+    assert len(commands) == 3
+    for text in commands:
+        shell = re.search(r"run_pipeline\.py ([^;'>]*)", text).group(1)  # up to the shell's ; ' or >
+        args = shlex.split(re.sub(r"\$\([^)]*\)", "X", shell))  # $(date ...) in a file name
+        ns = parser().parse_args(args)
+        assert ns.command == "index" and ns.incremental and ns.summary_json, text
+        load_config(Path(ns.config).stem)  # the config it names exists and validates
