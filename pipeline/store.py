@@ -109,7 +109,8 @@ class Store:
         """Record videos as ``started`` (their old complete rows, if any, stay until the commit replaces them)."""
         if not videos:
             return
-        fresh = [v for v in videos if v["video_id"] not in self.complete_ids()]
+        done = self.complete_ids()  # once: a scan of the videos table
+        fresh = [v for v in videos if v["video_id"] not in done]
         if fresh:
             rows = [{**v, "status": S.STATUS_STARTED} for v in fresh]
             self._upsert(S.VIDEOS, pa.Table.from_pylist(rows, schema=S.videos_schema()))

@@ -4,6 +4,7 @@ rule, and ``status``."""
 
 from __future__ import annotations
 
+import json
 import threading
 
 import numpy as np
@@ -166,3 +167,30 @@ def test_other_index_types_build(tmp_path, index_type: str) -> None:
     cfg = MaintenanceConfig(vector_index_min_rows=1, index_type=index_type, num_partitions=2, num_sub_vectors=2)
     assert build_vector_index(store.table(S.SEGMENTS), cfg, 300) is not None
     assert store.table(S.SEGMENTS).index_stats(VECTOR_INDEX).index_type == index_type
+
+
+def test_cli_status_maintain_and_prune(tmp_path, capsys) -> None:
+    from run_pipeline import main
+
+    store = Store(str(tmp_path / "db"), DIM)
+    fill(store, 2, 5)  # their files (/archive/clip N.mp4) do not exist
+    db = ["--config", "tiny", "--db", str(tmp_path / "db")]
+
+    assert main(["status", *db, "--json"]) == 0
+    st = json.loads(capsys.readouterr().out)
+    assert st["videos"]["complete"] == 2 and st["rows"][S.SEGMENTS] == 10 and st["indexes"][S.SEGMENTS] == []
+
+    assert main(["maintain", *db, "--set", "maintenance.scalar_index_min_rows=0"]) == 0
+    out = capsys.readouterr().out
+    assert "segments: 10 rows; " in out and "BTREE index on video_id" in out
+    assert {ix.name for ix in store.table(S.SEGMENTS).list_indices()} >= {"video_id_btree", "class_names_fts"}
+
+    assert main(["prune", *db, "--dry-run"]) == 0
+    assert "would remove 2 videos" in capsys.readouterr().out and store.count(S.VIDEOS) == 2
+    assert main(["prune", *db]) == 0
+    assert "removed 2 videos" in capsys.readouterr().out
+    assert store.count(S.VIDEOS) == 0 and store.count(S.FRAMES) == 0
+
+    assert main(["status", *db]) == 0
+    text = capsys.readouterr().out
+    assert "last runs:" in text and "maintain" in text and "rows: videos 0" in text
