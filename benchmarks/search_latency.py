@@ -22,6 +22,7 @@ import shutil
 import tempfile
 import time
 from pathlib import Path
+from typing import Any
 
 from _common import PRODUCTION_RANDOM, RANDOM_BOXES, clip, header, pct, table
 
@@ -43,7 +44,7 @@ def random_checkpoints(folder: Path, size: str) -> dict[str, str]:
     """ViLT-retrieval and BLIP-ITM models with random weights, saved with their processors."""
     import torch
     from transformers import (
-        BertTokenizerFast,
+        BertTokenizer,
         BlipConfig,
         BlipForImageTextRetrieval,
         BlipImageProcessor,
@@ -56,13 +57,18 @@ def random_checkpoints(folder: Path, size: str) -> dict[str, str]:
 
     folder.mkdir(parents=True, exist_ok=True)
     (folder / "vocab.txt").write_text("\n".join(VOCAB) + "\n")
-    tok = BertTokenizerFast(vocab=str(folder / "vocab.txt"))
+    tok = BertTokenizer(str(folder / "vocab.txt"))
     torch.manual_seed(0)
     if size == "production":  # the configs' defaults are the released base architectures
         vilt_cfg, vilt_px = ViltConfig(), {"shortest_edge": 384}
         blip_cfg, blip_px = BlipConfig(), {"height": 384, "width": 384}
     else:
-        small = {"hidden_size": 32, "num_hidden_layers": 2, "num_attention_heads": 2, "intermediate_size": 37}
+        small: dict[str, Any] = {
+            "hidden_size": 32,
+            "num_hidden_layers": 2,
+            "num_attention_heads": 2,
+            "intermediate_size": 37,
+        }
         vilt_cfg = ViltConfig(image_size=64, patch_size=16, max_position_embeddings=40, **small)
         vilt_px = {"shortest_edge": 64}
         blip_cfg = BlipConfig(

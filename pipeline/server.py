@@ -272,8 +272,8 @@ def create_app(
         filters = {key: v for key, v in raw.items() if v is not None} or None
         return api.search(_request({"text": text, "k": k, "level": level, "filters": filters, "rerank": rerank}), None)
 
-    @app.post("/api/search")
-    async def search_post(request: Request) -> dict[str, Any]:
+    @app.post("/api/search", response_model=None)
+    async def search_post(request: Request) -> dict[str, Any] | Response:
         """JSON body (``SearchRequest``), or form fields of the same names (``filters`` as a JSON string) plus,
         in a multipart form, an ``image`` file."""
         image = None

@@ -5,6 +5,7 @@ filter and never an unhandled error. Query validation: length limit, empty query
 from __future__ import annotations
 
 import fnmatch
+from typing import Any
 
 import pytest
 
@@ -70,7 +71,7 @@ def _classes(level: str, row: dict) -> set[str]:
     return {row["class_name"]} if level == "tracks" else set(row["class_names"] or [])
 
 
-def _search(searcher: Searcher, level: str, filters: dict) -> set[str]:
+def _search(searcher: Searcher, level: Any, filters: dict) -> set[str]:
     """Ids returned for ``filters``; k exceeds every table, so all matching rows come back."""
     return {r.id for r in searcher.search(text="a person", k=1000, level=level, filters=filters, rerank=None)}
 

@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import math
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import pytest
@@ -14,6 +15,7 @@ import torch
 from operators.encoders import MissingCheckpointError
 from operators.rerank import (
     AttentionReranker,
+    PairReranker,
     Query,
     RerankInput,
     build_reranker,
@@ -26,11 +28,11 @@ VOCAB = ["[PAD]", "[UNK]", "[CLS]", "[SEP]", "[MASK]", *"a the of person dog cat
 
 
 def _tokenizer(folder: Path):
-    from transformers import BertTokenizerFast
+    from transformers import BertTokenizer
 
     vocab_file = folder / "vocab.txt"
     vocab_file.write_text("\n".join(VOCAB) + "\n")
-    return BertTokenizerFast(vocab=str(vocab_file))
+    return BertTokenizer(str(vocab_file))  # positional: `vocab` in transformers 5, `vocab_file` in 4
 
 
 def save_tiny_checkpoints(folder: Path) -> dict[str, Path]:
@@ -51,7 +53,12 @@ def save_tiny_checkpoints(folder: Path) -> dict[str, Path]:
 
     folder.mkdir(parents=True, exist_ok=True)
     tok = _tokenizer(folder)
-    small = {"hidden_size": 32, "num_hidden_layers": 2, "num_attention_heads": 2, "intermediate_size": 37}
+    small: dict[str, Any] = {
+        "hidden_size": 32,
+        "num_hidden_layers": 2,
+        "num_attention_heads": 2,
+        "intermediate_size": 37,
+    }
     torch.manual_seed(0)
     vilt = ViltForImageAndTextRetrieval(
         ViltConfig(
@@ -63,7 +70,7 @@ def save_tiny_checkpoints(folder: Path) -> dict[str, Path]:
             **small,
         )
     )
-    vilt_processor = ViltProcessor(ViltImageProcessor(size={"shortest_edge": 64}, size_divisor=16), tok)
+    vilt_processor = ViltProcessor(ViltImageProcessor(size={"shortest_edge": 64}), tok)
     text = {"vocab_size": len(VOCAB), "max_position_embeddings": 64, "pad_token_id": 0, "bos_token_id": 2}
     blip = BlipForImageTextRetrieval(
         BlipConfig(
@@ -112,9 +119,8 @@ def test_scaled_dot_product_attention_matches_the_worked_example() -> None:
     np.testing.assert_allclose(out, weights @ np.array(V), rtol=1e-12)
     # By hand, the first query's logits: q0.k_j / sqrt(4) = [0.19, 0.06, -0.04, 0.19, 0.09] / 2.
     np.testing.assert_allclose(np.log(weights[0] / weights[0, 0]), (np.array([19, 6, -4, 19, 9]) - 19) / 200)
-    ref_torch = torch.nn.functional.scaled_dot_product_attention(
-        *(torch.tensor(x, dtype=torch.float64)[None] for x in (Q, K, V))
-    )[0]
+    q_t, k_t, v_t = (torch.tensor(x, dtype=torch.float64)[None] for x in (Q, K, V))
+    ref_torch = torch.nn.functional.scaled_dot_product_attention(q_t, k_t, v_t)[0]
     np.testing.assert_allclose(out, ref_torch.numpy(), rtol=1e-10)
 
 
@@ -128,7 +134,10 @@ def test_attention_reranker_prefers_the_candidate_whose_context_matches_the_quer
     assert isinstance(rr, AttentionReranker)
     query = Query(q.astype(np.float32), q[None].astype(np.float32), text="x")
     empty = np.zeros((0, 8), np.float32)
-    s_far, s_near, s_empty = rr.score(query, [RerankInput(0.9, far), RerankInput(0.1, near), RerankInput(0.42, empty)])
+    s_far, s_near, s_empty = rr.score(
+        query,
+        [RerankInput(0.9, far.astype(np.float32)), RerankInput(0.1, near.astype(np.float32)), RerankInput(0.42, empty)],
+    )
     assert s_near > 0.95 > s_far
     assert s_empty == 0.42  # nothing to attend over: the stage-1 score stands
 
@@ -146,6 +155,7 @@ def test_production_config_names_valid_reranker_options() -> None:
     assert set(options) == {"vilt", "blip-itm"}
     for name, opts in options.items():
         rr = build_reranker(name, opts)  # validated, nothing loaded yet
+        assert isinstance(rr, PairReranker)
         assert rr.cfg.checkpoint == opts["checkpoint"] and rr.model is None
 
 

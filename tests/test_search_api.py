@@ -80,11 +80,11 @@ def test_cli_python_and_http_agree(served, searcher, indexed_db, tmp_path) -> No
 
     http = httpx.Client(base_url=served, headers=AUTH, timeout=300)
 
-    # 1. Text, segments, the default re-ranker (attention).
+    # 1. Text, segments, the default re-ranker (attention). (The CLI answers cases 2 and 3: each run costs a
+    # cold start of the models.)
     python = [r.as_dict() for r in searcher.search(text="a person reading a book", k=5)]
-    cli = _cli(["a person reading a book", "-k", "5"], db)
     web = http.get("/api/search", params={"text": "a person reading a book", "k": 5}).json()["results"]
-    _same(python, cli, web)
+    _same(python, web)
     assert len(python) == 5 and any(r["score"] != r["stage1_score"] for r in python)  # re-ranked
 
     # 2. Text, tracks, no re-ranking, class and duration filters.

@@ -13,6 +13,7 @@ import threading
 import time
 from collections.abc import Iterator
 from pathlib import Path
+from typing import Any
 
 import httpx
 import pytest
@@ -312,7 +313,7 @@ def _chunked(text: bytes) -> Iterator[bytes]:
 
 def test_bad_input_gets_a_clear_4xx_never_a_500(client, monkeypatch) -> None:
     long = "a" * 1001
-    cases = [
+    cases: list[tuple[str, str, dict[str, Any], int, str]] = [
         ("GET", "/api/search", {"params": {"text": ""}}, 400, "empty"),
         ("GET", "/api/search", {"params": {}}, 400, "exactly one"),
         ("GET", "/api/search", {"params": {"text": long}}, 400, "longer than 1000"),
