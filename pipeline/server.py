@@ -302,7 +302,7 @@ def create_app(
                     return _detail(413, f"a JSON request must be under {MAX_JSON_BYTES // 2**10} KiB")
             try:
                 body = json.loads(raw)
-            except ValueError:
+            except (ValueError, RecursionError):  # RecursionError: nesting deeper than the parser's stack
                 raise RequestValidationError([_error("body", "the body is not valid JSON")]) from None
             if not isinstance(body, dict):
                 raise RequestValidationError([_error("body", "the body must be a JSON object")])
@@ -348,7 +348,7 @@ def _error(loc: str, msg: str) -> dict[str, Any]:
 def _json_field(name: str, raw: str) -> Any:
     try:
         return json.loads(raw) if raw.strip() else None
-    except ValueError:
+    except (ValueError, RecursionError):
         raise RequestValidationError([_error(name, f"'{name}' must be a JSON object")]) from None
 
 

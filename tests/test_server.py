@@ -347,6 +347,8 @@ def test_bad_input_gets_a_clear_4xx_never_a_500(client, monkeypatch) -> None:
         ("POST", "/api/search", {"content": _chunked(b"a" * 2**21), "headers": JSON}, 413, "JSON request must be"),
         ("POST", "/api/search", {"content": b"\xff\xfe{}", "headers": JSON}, 422, "not valid JSON"),
         ("POST", "/api/search", {"data": {"text": "a", "filters": "{oops"}}, 422, "filters"),
+        ("POST", "/api/search", {"content": b"[" * 20_000, "headers": JSON}, 422, "not valid JSON"),
+        ("POST", "/api/search", {"data": {"text": "a", "filters": "[" * 20_000}}, 422, "filters"),
         ("POST", "/api/search", {"data": {"text": "a", "k": "many"}}, 422, "k"),
     ]
     monkeypatch.setattr("pipeline.server.MAX_UPLOAD_BYTES", 1000)
