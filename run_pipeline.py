@@ -121,15 +121,16 @@ def start_ray(cfg: Any, address: str | None) -> None:
 
 
 def cmd_index(args: argparse.Namespace) -> int:
-    from pipeline.runner import RANDOM_WEIGHTS_NOTICE, preflight, run_index
-
-    cfg = _config(args)
-    if cfg.random_weights:
-        print(RANDOM_WEIGHTS_NOTICE, file=sys.stderr)
-    preflight(cfg)  # a missing checkpoint stops the run here, before Ray starts or anything is written
     from pipeline.lock import DatabaseLock
 
-    with DatabaseLock(cfg.db.path, "index", cfg.db.lock_dir):  # a second run exits here, before Ray starts
+    cfg = _config(args)
+    # The lock first, before the heavy imports: a scheduled run that finds another one going leaves at once.
+    with DatabaseLock(cfg.db.path, "index", cfg.db.lock_dir):
+        from pipeline.runner import RANDOM_WEIGHTS_NOTICE, preflight, run_index
+
+        if cfg.random_weights:
+            print(RANDOM_WEIGHTS_NOTICE, file=sys.stderr)
+        preflight(cfg)  # a missing checkpoint stops the run here, before Ray starts or anything is written
         start_ray(cfg, args.address)
         summary = run_index(
             cfg,
@@ -300,22 +301,26 @@ COMMANDS = {
 def main(argv: list[str] | None = None) -> int:
     logging.basicConfig(level=logging.WARNING, format="%(levelname)s %(message)s")
     args = parser().parse_args(argv)
-    from operators.encoders import MissingCheckpointError
     from pipeline.config import ConfigError
     from pipeline.lock import EXIT_LOCKED, LockBusy
-    from pipeline.search import SearchError
 
     try:
         return COMMANDS[args.command](args)
-    except (MissingCheckpointError, ConfigError, SearchError) as exc:
-        print(f"error: {exc}", file=sys.stderr)
-        return 2
     except LockBusy as exc:  # cron/CronJob: another run is still going; this one leaves without touching anything
         print(f"vidsearch: {exc}; exiting without doing anything (exit code {EXIT_LOCKED})", file=sys.stderr)
         return EXIT_LOCKED
-    except OSError as exc:  # storage: disk full, permissions, a vanished database folder
-        print(f"error: storage failure at {getattr(args, 'db', None) or 'the database'}: {exc}", file=sys.stderr)
-        return 1
+    except Exception as exc:
+        # Imported only now: pipeline.search pulls in LanceDB (seconds), which a run refused by the lock never needs.
+        from operators.encoders import MissingCheckpointError
+        from pipeline.search import SearchError
+
+        if isinstance(exc, MissingCheckpointError | ConfigError | SearchError):
+            print(f"error: {exc}", file=sys.stderr)
+            return 2
+        if isinstance(exc, OSError):  # storage: disk full, permissions, a vanished database folder
+            print(f"error: storage failure at {getattr(args, 'db', None) or 'the database'}: {exc}", file=sys.stderr)
+            return 1
+        raise
 
 
 if __name__ == "__main__":
