@@ -155,6 +155,9 @@ def rerun(db: Path, folder: Path) -> Any:
     return summary
 
 
+# Deselected by default (run with -m slow): inside the full suite, SIGKILLing workers of the shared Ray session
+# proved disruptive to the session itself; tests/test_cluster.py covers a killed encoder worker in the default run.
+@pytest.mark.slow
 @pytest.mark.parametrize("target", ["decode worker", "encoder actor"])
 def test_killed_ray_worker_is_retried_and_the_run_finishes(target, folder, ray_session, tmp_path) -> None:  # type: ignore[no-untyped-def]
     db = tmp_path / "db"
