@@ -26,7 +26,7 @@ import logging
 import math
 import time
 import uuid
-from typing import Any
+from typing import Any, Final
 
 from pipeline import schema as S
 from pipeline.catalog import gone
@@ -37,7 +37,7 @@ log = logging.getLogger(__name__)
 
 VECTOR_COLUMN = "embedding"
 VECTOR_INDEX = "embedding_idx"
-METRIC = "cosine"  # must match the distance search uses
+METRIC: Final = "cosine"  # must match the distance search uses
 
 #: Per table: column -> scalar index type (BTREE for keys, ids and ranges; BITMAP for few distinct values;
 #: LABEL_LIST for list columns filtered with array_has_any).
@@ -76,14 +76,15 @@ def _index_config(cfg: MaintenanceConfig, n_rows: int, dim: int) -> Any:
     partitions = cfg.num_partitions or max(1, round(math.sqrt(n_rows)))
     partitions = max(1, min(partitions, n_rows))
     sub_vectors = cfg.num_sub_vectors or next(d for d in range(max(1, dim // 8), 0, -1) if dim % d == 0)
-    common = {"distance_type": METRIC, "num_partitions": partitions}
-    hnsw = {"m": cfg.hnsw_m, "ef_construction": cfg.hnsw_ef_construction}
+    m, ef = cfg.hnsw_m, cfg.hnsw_ef_construction
     return {
-        "IVF_PQ": lambda: IvfPq(**common, num_sub_vectors=sub_vectors),
-        "IVF_HNSW_SQ": lambda: IvfHnswSq(**common, **hnsw),
-        "IVF_HNSW_PQ": lambda: IvfHnswPq(**common, **hnsw, num_sub_vectors=sub_vectors),
-        "IVF_SQ": lambda: IvfSq(**common),
-        "IVF_FLAT": lambda: IvfFlat(**common),
+        "IVF_PQ": lambda: IvfPq(distance_type=METRIC, num_partitions=partitions, num_sub_vectors=sub_vectors),
+        "IVF_HNSW_SQ": lambda: IvfHnswSq(distance_type=METRIC, num_partitions=partitions, m=m, ef_construction=ef),
+        "IVF_HNSW_PQ": lambda: IvfHnswPq(
+            distance_type=METRIC, num_partitions=partitions, m=m, ef_construction=ef, num_sub_vectors=sub_vectors
+        ),
+        "IVF_SQ": lambda: IvfSq(distance_type=METRIC, num_partitions=partitions),
+        "IVF_FLAT": lambda: IvfFlat(distance_type=METRIC, num_partitions=partitions),
     }[cfg.index_type]()
 
 
