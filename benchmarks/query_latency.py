@@ -160,6 +160,7 @@ def main() -> None:
     ap.add_argument("--db", help="database of vector_search.py (default: its default for the row count)")
     ap.add_argument("--queries", type=int, default=40)
     ap.add_argument("--no-scalar-index", action="store_true", help="skip the run with scalar indexes")
+    ap.add_argument("--torch-threads", type=int, help="torch threads for the query encoder (default: torch's)")
     args = ap.parse_args()
     n = 100_000 if args.quick else 1_000_000
     db_dir = Path(args.db or DEFAULT_DB.format(rows=n))
@@ -172,6 +173,8 @@ def main() -> None:
     from pipeline.config import load_config
     from pipeline.search import Searcher
 
+    if args.torch_threads:
+        torch.set_num_threads(args.torch_threads)
     add_context_tables(db_dir, n)
     cfg = load_config("default", ["encoder.pretrained=null", f"db.path={db_dir}"])
     searcher = Searcher(str(db_dir), cfg)
@@ -182,7 +185,10 @@ def main() -> None:
         flush=True,
     )
     rows = []
-    runs = [("no scalar index", None)] + ([] if args.no_scalar_index else [("BTREE on video_id", scalar_indexes)])
+    indexed = any("video_id" in i.columns for i in searcher.store.table(S.FRAMES).list_indices())
+    runs = [("BTREE on video_id" if indexed else "no scalar index", None)]
+    if not (indexed or args.no_scalar_index):
+        runs.append(("BTREE on video_id", scalar_indexes))
     for label, prepare in runs:
         if prepare is not None:
             print(f"scalar indexes built in {prepare(db_dir):.1f} s", flush=True)
