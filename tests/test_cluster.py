@@ -121,6 +121,11 @@ def test_index_job_runs_on_both_nodes_and_indexes_every_video_once(
     work = [t for t in tasks if t.state == "FINISHED" and t.node_id and t.name.startswith(("MapBatches", "MapWorker"))]
     by_node = {node: sum(t.node_id == node for t in work) for node in nodes}
     assert all(by_node.values()), by_node  # stage tasks finished on both nodes
+    head = next(n for n, info in nodes.items() if info.is_head_node)
+    print(  # shown with -rP: where the job's work ran
+        f"job {job}: stage tasks per node {by_node}; actors {[(a.node_id[:8], a.required_resources) for a in actors]};"
+        f" head {head[:8]}"
+    )
 
     # Every video exactly once, and the same rows as the single-node run of the same folder.
     assert_same_tables(Store(str(tmp_path / "db"), DIM), Store(ref_cfg.db.path, DIM))
@@ -161,6 +166,8 @@ def test_worker_killed_mid_run_loses_and_duplicates_nothing(cluster, tmp_path, s
     assert complete_at_kill < 3  # killed while videos were still in flight
     restarted = list_actors(address=address, filters=[("actor_id", "=", victim.actor_id)], detail=True)
     assert restarted[0].num_restarts >= 1  # Ray restarted the actor; its lost batches were retried
+    print(f"killed encoder pid {victim.pid} ({victim.actor_id[:8]}), {complete_at_kill} videos complete at the kill;"
+          f" restarts {restarted[0].num_restarts}")  # fmt: skip
     summary = json.loads(summary_path.read_text())
     assert (summary["indexed"], summary["failed"], summary["skipped"]) == (3, 0, 0)
     assert_same_tables(Store(str(db), DIM), Store(ref_cfg.db.path, DIM))
