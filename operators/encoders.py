@@ -211,21 +211,34 @@ class OpenClipEncoder:
             emb = self.model.encode_text(tokens)
         return torch.nn.functional.normalize(emb.float(), dim=-1).cpu().numpy().astype(np.float32)
 
-    def encode_text_tokens(self, text: str) -> npt.NDArray[np.float32]:
-        """Per-token embeddings of one query in the joint space, L2-normalised: [n_tokens, D].
+    def encode_text_query(self, text: str) -> tuple[npt.NDArray[np.float32], npt.NDArray[np.float32]]:
+        """One pass of the text tower for a query: (pooled embedding [D], per-token embeddings [n_tokens, D]),
+        both L2-normalised in the joint space.
 
-        The text transformer's token states go through the same final norm and projection as the pooled
-        output, so each token lives in the space the image side is compared in (used by fusion re-ranking).
+        The token states go through the same final norm and projection as the pooled output, so each token
+        lives in the space the image side is compared in (used by fusion re-ranking); the pooled embedding is
+        open_clip's own pooling of those states (equal to ``encode_text``, since the projection is linear).
         """
         import torch
+        from open_clip.transformer import text_global_pool
 
         m = self.model
         ids = self.tokenizer([text]).to(self.device)
-        x = m.token_embedding(ids) + m.positional_embedding
-        x = m.ln_final(m.transformer(x, attn_mask=m.attn_mask))
-        x = x @ m.text_projection if not isinstance(m.text_projection, torch.nn.Linear) else m.text_projection(x)
+        with self._autocast():
+            x = m.token_embedding(ids) + m.positional_embedding
+            x = m.ln_final(m.transformer(x, attn_mask=m.attn_mask))
+            x = m.text_projection(x) if isinstance(m.text_projection, torch.nn.Linear) else x @ m.text_projection
+        pooled = text_global_pool(x, ids, getattr(m, "text_pool_type", "argmax"), getattr(m, "text_eos_id", None))
         n = int((ids[0] != 0).sum().item())  # real tokens incl. start/end; padding is id 0
-        return torch.nn.functional.normalize(x[0, :n].float(), dim=-1).cpu().numpy().astype(np.float32)
+        norm = torch.nn.functional.normalize
+        return (
+            norm(pooled[0].float(), dim=-1).cpu().numpy().astype(np.float32),
+            norm(x[0, :n].float(), dim=-1).cpu().numpy().astype(np.float32),
+        )
+
+    def encode_text_tokens(self, text: str) -> npt.NDArray[np.float32]:
+        """Per-token embeddings of one query in the joint space, L2-normalised: [n_tokens, D]."""
+        return self.encode_text_query(text)[1]
 
 
 ENCODERS: dict[str, Callable[[EncoderConfig], OpenClipEncoder]] = {"open_clip": OpenClipEncoder}

@@ -188,7 +188,8 @@ class Searcher:
             if len(text) > self.cfg.search.max_query_chars:
                 raise SearchError(f"the query is longer than {self.cfg.search.max_query_chars} characters")
             enc = self._encoder()
-            return Query(enc.encode_text([text])[0], enc.encode_text_tokens(text), text=text)
+            pooled, tokens = enc.encode_text_query(text)  # one pass of the text tower gives both
+            return Query(pooled, tokens, text=text)
         rgb = load_image(image)
         emb = self._encoder().encode_images([rgb])[0]
         return Query(emb, emb[None], image=rgb)
@@ -223,7 +224,10 @@ class Searcher:
             self.store.table(level)
             .search(query.embedding.tolist(), vector_column_name="embedding")
             .distance_type("cosine")
+            .nprobes(self.cfg.maintenance.nprobes)  # used once `maintain` built a vector index; exact search ignores it
         )
+        if self.cfg.maintenance.refine_factor:
+            q = q.refine_factor(self.cfg.maintenance.refine_factor)
         if where:
             q = q.where(where, prefilter=True)
         rows = [r for r in q.limit(fetch).to_arrow().to_pylist() if r["video_id"] in videos]
@@ -312,17 +316,18 @@ class Searcher:
 
     def _contexts(self, level: str, results: list[SearchResult]) -> dict[str, np.ndarray]:
         """Per candidate: embeddings of its frames (in its span) and of the tracks alive in its span."""
-        spans = " OR ".join(
-            f"(video_id = {quote(r.video_id)} AND t >= {r.start_s - 1e-6!r} AND t <= {r.end_s + 1e-6!r})"
-            for r in results
-        )
-        frames = self.store.rows(S.FRAMES, spans, ["video_id", "t", "embedding"]).to_pylist()
-        tspans = " OR ".join(
-            f"(video_id = {quote(r.video_id)} AND t_last >= {r.start_s - 1e-6!r} AND t_first <= {r.end_s + 1e-6!r})"
-            for r in results
-        )
+        # One query per table on the indexed video_id column; the spans are cut here (an OR of per-candidate
+        # span predicates made LanceDB scan the table: 1.7 s at 4M frames, BENCHMARKS.md item 5).
+        ids = in_list("video_id", sorted({r.video_id for r in results}))
+        lo, hi = min(r.start_s for r in results) - 1e-6, max(r.end_s for r in results) + 1e-6
+        frames = self.store.rows(S.FRAMES, f"{ids} AND t >= {lo!r} AND t <= {hi!r}", ["video_id", "t", "embedding"])
+        frames = frames.to_pylist()
         tracks = (
-            self.store.rows(S.TRACKS, tspans, ["video_id", "t_first", "t_last", "embedding"]).to_pylist()
+            self.store.rows(
+                S.TRACKS,
+                f"{ids} AND t_last >= {lo!r} AND t_first <= {hi!r}",
+                ["video_id", "t_first", "t_last", "embedding"],
+            ).to_pylist()
             if self.store.exists(S.TRACKS)
             else []
         )

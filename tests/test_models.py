@@ -126,3 +126,13 @@ def test_missing_yolo_checkpoint_is_one_clear_sentence(tmp_path, monkeypatch) ->
     monkeypatch.setenv("YOLO_OFFLINE", "1")
     with pytest.raises(MissingCheckpointError, match=r"Detector checkpoint 'yolo-missing.pt' is not on disk"):
         resolve_yolo("yolo-missing.pt")
+
+
+def test_query_text_pass_gives_the_pooled_embedding_and_tokens(tmp_path) -> None:
+    enc = build_encoder(tiny_config(tmp_path).encoder)
+    enc.setup()
+    pooled, tokens = enc.encode_text_query("a man opens a car door")
+    np.testing.assert_allclose(pooled, enc.encode_text(["a man opens a car door"])[0], atol=1e-5)
+    assert tokens.shape == (8, enc.dim)  # start + 6 words + end
+    np.testing.assert_allclose(np.linalg.norm(tokens, axis=1), 1.0, atol=1e-5)
+    assert any(np.allclose(t, pooled, atol=1e-5) for t in tokens)  # the end-of-text token is the pooled one
