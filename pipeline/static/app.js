@@ -166,6 +166,7 @@ function play(result, card) {
   };
   $("player").hidden = false;
   $("now").textContent = `${basename(result.path)} · from ${fmtTime(result.start_s)}`;
+  $("now").dataset.name = basename(result.path);
   if (video.getAttribute("src") !== src) {
     video.addEventListener("loadedmetadata", seek, { once: true });
     video.src = src;
@@ -187,6 +188,10 @@ function pickImage() {
 async function start() {
   $("text").dataset.placeholder = $("text").placeholder;
   $("search").addEventListener("submit", search);
+  $("video").addEventListener("error", () => {
+    const name = $("now").dataset.name || "this video";
+    $("now").textContent = `${name}: this browser cannot play the file's format (it is still searchable)`;
+  });
   $("image").addEventListener("change", pickImage);
   $("clear-image").addEventListener("click", () => {
     $("image").value = "";
