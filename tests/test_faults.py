@@ -177,9 +177,10 @@ def test_killed_ray_worker_is_retried_and_the_run_finishes(target, folder, ray_s
 def test_writer_killed_mid_run_then_rerun_indexes_each_video_once(folder, ray_session, tmp_path) -> None:  # type: ignore[no-untyped-def]
     """The driver is the single writer: SIGKILL it (by pid, from outside) as soon as its first content rows land."""
     db = tmp_path / "db"
-    address = ray_session.get_runtime_context().gcs_address
+    # The CLI starts its own local Ray: a driver SIGKILLed while attached to this session's cluster took the
+    # test process down with it inside the full suite.
     cmd = [sys.executable, str(ROOT / "run_pipeline.py"), "index", str(folder), "--config", "tiny", "--db", str(db)]
-    cmd += ["--address", address, "--no-progress"] + [a for o in OVERRIDES for a in ("--set", o)]
+    cmd += ["--no-progress"] + [a for o in OVERRIDES for a in ("--set", o)]
     proc = subprocess.Popen(cmd, cwd=ROOT, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
     try:
         while proc.poll() is None and not (db / f"{S.FRAMES}.lance").exists():
