@@ -28,6 +28,10 @@ from tests.test_resume import DIM, assert_same_tables
 
 ROOT = Path(__file__).resolve().parent.parent
 
+# Deselected by default (run with -m slow): inside the full suite, minutes after these tests started and stopped
+# their second Ray cluster on the same machine, the shared test session's driver exited (code 1, no report).
+pytestmark = pytest.mark.slow
+
 CLUSTER = r"""
 import json, sys
 from ray.cluster_utils import Cluster
