@@ -82,11 +82,11 @@ def run_sequential(cfg: Any, paths: list[str], threads: int) -> dict[str, Any]:
     """Same operators as the graph, one video after another, in this process. Returns timings."""
     import torch
 
-    from operators.assemble import Assembler
     from operators.decode import Decode
     from operators.detect_track import Detector
     from operators.embed import Embed, Preprocess
     from operators.encoders import embedding_dim
+    from pipeline.assembly import assemble_tables
     from pipeline.catalog import list_videos
     from pipeline.runner import preflight
     from pipeline.store import Store, now
@@ -105,7 +105,7 @@ def run_sequential(cfg: Any, paths: list[str], threads: int) -> dict[str, Any]:
         if op is not None:
             op.setup()
     store = Store(cfg.db.path, dim)
-    assembler = Assembler(cfg.segments, cfg.detect if cfg.detect.enabled else None, cfg.decode.fps, dim)
+    detect = cfg.detect if cfg.detect.enabled else None
     files, _ = list_videos(paths)
     store.begin([_video_row(f, cfg) for f in files])
     busy["setup"] += time.perf_counter() - t
@@ -133,7 +133,7 @@ def run_sequential(cfg: Any, paths: list[str], threads: int) -> dict[str, Any]:
             out.append(chunk)
         t = time.perf_counter()
         cols = {k: _concat([c[k] for c in out]) for k in out[0]}
-        tables = assembler(f.video_id, cols, float(cols["duration_s"][0]))
+        tables = assemble_tables(f.video_id, cols, cfg.segments, detect, cfg.decode.fps, dim)
         busy["assemble"] += time.perf_counter() - t
         frames += len(cols["t"])
         video_s += float(cols["duration_s"][0])

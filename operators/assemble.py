@@ -1,30 +1,39 @@
-"""Per-video assembly: all encoded frame rows of one video -> the Arrow rows of every table.
+"""Per-video assembly, streaming: frame rows of one video (any order, possibly repeated) -> the rows of every
+content table, emitted as soon as they are final.
 
-Runs once per video, in time order: tracking (stateful, see ``detect_track.VideoTracker``), time segments
-(fixed windows, mean-pooled and re-normalised), track tubes (mean of L2-normalised region embeddings,
-re-normalised; best observation = largest area x confidence) and thumbnails.
+State per video is bounded by what is still open, not by the video's length: a reorder buffer for rows that
+arrived ahead of their turn, the tracker, the open time segment and the observations of live tracks. Rows go
+to ``emit(table, rows)`` as they close: a frame (with its tracked boxes) and its thumbnail as soon as it is
+tracked, a segment when its window ends, a track tube when the tracker has dropped the track for good.
+
+Segments are fixed windows, mean-pooled and re-normalised; a tube is the mean of L2-normalised region
+embeddings, re-normalised; its best observation is the largest area x confidence.
 """
 
 from __future__ import annotations
 
 import io
 import json
+from collections.abc import Callable
+from dataclasses import dataclass, field
 from typing import Any
 
 import numpy as np
 import numpy.typing as npt
-import pyarrow as pa
 
 from operators.base import Batch, StrictModel
+from operators.contract import FRAMES, SEGMENTS, THUMBNAILS, TRACKS, make_id
 from operators.detect_track import DetectConfig, VideoTracker
-from pipeline import schema as S
+
+Row = dict[str, Any]
+Emit = Callable[[str, list[Row]], None]
 
 
 class SegmentConfig(StrictModel):
     window_s: float = 4.0  # fixed segment length
 
 
-def _normalise(x: npt.NDArray[np.float32]) -> npt.NDArray[np.float32]:
+def normalise(x: npt.NDArray[np.float32]) -> npt.NDArray[np.float32]:
     n = np.linalg.norm(x, axis=-1, keepdims=True)
     return (x / np.maximum(n, 1e-12)).astype(np.float32)
 
@@ -35,180 +44,247 @@ def _thumb_image(jpeg: bytes) -> Any:
     return np.asarray(Image.open(io.BytesIO(jpeg)).convert("RGB"))[..., ::-1]  # BGR, as trackers expect
 
 
-class Assembler:
-    """Turns one video's rows (``Batch`` of frame rows, any order) into table rows.
-
-    ``detect`` is None when the object path is off. Returns ``{table: pa.Table}`` for every content table.
-    """
-
-    def __init__(self, segments: SegmentConfig, detect: DetectConfig | None, sample_fps: float, dim: int) -> None:
-        self.segments = segments
-        self.detect = detect
-        self.sample_fps = sample_fps
-        self.dim = dim
-
-    def __call__(self, video_id: str, rows: Batch, duration_s: float) -> dict[str, pa.Table]:
-        order = np.argsort(rows["t"], kind="stable")
-        rows = {k: (v[order] if isinstance(v, np.ndarray) and len(v) == len(order) else v) for k, v in rows.items()}
-        t = rows["t"].astype(np.float64)
-        frame_ids = [S.make_id(video_id, "frame", int(i)) for i in rows["frame_idx"]]
-        emb = np.stack(rows["embedding"]).astype(np.float32)
-        boxes_per_frame, tracks = self._track(video_id, rows, frame_ids) if self.detect else ([[] for _ in t], [])
-        frames = pa.Table.from_pylist(
-            [
-                {
-                    "frame_id": fid,
-                    "video_id": video_id,
-                    "t": float(t[i]),
-                    "frame_idx": int(rows["frame_idx"][i]),
-                    "embedding": emb[i].tolist(),
-                    "boxes": boxes_per_frame[i],
-                    "class_names": sorted({b["class_name"] for b in boxes_per_frame[i]}),
-                }
-                for i, fid in enumerate(frame_ids)
-            ],
-            schema=S.frames_schema(self.dim),
-        )
-        thumbs = pa.Table.from_pylist(
-            [
-                {"thumb_id": fid, "video_id": video_id, "t": float(t[i]), "width": w, "height": h, "jpeg": jpeg}
-                for i, (fid, jpeg) in enumerate(zip(frame_ids, rows["thumb"], strict=True))
-                for w, h in [_jpeg_size(jpeg)]
-            ],
-            schema=S.thumbnails_schema(),
-        )
-        return {
-            S.FRAMES: frames,
-            S.SEGMENTS: self._segments(video_id, t, emb, frame_ids, boxes_per_frame, duration_s),
-            S.TRACKS: pa.Table.from_pylist(tracks, schema=S.tracks_schema(self.dim)),
-            S.THUMBNAILS: thumbs,
-        }
-
-    def _segments(
-        self,
-        video_id: str,
-        t: npt.NDArray[np.float64],
-        emb: npt.NDArray[np.float32],
-        frame_ids: list[str],
-        boxes: list[list[dict[str, Any]]],
-        duration_s: float,
-    ) -> pa.Table:
-        w = self.segments.window_s
-        window = np.floor(t / w).astype(np.int64)
-        out = []
-        for k in np.unique(window):
-            idx = np.flatnonzero(window == k)
-            start = float(k * w)
-            video_end = duration_s if duration_s > 0 else t[idx[-1]] + 1.0 / self.sample_fps
-            end = float(max(min((k + 1) * w, video_end), t[idx[-1]]))  # never past the video's end
-            middle = idx[np.argmin(np.abs(t[idx] - (start + end) / 2))]
-            out.append(
-                {
-                    "segment_id": S.make_id(video_id, "segment", f"{start:.3f}"),
-                    "video_id": video_id,
-                    "start_s": start,
-                    "end_s": end,
-                    "n_frames": len(idx),
-                    "embedding": _normalise(emb[idx].mean(axis=0)).tolist(),
-                    "thumb_id": frame_ids[middle],
-                    "class_names": sorted({b["class_name"] for i in idx for b in boxes[i]}),
-                }
-            )
-        return pa.Table.from_pylist(out, schema=S.segments_schema(self.dim))
-
-    def _track(
-        self, video_id: str, rows: Batch, frame_ids: list[str]
-    ) -> tuple[list[list[dict[str, Any]]], list[dict[str, Any]]]:
-        assert self.detect is not None
-        tracker = VideoTracker(self.detect, self.sample_fps)  # fresh state for this video
-        boxes_per_frame: list[list[dict[str, Any]]] = []
-        obs: dict[int, list[tuple[int, int]]] = {}  # tracker id -> [(frame row, detection index)]
-        for i in range(len(rows["t"])):
-            boxes = np.asarray(rows["det_boxes"][i], dtype=np.float32).reshape(-1, 4)
-            conf = np.asarray(rows["det_conf"][i], dtype=np.float32)
-            names = json.loads(rows["det_names"][i])
-            image = _thumb_image(rows["thumb"][i])
-            h, w = image.shape[:2]
-            ids = tracker.update(boxes * np.array([w, h, w, h], np.float32), conf, names, image)
-            frame_boxes = []
-            for j, tid in enumerate(ids):
-                track_id = S.make_id(video_id, "track", int(tid)) if tid >= 0 else ""
-                if tid >= 0:
-                    obs.setdefault(int(tid), []).append((i, j))
-                x1, y1, x2, y2 = (float(v) for v in boxes[j])
-                frame_boxes.append(
-                    {
-                        "track_id": track_id,
-                        "class_name": names[j],
-                        "conf": float(conf[j]),
-                        "x1": x1,
-                        "y1": y1,
-                        "x2": x2,
-                        "y2": y2,
-                    }
-                )
-            boxes_per_frame.append(frame_boxes)
-        tracks = []
-        has_regions = "region_emb" in rows
-        for tid, seen in sorted(obs.items()):
-            if len(seen) < self.detect.min_track_obs:
-                continue
-            tracks.append(self._tube(video_id, tid, seen, rows, frame_ids, has_regions))
-        return boxes_per_frame, tracks
-
-    def _tube(
-        self, video_id: str, tid: int, seen: list[tuple[int, int]], rows: Batch, frame_ids: list[str], has_regions: bool
-    ) -> dict[str, Any]:
-        traj, scores, embs, names = [], [], [], []
-        for i, j in seen:
-            box = np.asarray(rows["det_boxes"][i], dtype=np.float32).reshape(-1, 4)[j]
-            conf = float(np.asarray(rows["det_conf"][i])[j])
-            mask_area = -1.0
-            if "det_masks" in rows and rows["det_masks"][i] is not None and len(rows["det_masks"][i]) > j:
-                mask_area = float(np.asarray(rows["det_masks"][i][j]).mean())
-            traj.append(
-                {
-                    "t": float(rows["t"][i]),
-                    "x1": float(box[0]),
-                    "y1": float(box[1]),
-                    "x2": float(box[2]),
-                    "y2": float(box[3]),
-                    "conf": conf,
-                    "mask_area": mask_area,
-                }
-            )
-            scores.append(float((box[2] - box[0]) * (box[3] - box[1])) * conf)
-            names.append(json.loads(rows["det_names"][i])[j])
-            if has_regions and len(rows["region_emb"][i]) > j:
-                embs.append(np.asarray(rows["region_emb"][i][j], dtype=np.float32))
-        best = int(np.argmax(scores))
-        i_best = seen[best][0]
-        if embs:
-            emb = _normalise(_normalise(np.stack(embs)).mean(axis=0))
-        else:  # no region features: the frames' embeddings stand in
-            emb = _normalise(np.stack([rows["embedding"][i] for i, _ in seen]).mean(axis=0))
-        t_first, t_last = traj[0]["t"], traj[-1]["t"]
-        b = traj[best]
-        return {
-            "track_id": S.make_id(video_id, "track", tid),
-            "video_id": video_id,
-            "tracker_id": tid,
-            "class_name": max(set(names), key=names.count),
-            "conf_mean": float(np.mean([o["conf"] for o in traj])),
-            "t_first": t_first,
-            "t_last": t_last,
-            "duration_s": t_last - t_first,
-            "n_obs": len(traj),
-            "trajectory": traj,
-            "embedding": emb.tolist(),
-            "best_t": b["t"],
-            "best_box": [b["x1"], b["y1"], b["x2"], b["y2"]],
-            "thumb_id": frame_ids[i_best],
-        }
-
-
 def _jpeg_size(jpeg: bytes) -> tuple[int, int]:
     from PIL import Image
 
     with Image.open(io.BytesIO(jpeg)) as im:
         return im.size
+
+
+@dataclass
+class _Window:
+    k: int
+    t: list[float] = field(default_factory=list)
+    emb: list[npt.NDArray[np.float32]] = field(default_factory=list)
+    frame_ids: list[str] = field(default_factory=list)
+    classes: set[str] = field(default_factory=set)
+
+
+@dataclass
+class _Tube:
+    traj: list[Row] = field(default_factory=list)
+    scores: list[float] = field(default_factory=list)
+    names: list[str] = field(default_factory=list)
+    embs: list[npt.NDArray[np.float32]] = field(default_factory=list)  # region embeddings (or frame ones)
+    frame_ids: list[str] = field(default_factory=list)
+
+
+class VideoAssembler:
+    """The streaming assembly of one video (a plain class; the Ray side routes a video's rows to one instance).
+
+    ``add(rows)`` takes a columnar batch of this video's frame rows (``operators.contract.ASSEMBLY_COLUMNS``) in
+    any order; rows are processed strictly in ``sample_idx`` order, duplicates (retried upstream tasks) ignored.
+    ``done`` turns true once all ``n_samples`` rows were processed, after which every row has been emitted.
+    """
+
+    def __init__(
+        self,
+        video_id: str,
+        segments: SegmentConfig,
+        detect: DetectConfig | None,
+        sample_fps: float,
+        emit: Emit,
+    ) -> None:
+        self.video_id = video_id
+        self.window_s = segments.window_s
+        self.detect = detect
+        self.sample_fps = sample_fps
+        self.emit = emit
+        self.tracker = VideoTracker(detect, sample_fps) if detect is not None else None
+        self.pending: dict[int, Row] = {}  # sample_idx -> row, arrived ahead of its turn
+        self.next = 0
+        self.n_samples = -1
+        self.duration_s = 0.0
+        self.meta: Row = {}
+        self.window: _Window | None = None
+        self.tubes: dict[int, _Tube] = {}
+        self.counts = {FRAMES: 0, SEGMENTS: 0, TRACKS: 0, THUMBNAILS: 0}
+
+    @property
+    def done(self) -> bool:
+        return self.n_samples >= 0 and self.next >= self.n_samples
+
+    def add(self, rows: Batch) -> None:
+        for i in range(len(rows["sample_idx"])):
+            s = int(rows["sample_idx"][i])
+            if s >= self.next and s not in self.pending:
+                self.pending[s] = {k: v[i] for k, v in rows.items()}
+        while self.next in self.pending:
+            self._frame(self.pending.pop(self.next))
+            self.next += 1
+        if self.done:
+            self._finish()
+
+    # -- one frame, in time order ---------------------------------------------------------------------------
+    def _frame(self, row: Row) -> None:
+        if self.n_samples < 0:
+            self.n_samples = int(row["n_samples"])
+            self.duration_s = float(row["duration_s"])
+            self.meta = {k: row[k] for k in ("duration_s", "source_fps", "n_frames", "width", "height", "rotation")}
+            self.meta["backend"] = str(row["backend"])
+        t = float(row["t"])
+        fid = make_id(self.video_id, "frame", int(row["frame_idx"]))
+        emb = np.asarray(row["embedding"], dtype=np.float32)
+        boxes = self._track(row, fid) if self.tracker is not None else []
+        classes = sorted({b["class_name"] for b in boxes})
+        self.emit(
+            FRAMES,
+            [
+                {
+                    "frame_id": fid,
+                    "video_id": self.video_id,
+                    "t": t,
+                    "frame_idx": int(row["frame_idx"]),
+                    "embedding": emb,
+                    "boxes": boxes,
+                    "class_names": classes,
+                }
+            ],
+        )
+        w, h = _jpeg_size(row["thumb"])
+        self.emit(
+            THUMBNAILS,
+            [{"thumb_id": fid, "video_id": self.video_id, "t": t, "width": w, "height": h, "jpeg": row["thumb"]}],
+        )
+        self.counts[FRAMES] += 1
+        self.counts[THUMBNAILS] += 1
+        k = int(np.floor(t / self.window_s))
+        if self.window is not None and self.window.k != k:
+            self._close_window()
+        if self.window is None:
+            self.window = _Window(k)
+        self.window.t.append(t)
+        self.window.emb.append(emb)
+        self.window.frame_ids.append(fid)
+        self.window.classes.update(classes)
+
+    def _track(self, row: Row, fid: str) -> list[Row]:
+        assert self.tracker is not None and self.detect is not None
+        boxes = np.asarray(row["det_boxes"], dtype=np.float32).reshape(-1, 4)
+        conf = np.asarray(row["det_conf"], dtype=np.float32)
+        names = json.loads(row["det_names"])
+        image = _thumb_image(row["thumb"])
+        h, w = image.shape[:2]
+        ids = self.tracker.update(boxes * np.array([w, h, w, h], np.float32), conf, names, image)
+        masks = row.get("det_masks")
+        regions = row.get("region_emb")
+        out = []
+        for j, tid in enumerate(ids):
+            x1, y1, x2, y2 = (float(v) for v in boxes[j])
+            out.append(
+                {
+                    "track_id": make_id(self.video_id, "track", int(tid)) if tid >= 0 else "",
+                    "class_name": names[j],
+                    "conf": float(conf[j]),
+                    "x1": x1,
+                    "y1": y1,
+                    "x2": x2,
+                    "y2": y2,
+                }
+            )
+            if tid < 0:
+                continue
+            tube = self.tubes.setdefault(int(tid), _Tube())
+            mask_area = float(np.asarray(masks[j]).mean()) if masks is not None and len(masks) > j else -1.0
+            tube.traj.append(
+                {
+                    "t": float(row["t"]),
+                    "x1": x1,
+                    "y1": y1,
+                    "x2": x2,
+                    "y2": y2,
+                    "conf": float(conf[j]),
+                    "mask_area": mask_area,
+                }
+            )
+            tube.scores.append(float((boxes[j, 2] - boxes[j, 0]) * (boxes[j, 3] - boxes[j, 1])) * float(conf[j]))
+            tube.names.append(names[j])
+            tube.frame_ids.append(fid)
+            if regions is not None and len(regions) > j:
+                tube.embs.append(normalise(np.asarray(regions[j], dtype=np.float32)))
+            else:  # no region features: the frame's embedding stands in
+                tube.embs.append(np.asarray(row["embedding"], dtype=np.float32))
+        live = self.tracker.live_ids()
+        for tid in [t for t in self.tubes if t not in live]:  # dropped for good: it can never come back
+            self._close_tube(tid)
+        return out
+
+    # -- closing rows ---------------------------------------------------------------------------------------
+    def _close_window(self) -> None:
+        win, self.window = self.window, None
+        if win is None:
+            return
+        w = self.window_s
+        t = np.asarray(win.t)
+        start = float(win.k * w)
+        video_end = self.duration_s if self.duration_s > 0 else t[-1] + 1.0 / self.sample_fps
+        end = float(max(min((win.k + 1) * w, video_end), t[-1]))  # never past the video's end
+        middle = int(np.argmin(np.abs(t - (start + end) / 2)))
+        self.emit(
+            SEGMENTS,
+            [
+                {
+                    "segment_id": make_id(self.video_id, "segment", f"{start:.3f}"),
+                    "video_id": self.video_id,
+                    "start_s": start,
+                    "end_s": end,
+                    "n_frames": len(t),
+                    "embedding": normalise(np.stack(win.emb).mean(axis=0)),
+                    "thumb_id": win.frame_ids[middle],
+                    "class_names": sorted(win.classes),
+                }
+            ],
+        )
+        self.counts[SEGMENTS] += 1
+
+    def _close_tube(self, tid: int) -> None:
+        tube = self.tubes.pop(tid)
+        assert self.detect is not None
+        if len(tube.traj) < self.detect.min_track_obs:
+            return
+        best = int(np.argmax(tube.scores))
+        b = tube.traj[best]
+        t_first, t_last = tube.traj[0]["t"], tube.traj[-1]["t"]
+        self.emit(
+            TRACKS,
+            [
+                {
+                    "track_id": make_id(self.video_id, "track", tid),
+                    "video_id": self.video_id,
+                    "tracker_id": tid,
+                    "class_name": max(set(tube.names), key=tube.names.count),
+                    "conf_mean": float(np.mean([o["conf"] for o in tube.traj])),
+                    "t_first": t_first,
+                    "t_last": t_last,
+                    "duration_s": t_last - t_first,
+                    "n_obs": len(tube.traj),
+                    "trajectory": tube.traj,
+                    "embedding": normalise(np.stack(tube.embs).mean(axis=0)),
+                    "best_t": b["t"],
+                    "best_box": [b["x1"], b["y1"], b["x2"], b["y2"]],
+                    "thumb_id": tube.frame_ids[best],
+                }
+            ],
+        )
+        self.counts[TRACKS] += 1
+
+    def _finish(self) -> None:
+        self._close_window()
+        for tid in sorted(self.tubes):
+            self._close_tube(tid)
+
+
+def assemble_video(
+    video_id: str,
+    rows: Batch,
+    segments: SegmentConfig,
+    detect: DetectConfig | None,
+    sample_fps: float,
+) -> dict[str, list[Row]]:
+    """All of one video's frame rows at once -> ``{table: rows}`` (the sequential path and tests)."""
+    out: dict[str, list[Row]] = {FRAMES: [], SEGMENTS: [], TRACKS: [], THUMBNAILS: []}
+    va = VideoAssembler(video_id, segments, detect, sample_fps, lambda table, rows: out[table].extend(rows))
+    va.add(rows)
+    if not va.done:
+        raise ValueError(f"video {video_id}: {va.next} of {va.n_samples} sampled frames given")
+    return out

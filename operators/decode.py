@@ -29,6 +29,7 @@ import numpy.typing as npt
 from PIL import Image
 
 from operators.base import Batch, Operator, StrictModel
+from operators.contract import fingerprint
 from operators.media_probe import DecodeError, Header, container_hint, probe, short_error
 
 __all__ = ["Decode", "DecodeConfig", "DecodeError", "VideoInfo", "sample_indices", "target_size"]
@@ -328,7 +329,7 @@ class Decode(Operator):
 def _meta_columns(info: VideoInfo, n: int) -> Batch:
     return {
         "duration_s": np.full(n, info.duration_s if math.isfinite(info.duration_s) else 0.0),
-        "fps": np.full(n, info.fps),
+        "source_fps": np.full(n, info.fps),
         "n_frames": np.full(n, info.n_frames, dtype=np.int64),
         "width": np.full(n, info.width, dtype=np.int32),
         "height": np.full(n, info.height, dtype=np.int32),
@@ -345,9 +346,6 @@ _CHANGED = (
 
 
 def _fingerprint(path: str) -> str:
-    # The catalog defines what "the same file" means; a lazy import keeps operators free of pipeline at import.
-    from pipeline.catalog import fingerprint
-
     try:
         return fingerprint(path)[1]
     except OSError as exc:

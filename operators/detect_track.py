@@ -234,3 +234,8 @@ class VideoTracker:
         for row in np.asarray(out).reshape(-1, 8):
             ids[int(row[7])] = int(row[4])
         return ids
+
+    def live_ids(self) -> set[int]:
+        """Tracker ids that may still be matched (tracked or lost); any other id is closed for good."""
+        t = self.tracker
+        return {int(s.track_id) for s in (*t.tracked_stracks, *t.lost_stracks)}

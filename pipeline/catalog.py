@@ -10,18 +10,16 @@ The video id is ``uuid5(fingerprint)``.
 from __future__ import annotations
 
 import glob
-import hashlib
 import os
 import stat
 from dataclasses import dataclass
 
+from operators.contract import fingerprint
 from pipeline import schema as S
 
 VIDEO_EXTENSIONS = frozenset(
     ".mp4 .m4v .mov .mkv .webm .avi .mpg .mpeg .ts .mts .m2ts .wmv .flv .3gp .ogv .gif .mxf".split()
 )
-HEAD = TAIL = 64 * 1024
-MIDDLE, N_MIDDLE = 16 * 1024, 8
 
 
 @dataclass(frozen=True)
@@ -39,21 +37,6 @@ class VideoFile:
 class Unreadable:
     path: str
     reason: str
-
-
-def fingerprint(path: str) -> tuple[int, str]:
-    size = os.path.getsize(path)
-    h = hashlib.sha256(str(size).encode())
-    with open(path, "rb") as f:
-        offsets = (
-            [0]
-            if size <= HEAD + TAIL
-            else [0, *(HEAD + (size - HEAD - TAIL) * k // (N_MIDDLE + 1) for k in range(1, N_MIDDLE + 1)), size - TAIL]
-        )
-        for off in offsets:
-            f.seek(off)
-            h.update(f.read(HEAD if off in (0, size - TAIL) else MIDDLE) if size > HEAD + TAIL else f.read())
-    return size, h.hexdigest()
 
 
 def _walk(folder: str) -> list[str]:

@@ -41,6 +41,10 @@ class RayConfig(StrictModel):
     detect: StageResources = StageResources(num_cpus=0.5, concurrency=1, batch_size=8)
     preprocess: StageResources = StageResources(num_cpus=0.5, concurrency=1, batch_size=16)
     embed: StageResources = StageResources(num_cpus=0.5, concurrency=1, batch_size=16)
+    # Routing is a hand-off (a few ms per batch) and assembly + fragment writes cost ~1-2 ms per frame, so both
+    # ask little; give a cluster one assembler per few nodes' worth of frames (see BENCHMARKS.md, driver).
+    route: StageResources = StageResources(num_cpus=0.05, concurrency=1, batch_size=0)
+    assemble: StageResources = StageResources(num_cpus=0.2, concurrency=1, batch_size=0)
 
     @model_validator(mode="before")
     @classmethod
@@ -49,16 +53,19 @@ class RayConfig(StrictModel):
         not ``StageResources``' (which would silently reset num_cpus to 1 and num_gpus to 0)."""
         if isinstance(data, dict):
             data = dict(data)
-            for name in ("decode", "detect", "preprocess", "embed"):
-                if isinstance(data.get(name), dict):
+            for name, field in cls.model_fields.items():
+                if isinstance(field.default, StageResources) and isinstance(data.get(name), dict):
                     data[name] = {**cls.model_fields[name].default.model_dump(), **data[name]}
         return data
 
 
 class DbConfig(StrictModel):
     path: str = "./vidsearch_db"
-    commit_every_videos: int = 8  # completed videos committed together (fewer, larger LanceDB fragments)
+    # Finished videos are committed together: one Lance commit per table per group, so larger groups cost the
+    # driver less per video (BENCHMARKS.md, driver); a group is committed after this many videos or seconds.
+    commit_every_videos: int = 64
     commit_every_s: float = 30.0
+    fragment_rows: int = 4096  # an assembler writes a table's buffered rows of a video as a fragment at this many
     # Where the write lock of an object-store database lives (local disk of the driver); a local database keeps
     # its lock inside its own directory. See pipeline/lock.py.
     lock_dir: str | None = None

@@ -1,5 +1,7 @@
 """The Ray Data streaming graph: videos -> decode (tasks, 1:N) -> detect (actors, 1:1) -> preprocess
-(tasks, 1:1) -> embed + regions (actors, 1:1) -> the driver's per-video assembly and single committer.
+(tasks, 1:1) -> embed + regions (actors, 1:1) -> route (tasks, N:M) to the assembler actors, which track,
+assemble and write each video's rows as Lance fragments (``pipeline/assembly.py``) -> one small result row
+per finished or failed video, which is all the driver receives.
 
 ``StageAdapter`` is the one place an operator meets Ray: it builds the operator inside the worker, calls
 ``setup()`` once, caps torch's threads at the worker's CPU share (so torch and Ray workers do not
@@ -10,7 +12,9 @@ from __future__ import annotations
 
 import os
 from collections.abc import Callable
-from typing import Any
+from dataclasses import dataclass
+from functools import partial
+from typing import Any, Literal
 
 import numpy as np
 
@@ -18,33 +22,8 @@ from operators.base import Batch, Operator, StageResources
 from operators.decode import Decode
 from operators.detect_track import Detector
 from operators.embed import Embed, Preprocess
+from pipeline.assembly import Route
 from pipeline.config import Config
-
-#: Columns the driver needs from each frame row; everything else is dropped before the driver.
-DRIVER_COLUMNS = [
-    "video_id",
-    "path",
-    "t",
-    "frame_idx",
-    "sample_idx",
-    "n_samples",
-    "thumb",
-    "error",
-    "embedding",
-    "duration_s",
-    "fps",
-    "n_frames",
-    "width",
-    "height",
-    "rotation",
-    "backend",
-    "codec",
-    "det_boxes",
-    "det_conf",
-    "det_names",
-    "det_masks",
-    "region_emb",
-]
 
 
 def _limit_threads(num_cpus: float) -> None:
@@ -145,26 +124,96 @@ def _apply(ds: Any, factory: Callable[[], Operator], kind: str, res: StageResour
     )
 
 
-def build_dataset(cfg: Config, videos: list[dict[str, str]], checkpoint: str | None) -> Any:
+@dataclass(frozen=True)
+class Stage:
+    """One stage of the graph, declared once: read by the graph builder, the stage timings and the config (its
+    resources are ``cfg.ray.<name>``)."""
+
+    name: str
+    kind: Literal["task", "actor"]
+    factory: Callable[[Config, str | None], Operator] | None  # (config, checkpoint) -> operator; None: route
+    fan: str  # rows in : rows out, for the reader
+    per_video: bool = False  # call the operator on each video's rows of a batch separately (see by_video)
+    enabled: Callable[[Config], bool] = lambda cfg: True
+
+
+STAGES = (
+    Stage("decode", "task", lambda cfg, ck: Decode(cfg.decode), "1 video : N frames"),
+    # per video so that a frame's boxes never depend on its batch-mates (see by_video)
+    Stage("detect", "actor", lambda cfg, ck: Detector(cfg.detect), "1:1", True, lambda cfg: cfg.detect.enabled),
+    Stage("preprocess", "task", lambda cfg, ck: Preprocess(cfg.encoder), "1:1"),
+    Stage("embed", "actor", lambda cfg, ck: Embed(cfg.encoder, cfg.regions, ck), "1:1"),
+    Stage("route", "actor", None, "N frames : one result per finished video"),
+)
+
+
+def frame_dataset(cfg: Config, videos: list[dict[str, str]], checkpoint: str | None) -> Any:
     """The streaming dataset of encoded frame rows for ``videos`` (dicts with ``video_id`` and ``path``)."""
     import ray
 
-    r = cfg.ray
     ds = ray.data.from_items(videos, override_num_blocks=max(1, len(videos)))
-    ds = _apply(ds, lambda: Decode(cfg.decode), "task", r.decode)  # 1 video : N frame chunks
-    if cfg.detect.enabled:
-        # 1:1, adds boxes; per video so that a frame's boxes never depend on its batch-mates (see by_video)
-        ds = _apply(ds, lambda: Detector(cfg.detect), "actor", r.detect, per_video=True)
-    ds = _apply(ds, lambda: Preprocess(cfg.encoder), "task", r.preprocess)  # 1:1, adds pixels
-    ds = _apply(ds, lambda: Embed(cfg.encoder, cfg.regions, checkpoint), "actor", r.embed)  # 1:1
+    for stage in STAGES:
+        if stage.factory is not None and stage.enabled(cfg):
+            factory = partial(stage.factory, cfg, checkpoint)
+            ds = _apply(ds, factory, stage.kind, getattr(cfg.ray, stage.name), stage.per_video)
     return ds
 
 
-def select_driver_columns(batch: Batch) -> Batch:
-    return {k: v for k, v in batch.items() if k in DRIVER_COLUMNS}
+def build_dataset(
+    cfg: Config, videos: list[dict[str, str]], checkpoint: str | None, assemblers: tuple[str, int]
+) -> Any:
+    """The streaming dataset of per-video results for ``videos``: ``frame_dataset`` routed to the running
+    assembler pool (``assemblers``: its name prefix and size, see ``assembly.start_assemblers``)."""
+    import ray
+
+    ds = frame_dataset(cfg, videos, checkpoint)
+    prefix, n = assemblers
+    # N frame rows : one result row per video finished in this batch (most batches give none)
+    return ds.map_batches(
+        Route,
+        fn_constructor_kwargs={"prefix": prefix, "n": n},
+        compute=ray.data.ActorPoolStrategy(size=cfg.ray.route.concurrency),
+        batch_size=None,
+        num_cpus=cfg.ray.route.num_cpus,
+    )
 
 
-def rows_of(batch: Batch) -> list[dict[str, Any]]:
-    """Split a columnar batch into per-row dicts (for per-video buffering on the driver)."""
-    n = len(batch["video_id"])
-    return [{k: (v[i] if isinstance(v, np.ndarray | list) else v) for k, v in batch.items()} for i in range(n)]
+def graph_stage_times(ds: Any, cfg: Config) -> dict[str, dict[str, float]]:
+    """Ray Data's per-operator totals (task wall seconds summed over workers, CPU seconds, tasks), named after
+    the graph's stages in order (fused operators get joined names). Empty when Ray offers no stats."""
+    stages = [stage.name for stage in STAGES if stage.enabled(cfg)]
+    try:
+        ops = [op for s in _lineage(ds._get_stats_summary()) for op in s.operators_stats]  # ds.stats() is text
+    except Exception:  # noqa: BLE001 - stats are a report, never a reason to fail a run
+        return {}
+    out: dict[str, dict[str, float]] = {}
+    k = 0
+    for op in ops:
+        names = []
+        for part in op.operator_name.split("->"):
+            if part.startswith("MapBatches") and k < len(stages):
+                names.append(stages[k])
+                k += 1
+        if not names:
+            continue
+        wall, cpu = op.wall_time or {}, op.cpu_time or {}
+        out["+".join(names)] = {
+            "wall_s": round(float(_stat(wall, "sum")), 3),
+            "cpu_s": round(float(_stat(cpu, "sum")), 3),
+            "tasks": int(_stat(wall, "count")),
+        }
+    return out
+
+
+def _lineage(summary: Any) -> list[Any]:
+    """A stats summary and its parents, upstream first (each executed part of the graph is one summary)."""
+    out = []
+    for parent in summary.parents or []:
+        out += _lineage(parent)
+    return [*out, summary]
+
+
+def _stat(summary: Any, key: str) -> float:
+    if isinstance(summary, dict):
+        return float(summary.get(key, 0) or 0)
+    return float(getattr(summary, key, 0) or 0)

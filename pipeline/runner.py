@@ -1,10 +1,6 @@
 """The index run: take the database lock, recover a crashed run, list and fingerprint videos, plan (skip,
-move, re-index, replace), stream the Ray graph, assemble each finished video on the driver and hand groups of
-finished videos to the single committer; then prune (``incremental``) and maintain indexes when needed.
-
-Frame rows of one video arrive in any order and possibly twice (a retried decode task re-yields its
-chunks, a restarted actor re-runs its batch), so the driver buffers them by ``(video_id, sample_idx)``; a video
-is finished when all of its ``n_samples`` rows are in, or failed when an error row arrives.
+move, re-index, replace), ingest (``pipeline/ingest.py``: the Ray graph assembles and writes on the workers,
+the driver commits), then prune (``incremental``) and maintain indexes when needed.
 
 Planning, per listed file (video id = uuid5 of the content fingerprint, see ``catalog``):
 - complete under this pipeline version -> skipped; if its recorded path is gone (or now holds other content)
@@ -18,26 +14,20 @@ Planning, per listed file (video id = uuid5 of the content fingerprint, see ``ca
 
 from __future__ import annotations
 
-import datetime as dt
 import logging
 import os
 import time
 import uuid
-from collections.abc import Iterator
-from contextlib import contextmanager
 from dataclasses import asdict, dataclass, field
 from typing import Any
 
-import numpy as np
-import pyarrow as pa
-
-from operators.assemble import Assembler
 from operators.detect_track import resolve_yolo
 from operators.encoders import embedding_dim, resolve_checkpoint
 from pipeline import schema as S
 from pipeline.catalog import VideoFile, list_videos
 from pipeline.config import Config
-from pipeline.graph import build_dataset, rows_of, select_driver_columns
+from pipeline.graph import graph_stage_times
+from pipeline.ingest import Ingest, timed
 from pipeline.lock import DatabaseLock
 from pipeline.maintenance import maintain, needs_maintenance, prune
 from pipeline.store import Store, now
@@ -76,6 +66,7 @@ class RunSummary:
     thumbnails: int = 0
     wall_s: float = 0.0
     stages: dict[str, float] = field(default_factory=dict)  # driver seconds per step
+    fragments_by_node: dict[str, int] = field(default_factory=dict)  # Ray node id -> fragments its workers wrote
     graph_stages: dict[str, dict[str, float]] = field(default_factory=dict)  # Ray Data time per operator
     maintenance: dict[str, list[str]] | None = None  # what end-of-run maintenance did, per table
     failures: list[dict[str, str]] = field(default_factory=list)
@@ -108,27 +99,12 @@ class Plan:
         return video_id in self.reindexed or video_id in self.replaces
 
 
-@contextmanager
-def _timed(stages: dict[str, float], name: str) -> Iterator[None]:
-    t0 = time.monotonic()
-    try:
-        yield
-    finally:
-        stages[name] = round(stages.get(name, 0.0) + time.monotonic() - t0, 3)
-
-
 def preflight(cfg: Config) -> str | None:
     """Resolve every checkpoint before any work; raises ``MissingCheckpointError`` with one sentence."""
     checkpoint = resolve_checkpoint(cfg.encoder)
     if cfg.detect.enabled:
         resolve_yolo(cfg.detect.model)
     return checkpoint
-
-
-class _VideoBuffer:
-    def __init__(self) -> None:
-        self.rows: dict[int, dict[str, Any]] = {}
-        self.expected = -1
 
 
 class Runner:
@@ -201,12 +177,12 @@ class Runner:
         if self.cfg.random_weights:
             log.warning(RANDOM_WEIGHTS_NOTICE)
         _warn_ephemeral(self.cfg.db.path)
-        with _timed(st, "preflight"):
+        with timed(st, "preflight"):
             checkpoint = preflight(self.cfg)
         self.store.record_run(summary.run_id, started, self.version, summary.as_dict(), finished=False)
-        with _timed(st, "recover"):
+        with timed(st, "recover"):
             summary.recovered = len(self.store.recover())
-        with _timed(st, "list"):
+        with timed(st, "list"):
             files, unreadable = list_videos(inputs)
         summary.videos_seen = len(files) + len(unreadable)
         quarantined = self._quarantined()
@@ -215,17 +191,17 @@ class Runner:
                 summary.quarantined += 1
             else:
                 self._fail(summary, bad.path, "", "list", "UnreadableFile", bad.reason)
-        with _timed(st, "plan"):
+        with timed(st, "plan"):
             plan = self.plan(files, summary, quarantined)
         if self.incremental:
-            with _timed(st, "prune"):
+            with timed(st, "prune"):
                 pruned = prune(self.store, roots=[i for i in inputs if os.path.isdir(i)])
             summary.pruned, summary.pruned_paths = len(pruned), [p["path"] for p in pruned]
         if plan.todo:
             self.store.begin([self._video_row(f) for f in plan.todo])
-            self._stream(plan, checkpoint, summary)
+            self._ingest(plan, checkpoint, summary)
         if self.cfg.maintenance.after_index and (summary.indexed or summary.pruned or summary.moved):
-            with _timed(st, "maintain"):
+            with timed(st, "maintain"):
                 if needs_maintenance(self.store, self.cfg.maintenance):
                     report = maintain(self.store, self.cfg.maintenance)  # the full report is its own runs row
                     summary.maintenance = {t: r["actions"] for t, r in report["tables"].items() if r["actions"]}
@@ -241,7 +217,7 @@ class Runner:
             "path": f.path,
             "size_bytes": f.size,
             "duration_s": float(m.get("duration_s", 0.0)),
-            "fps": float(m.get("fps", 0.0)),
+            "fps": float(m.get("source_fps", 0.0)),
             "n_frames": int(m.get("n_frames", 0)),
             "width": int(m.get("width", 0)),
             "height": int(m.get("height", 0)),
@@ -254,123 +230,33 @@ class Runner:
             "indexed_at": None,
         }
 
-    def _stream(self, plan: Plan, checkpoint: str | None, summary: RunSummary) -> None:
-        from tqdm import tqdm
+    def _ingest(self, plan: Plan, checkpoint: str | None, summary: RunSummary) -> None:
+        def video_row(f: VideoFile, meta: dict[str, Any]) -> dict[str, Any]:
+            return {**self._video_row(f, meta), "run_id": summary.run_id}
 
-        st = summary.stages
-        todo = plan.todo
-        by_id = {f.video_id: f for f in todo}
-        assembler = Assembler(
-            self.cfg.segments, self.cfg.detect if self.cfg.detect.enabled else None, self.cfg.decode.fps, self.dim
-        )
-        # The fingerprint lets decode refuse a file whose content changed since it was listed.
-        items = [{"video_id": f.video_id, "path": f.path, "fingerprint": f.fingerprint} for f in todo]
-        ds = build_dataset(self.cfg, items, checkpoint)
+        def done(f: VideoFile, counts: dict[str, int]) -> None:
+            change = plan.is_change(f.video_id)
+            summary.indexed += 1
+            summary.changed += int(change)
+            summary.new += int(not change)
+            summary.frames += counts[S.FRAMES]
+            summary.segments += counts[S.SEGMENTS]
+            summary.tracks += counts[S.TRACKS]
+            summary.thumbnails += counts[S.THUMBNAILS]
+
+        def fail(f: VideoFile, stage: str, error_type: str, message: str) -> None:
+            self._fail(summary, f.path, f.video_id, stage, error_type, message)
+
+        ingest = Ingest(self.cfg, self.store, self.dim, video_row, done, fail, self.progress)
         summary.ray_job_id, summary.ray_nodes = _ray_context()
-        buffers: dict[str, _VideoBuffer] = {}
-        finished: set[str] = set()
-        pending: list[tuple[dict[str, Any], dict[str, pa.Table]]] = []
-        last_commit = time.monotonic()
-        bar = tqdm(total=len(todo), unit="video", disable=not self.progress, desc="indexing")
-        batches = iter(ds.iter_batches(batch_size=None, batch_format="numpy"))
-        while True:
-            with _timed(st, "graph"):  # the driver waiting on the Ray graph
-                batch = next(batches, None)
-            if batch is None:
-                break
-            for row in rows_of(select_driver_columns(batch)):
-                vid = str(row["video_id"])
-                if vid in finished:
-                    continue  # a late duplicate of a finished or failed video
-                f = by_id[vid]
-                if row["error"]:
-                    finished.add(vid)
-                    buffers.pop(vid, None)
-                    self._fail(summary, f.path, vid, "decode", "DecodeError", str(row["error"]))
-                    if vid not in plan.reindexed:  # a re-indexed video keeps its complete rows
-                        self.store.delete_videos([vid])
-                    bar.update(1)
-                    continue
-                buf = buffers.setdefault(vid, _VideoBuffer())
-                buf.expected = int(row["n_samples"])
-                buf.rows[int(row["sample_idx"])] = row
-                if len(buf.rows) == buf.expected:
-                    finished.add(vid)
-                    with _timed(st, "assemble"):
-                        pending.append(self._assemble(assembler, f, buffers.pop(vid), summary, plan.is_change(vid)))
-                    bar.update(1)
-                    bar.set_postfix(frames=summary.frames)
-                    if len(pending) >= self.cfg.db.commit_every_videos:  # at most this many videos per commit
-                        self._commit(pending, plan, st)
-                        pending, last_commit = [], time.monotonic()
-            if pending and time.monotonic() - last_commit > self.cfg.db.commit_every_s:
-                self._commit(pending, plan, st)
-                pending, last_commit = [], time.monotonic()
-        if pending:
-            self._commit(pending, plan, st)
-        bar.close()
+        ds = ingest.run(plan.todo, checkpoint, summary.stages, plan.reindexed, plan.replaces)
+        summary.fragments_by_node = dict(ingest.fragments_by_node)
         summary.graph_stages = graph_stage_times(ds, self.cfg)
-        for vid in set(by_id) - finished:  # the graph ended without all of a video's frames
-            self._fail(
-                summary,
-                by_id[vid].path,
-                vid,
-                "pipeline",
-                "Incomplete",
-                "the pipeline ended before all sampled frames arrived",
-            )
-            if vid not in plan.reindexed:
-                self.store.delete_videos([vid])
-
-    def _assemble(
-        self, assembler: Assembler, f: VideoFile, buf: _VideoBuffer, summary: RunSummary, is_change: bool
-    ) -> tuple[dict[str, Any], dict[str, pa.Table]]:
-        rows = [buf.rows[i] for i in sorted(buf.rows)]
-        cols = {
-            k: np.array(
-                [r[k] for r in rows]
-                if k not in ("det_boxes", "det_conf", "det_masks", "region_emb", "thumb")
-                else _objects([r[k] for r in rows])
-            )
-            for k in rows[0]
-        }
-        meta = {k: rows[0][k] for k in ("duration_s", "fps", "n_frames", "width", "height", "rotation", "backend")}
-        meta["n_samples"] = len(rows)
-        tables = assembler(f.video_id, cols, float(meta["duration_s"]))
-        summary.indexed += 1
-        summary.changed += int(is_change)
-        summary.new += int(not is_change)
-        summary.frames += tables[S.FRAMES].num_rows
-        summary.segments += tables[S.SEGMENTS].num_rows
-        summary.tracks += tables[S.TRACKS].num_rows
-        summary.thumbnails += tables[S.THUMBNAILS].num_rows
-        video = self._video_row(f, meta)
-        video["run_id"] = summary.run_id
-        return video, tables
-
-    def _commit(
-        self, pending: list[tuple[dict[str, Any], dict[str, pa.Table]]], plan: Plan, stages: dict[str, float]
-    ) -> None:
-        """One commit of a group of finished videos (see ``Store.commit`` for the order of writes)."""
-        tables: dict[str, list[pa.Table]] = {}
-        for _, t in pending:
-            for name, rows in t.items():
-                tables.setdefault(name, []).append(rows)
-        with _timed(stages, "commit"):
-            self.store.commit([v for v, _ in pending], tables, reindexed=plan.reindexed, replaces=plan.replaces)
-            for v, _ in pending:
-                self.store.clear_failure(v["path"])
 
     def _fail(self, summary: RunSummary, path: str, video_id: str, stage: str, error_type: str, message: str) -> None:
         summary.failed += 1
         summary.failures.append({"path": path, "stage": stage, "message": message})
         self.store.record_failure(path, video_id, stage, error_type, message, self.cfg.failures.quarantine_after)
-
-
-def _objects(items: list[Any]) -> np.ndarray:
-    out = np.empty(len(items), dtype=object)
-    out[:] = items
-    return out
 
 
 def _holds(path: str, video_id: str, listed: dict[str, str]) -> bool:
@@ -396,52 +282,7 @@ def _warn_ephemeral(db: str) -> None:
         )
 
 
-def graph_stage_times(ds: Any, cfg: Config) -> dict[str, dict[str, float]]:
-    """Ray Data's per-operator totals (task wall seconds summed over workers, CPU seconds, tasks), named after
-    the graph's stages in order (fused operators get joined names). Empty when Ray offers no stats."""
-    stages = ["decode", *(["detect"] if cfg.detect.enabled else []), "preprocess", "embed"]
-    try:
-        ops = [op for s in _lineage(ds._get_stats_summary()) for op in s.operators_stats]  # ds.stats() is text
-    except Exception:  # noqa: BLE001 - stats are a report, never a reason to fail a run
-        return {}
-    out: dict[str, dict[str, float]] = {}
-    k = 0
-    for op in ops:
-        names = []
-        for part in op.operator_name.split("->"):
-            if part.startswith("MapBatches") and k < len(stages):
-                names.append(stages[k])
-                k += 1
-        if not names:
-            continue
-        wall, cpu = op.wall_time or {}, op.cpu_time or {}
-        out["+".join(names)] = {
-            "wall_s": round(float(_stat(wall, "sum")), 3),
-            "cpu_s": round(float(_stat(cpu, "sum")), 3),
-            "tasks": int(_stat(wall, "count")),
-        }
-    return out
-
-
-def _lineage(summary: Any) -> list[Any]:
-    """A stats summary and its parents, upstream first (each executed part of the graph is one summary)."""
-    out = []
-    for parent in summary.parents or []:
-        out += _lineage(parent)
-    return [*out, summary]
-
-
-def _stat(summary: Any, key: str) -> float:
-    if isinstance(summary, dict):
-        return float(summary.get(key, 0) or 0)
-    return float(getattr(summary, key, 0) or 0)
-
-
 def run_index(
     cfg: Config, inputs: list[str], progress: bool = True, retry_failed: bool = False, incremental: bool = False
 ) -> RunSummary:
     return Runner(cfg, progress=progress, retry_failed=retry_failed, incremental=incremental).run(inputs)
-
-
-def utc(ts: float) -> dt.datetime:
-    return dt.datetime.fromtimestamp(ts, dt.UTC)

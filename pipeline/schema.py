@@ -10,32 +10,19 @@ Ids are deterministic (``uuid5``) so that a rerun or a retried commit produces t
 
 from __future__ import annotations
 
-import uuid
-
 import pyarrow as pa
 
-NAMESPACE = uuid.UUID("6f1d2f1c-3a57-4a38-9c1e-5b1c0f7d2a90")
+from operators.contract import CONTENT_TABLES, FRAMES, SEGMENTS, THUMBNAILS, TRACKS, VIDEOS, make_id
 
-VIDEOS = "videos"
-FRAMES = "frames"
-SEGMENTS = "segments"
-TRACKS = "tracks"
-THUMBNAILS = "thumbnails"
+__all__ = ["CONTENT_TABLES", "FRAMES", "SEGMENTS", "THUMBNAILS", "TRACKS", "VIDEOS", "make_id"]
+
 FAILURES = "failures"
 RUNS = "runs"
-
-#: Tables that hold a video's indexed rows; all of them are written before the video is marked complete.
-CONTENT_TABLES = (FRAMES, SEGMENTS, TRACKS, THUMBNAILS)
 #: Tables searchable by vector, and so valid ``level`` values.
 LEVELS = (SEGMENTS, FRAMES, TRACKS)
 
 STATUS_STARTED = "started"
 STATUS_COMPLETE = "complete"
-
-
-def make_id(*parts: object) -> str:
-    """A deterministic id from the given parts (uuid5 in the project's namespace)."""
-    return str(uuid.uuid5(NAMESPACE, "/".join(str(p) for p in parts)))
 
 
 BOX = pa.struct(

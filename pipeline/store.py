@@ -1,16 +1,17 @@
 """The LanceDB database: tables, the single-committer write protocol, failures and run records.
 
-Exactly-once protocol (all writes come from the one committer in the driver, under the database lock of
-``pipeline/lock.py``; Ray workers only produce Arrow-able batches, so LanceDB never sees concurrent writers and
-there are no commit conflicts to retry):
+Exactly-once protocol (one index run at a time holds the database lock of ``pipeline/lock.py``; its workers
+write data files, only its driver commits, so no two commits race):
 1. ``begin(videos)`` writes each new video's ``videos`` row with status ``started``.
-2. ``commit(...)`` writes the rows of a group of finished videos to every content table (``merge_insert`` on
-   the deterministic key, so a retried commit cannot duplicate), then flips the videos to ``complete`` in one
-   ``merge_insert``. For a video re-indexed under a new pipeline version (same id, still ``complete`` with its
-   old rows), the new rows overwrite the old ones key by key and only then are the old keys the new version no
-   longer has deleted; for a file whose content changed (new id), the old video's rows are deleted only after
-   the new video is ``complete``. A reader therefore never finds a re-indexed video missing.
-3. ``recover()`` at start deletes every content row of videos still ``started`` (a crashed run).
+2. The assembler actors write each video's rows as uncommitted Lance fragments (``pipeline/assembly.py``);
+   nobody sees them yet.
+3. ``commit_fragments(...)`` appends the fragments of a group of finished videos to each content table in one
+   atomic commit per table, then flips the videos to ``complete`` in one ``merge_insert``. For a video that
+   already has complete rows (re-indexed under a new pipeline version, or a retried commit), the same commit
+   deletes its old rows, so a reader sees the old rows or the new ones, never neither and never both; for a
+   file whose content changed (new id), the old video's rows are deleted only after the new video is complete.
+4. ``recover()`` at start deletes every content row of videos still ``started`` (a crashed run) and the data
+   files of fragments nobody committed.
 Readers only trust videos that are ``complete`` and read ``videos`` before the content tables, so rows written
 by a run in progress are invisible to them.
 """
@@ -28,6 +29,7 @@ import lancedb
 import pyarrow as pa
 
 from pipeline import schema as S
+from pipeline.fragments import cleanup_uncommitted, commit_table, storage_options, table_uri, write_fragments
 
 
 def now() -> dt.datetime:
@@ -106,9 +108,12 @@ class Store:
 
     # -- write protocol -----------------------------------------------------------------------------------
     def begin(self, videos: list[dict[str, Any]]) -> None:
-        """Record videos as ``started`` (their old complete rows, if any, stay until the commit replaces them)."""
+        """Record videos as ``started`` (their old complete rows, if any, stay until the commit replaces them) and
+        make sure every content table exists before workers write fragments into it."""
         if not videos:
             return
+        for name in S.CONTENT_TABLES:
+            self.table(name)
         done = self.complete_ids()  # once: a scan of the videos table
         fresh = [v for v in videos if v["video_id"] not in done]
         if fresh:
@@ -122,34 +127,49 @@ class Store:
         reindexed: Iterable[str] = (),
         replaces: dict[str, list[str]] | None = None,
     ) -> None:
-        """Write the content rows of ``videos`` to every table, then mark the videos complete.
+        """``commit_fragments`` for rows made in this process (tests, the sequential baseline): the rows are
+        written as fragments here, then committed exactly as the workers' fragments are."""
+        opts = storage_options(self.uri)
+        fragments = {
+            name: [f for t in parts if t.num_rows for f in write_fragments(table_uri(self.uri, name), t, opts)]
+            for name, parts in tables.items()
+            if self.table(name) is not None
+        }
+        self.commit_fragments(videos, fragments, reindexed, replaces)
 
-        ``reindexed``: ids among ``videos`` that already had complete rows (a new pipeline version); their
-        keys the new rows no longer have are deleted after the new rows are in. ``replaces``: new id -> ids of
-        the videos whose file it replaced (same path, new content), deleted once the new video is complete.
+    def commit_fragments(
+        self,
+        videos: list[dict[str, Any]],
+        fragments: dict[str, list[str]],
+        reindexed: Iterable[str] = (),
+        replaces: dict[str, list[str]] | None = None,
+    ) -> None:
+        """Commit the written fragments (JSON metadata, see ``pipeline/fragments.py``) of a group of finished
+        videos, one atomic commit per content table, then mark the videos complete.
+
+        Videos of the group that already have complete rows (``reindexed``: a new pipeline version; or a
+        retried commit of the same group) lose their old rows in the same commit that adds the new ones.
+        ``replaces``: new id -> ids of the videos whose file it replaced (same path, new content), deleted once
+        the new video is complete.
         """
         global _commits
         _commits += 1
         ids = [v["video_id"] for v in videos]
-        reset = set(reindexed)
-        again = [i for i in ids if i in reset]
+        again = sorted((set(reindexed) & set(ids)) | self._complete_among(ids))
         for name in S.CONTENT_TABLES:
-            parts = [t for t in tables.get(name, []) if t.num_rows]
-            new = pa.concat_tables(parts) if parts else S.table_schema(name, self.dim).empty_table()
-            key = S.KEYS[name]
-            old_keys = (
-                set(self.rows(name, in_list("video_id", again), [key]).column(key).to_pylist()) if again else set()
-            )
-            if new.num_rows:
-                self._upsert(name, new)
-            stale = old_keys - set(new.column(key).to_pylist())
-            if stale:
-                self.table(name).delete(in_list(key, sorted(stale)))
+            self.table(name)  # exists before the first commit
+            commit_table(self.uri, name, fragments.get(name, []), in_list("video_id", again) if again else None)
         _fault_point("after-rows")
         rows = [{**v, "status": S.STATUS_COMPLETE, "indexed_at": now()} for v in videos]
         self._upsert(S.VIDEOS, pa.Table.from_pylist(rows, schema=S.videos_schema()))
         old_ids = sorted({o for i in ids for o in (replaces or {}).get(i, []) if o not in ids})
         self.delete_videos(old_ids)
+
+    def _complete_among(self, ids: list[str]) -> set[str]:
+        if not ids or not self.exists(S.VIDEOS):
+            return set()
+        where = f"{in_list('video_id', ids)} AND status = {quote(S.STATUS_COMPLETE)}"
+        return set(self.rows(S.VIDEOS, where, ["video_id"]).column("video_id").to_pylist())
 
     def _upsert(self, name: str, rows: pa.Table) -> None:
         table = self.table(name)
@@ -160,7 +180,11 @@ class Store:
         (table.merge_insert(key).when_matched_update_all().when_not_matched_insert_all().execute(rows))
 
     def recover(self) -> list[str]:
-        """Delete the rows of videos a crashed run left ``started``; returns their ids."""
+        """Delete the rows of videos a crashed run left ``started`` and the fragments its workers wrote but
+        nobody committed; returns the ids. Called under the database lock (no other writer runs)."""
+        for name in S.CONTENT_TABLES:
+            if self.exists(name):
+                cleanup_uncommitted(self.uri, name)
         if not self.exists(S.VIDEOS):
             return []
         stale = self.rows(S.VIDEOS, f"status = {quote(S.STATUS_STARTED)}", ["video_id"]).column("video_id").to_pylist()
@@ -225,8 +249,12 @@ class Store:
         return attempts
 
     def clear_failure(self, path: str) -> None:
-        if self.exists(S.FAILURES):
-            self.table(S.FAILURES).delete(f"path = {quote(path)}")
+        self.clear_failures([path])
+
+    def clear_failures(self, paths: list[str]) -> None:
+        """Forget the failures of ``paths`` (they indexed now); one delete for a whole commit group."""
+        if paths and self.exists(S.FAILURES):
+            self.table(S.FAILURES).delete(in_list("path", paths))
 
     def quarantined(self) -> dict[str, set[str]]:
         """Quarantined path -> the video ids (content) that failed there (``""`` for a file that never listed)."""

@@ -7,7 +7,8 @@ import json
 import numpy as np
 import pytest
 
-from operators.assemble import Assembler, SegmentConfig
+from operators.assemble import SegmentConfig
+from pipeline.assembly import assemble_tables
 from operators.decode import Decode, DecodeConfig
 from operators.detect_track import DetectConfig, Detector, FrameDetections
 from operators.embed import Embed, Preprocess
@@ -61,7 +62,7 @@ def test_segmentation_checkpoint_masks_travel_with_boxes(frames, tmp_path) -> No
     embed.setup()
     out = embed(pre(out))
     assert [len(r) for r in out["region_emb"]] == [len(b) for b in out["det_boxes"]]
-    tables = Assembler(SegmentConfig(), cfg, 1.0, embed.encoder.dim)("v", out, float(frames["duration_s"][0]))
+    tables = assemble_tables("v", out, SegmentConfig(), cfg, 1.0, embed.encoder.dim)
     areas = [o["mask_area"] for t in tables["tracks"].to_pylist() for o in t["trajectory"]]
     assert areas and all(0.0 <= a <= 1.0 for a in areas)
 

@@ -202,34 +202,31 @@ def test_writer_killed_mid_run_then_rerun_indexes_each_video_once(folder, ray_se
     assert summary.indexed + summary.skipped == len(CLIPS)
 
 
-class _FailOnce:
-    """Wraps a LanceDB table write so that its first call on ``table`` raises ``exc``."""
+def _fail_once(original: Callable[..., Any], table: str, exc: BaseException) -> Callable[..., Any]:
+    """Wraps the per-table commit (``pipeline.fragments.commit_table``) so that its first call on ``table``
+    raises ``exc``."""
+    fired = []
 
-    def __init__(self, original: Callable[..., Any], table: str, exc: BaseException) -> None:
-        self.original, self.table, self.exc, self.fired = original, table, exc, 0
+    def call(db_uri: str, name: str, *args: Any, **kwargs: Any) -> Any:
+        if name == table and not fired:
+            fired.append(1)
+            raise exc
+        return original(db_uri, name, *args, **kwargs)
 
-    def __get__(self, obj: Any, owner: Any = None) -> Callable[..., Any]:
-        def call(*args: Any, **kwargs: Any) -> Any:
-            if obj.name == self.table and not self.fired:
-                self.fired += 1
-                raise self.exc
-            return self.original(obj, *args, **kwargs)
-
-        return call
+    return call
 
 
 def test_lancedb_commit_failing_once_stops_the_run_and_a_rerun_recovers(
     folder, ray_session, tmp_path, monkeypatch
 ) -> None:  # type: ignore[no-untyped-def]
-    """The segments write of the first commit fails (frames of that video are already written): the run stops
-    with the storage error; the rerun deletes the half-written video and indexes everything once."""
-    from lancedb.table import LanceTable
-
+    """The segments commit of the first group fails (the frames of that group are already committed): the run
+    stops with the storage error; the rerun deletes the half-committed video and indexes everything once."""
+    import pipeline.store
     from pipeline.runner import run_index
 
     db = tmp_path / "db"
     failure = RuntimeError("lance error: Commit conflict for version 3 (injected)")
-    monkeypatch.setattr(LanceTable, "add", _FailOnce(LanceTable.add, S.SEGMENTS, failure))
+    monkeypatch.setattr(pipeline.store, "commit_table", _fail_once(pipeline.store.commit_table, S.SEGMENTS, failure))
     with pytest.raises(RuntimeError, match="Commit conflict"):
         run_index(tiny_config(db, *OVERRIDES), [str(folder)], progress=False)
     gc.collect()  # the abandoned Ray Data iterator shuts its executor down now, not at exit (see the report)

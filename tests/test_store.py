@@ -140,7 +140,7 @@ def test_commit_then_crash_leftovers_are_recovered_and_a_retried_commit_adds_not
     assert store.count(S.VIDEOS) == 1 and store.complete_ids() == {"a"}
 
 
-def test_reindex_overwrites_then_drops_stale_keys_and_never_leaves_the_video_without_rows(tmp_path) -> None:
+def test_reindex_swaps_old_rows_for_new_in_one_commit(tmp_path) -> None:
     store = Store(str(tmp_path / "db"), DIM)
     store.begin([video_row("a")])
     store.commit([video_row("a")], tables_of(content("a", [0.0, 1.0, 2.0, 3.0])))
@@ -159,9 +159,12 @@ def test_reindex_overwrites_then_drops_stale_keys_and_never_leaves_the_video_wit
         table.checkout(v)
         seen.append(sorted(table.to_arrow().column("t").to_pylist()))
     table.checkout_latest()
-    assert all(rows for rows in seen), seen  # the video always had rows
-    # The new rows landed before the stale ones left: some version holds old and new together.
-    assert any({0.0, 4.0} <= set(rows) for rows in seen), seen
+    # Every version a reader could have opened holds the old rows or the new ones: never neither, never a mix
+    # (the old rows' deletion and the new fragments are one commit).
+    assert set(map(tuple, seen)) == {(0.0, 1.0, 2.0, 3.0), (2.0, 3.0, 4.0, 5.0)}, seen
+    # Stored keys are unique: the rows kept under the same frame ids (t=2, 3) were replaced, not doubled.
+    ids = store.rows(S.FRAMES, columns=["frame_id"]).column("frame_id").to_pylist()
+    assert len(ids) == len(set(ids)) == 4
 
 
 def test_a_replaced_file_drops_the_old_video_only_when_the_new_one_is_complete(tmp_path) -> None:

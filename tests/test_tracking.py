@@ -14,7 +14,8 @@ import motmetrics as mm
 import numpy as np
 import pytest
 
-from operators.assemble import Assembler, SegmentConfig
+from operators.assemble import SegmentConfig
+from pipeline.assembly import assemble_tables
 from operators.decode import Decode, DecodeConfig
 from operators.detect_track import DetectConfig, Detector, FrameDetections
 from operators.embed import Embed, Preprocess
@@ -73,7 +74,7 @@ def run_path(tracker: str, tmp_path) -> tuple[dict, list]:
     embed = Embed(cfg.encoder, RegionConfig(mode="roi"))
     embed.setup()
     batch = embed(pre(batch))
-    tables = Assembler(SegmentConfig(), detect_cfg, 3.0, embed.encoder.dim)("mot17-04", batch, 2.67)
+    tables = assemble_tables("mot17-04", batch, SegmentConfig(), detect_cfg, 3.0, embed.encoder.dim)
     return batch, tables
 
 

@@ -1,0 +1,88 @@
+"""The data contract between stages, declared once: deterministic ids, table names, and the columns a frame
+row carries from stage to stage.
+
+``pipeline/schema.py`` builds the Arrow schemas of the tables on top of this module; operators read it
+directly, so ``operators/`` never imports ``pipeline/``.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import os
+import uuid
+
+NAMESPACE = uuid.UUID("6f1d2f1c-3a57-4a38-9c1e-5b1c0f7d2a90")
+
+VIDEOS = "videos"
+FRAMES = "frames"
+SEGMENTS = "segments"
+TRACKS = "tracks"
+THUMBNAILS = "thumbnails"
+
+#: Tables that hold a video's indexed rows; all of them are written before the video is marked complete.
+CONTENT_TABLES = (FRAMES, SEGMENTS, TRACKS, THUMBNAILS)
+
+
+def make_id(*parts: object) -> str:
+    """A deterministic id from the given parts (uuid5 in the project's namespace)."""
+    return str(uuid.uuid5(NAMESPACE, "/".join(str(p) for p in parts)))
+
+
+# -- content fingerprint (what "the same file" means; video_id = make_id of it) ---------------------------------
+HEAD = TAIL = 64 * 1024
+MIDDLE, N_MIDDLE = 16 * 1024, 8
+
+
+def fingerprint(path: str) -> tuple[int, str]:
+    """(size, SHA-256 over the size, the first and last 64 KiB and eight 16 KiB ranges spread between them)."""
+    size = os.path.getsize(path)
+    h = hashlib.sha256(str(size).encode())
+    with open(path, "rb") as f:
+        offsets = (
+            [0]
+            if size <= HEAD + TAIL
+            else [0, *(HEAD + (size - HEAD - TAIL) * k // (N_MIDDLE + 1) for k in range(1, N_MIDDLE + 1)), size - TAIL]
+        )
+        for off in offsets:
+            f.seek(off)
+            h.update(f.read(HEAD if off in (0, size - TAIL) else MIDDLE) if size > HEAD + TAIL else f.read())
+    return size, h.hexdigest()
+
+
+# -- the frame row: one sampled frame as it travels decode -> detect -> embed -> assembly ----------------------
+#: Per-video columns repeated on each of its frame rows (written by decode).
+VIDEO_META_COLUMNS = ("duration_s", "source_fps", "n_frames", "width", "height", "rotation", "backend", "codec")
+
+#: Written by decode (``frame`` is dropped by embed, so pixels never travel past it).
+DECODE_COLUMNS = (
+    "video_id",
+    "path",
+    "t",  # seconds, the frame's presentation time
+    "frame_idx",  # index of the frame in the source
+    "sample_idx",  # 0..n_samples-1 in time order
+    "n_samples",  # sampled frames planned for the video
+    "frame",  # uint8 HxWx3, upright, working size
+    "thumb",  # JPEG bytes
+    "error",  # "" when fine; a failed video is one row with its reason
+    *VIDEO_META_COLUMNS,
+)
+#: Written by the detector: per frame, boxes (K x 4, normalised xyxy), confidences (K), class names (JSON list)
+#: and, for segmentation models, masks (K x h x w).
+DETECT_COLUMNS = ("det_boxes", "det_conf", "det_names", "det_masks")
+#: Written by embed: the frame embedding (D) and one region embedding per box (K x D).
+EMBED_COLUMNS = ("embedding", "region_emb")
+
+#: What the per-video assembly reads; every other column is dropped before rows leave the embed stage.
+ASSEMBLY_COLUMNS = (
+    "video_id",
+    "path",
+    "t",
+    "frame_idx",
+    "sample_idx",
+    "n_samples",
+    "thumb",
+    "error",
+    *VIDEO_META_COLUMNS,
+    *DETECT_COLUMNS,
+    *EMBED_COLUMNS,
+)
