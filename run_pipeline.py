@@ -111,11 +111,13 @@ def _config(args: argparse.Namespace) -> Any:
 def start_ray(cfg: Any, address: str | None) -> None:
     import ray
 
+    from pipeline.fragments import job_runtime_env
+
     if ray.is_initialized():
         return
     address = address or cfg.ray.address
     if address:
-        ray.init(address=address, log_to_driver=False, runtime_env=cfg.ray.runtime_env)
+        ray.init(address=address, log_to_driver=False, runtime_env=job_runtime_env(cfg.ray.runtime_env, cfg.db.path))
     else:
         ray.init(num_cpus=cfg.ray.num_cpus, include_dashboard=False, log_to_driver=False)
 

@@ -9,11 +9,13 @@ Local (or shared-filesystem) databases: ``fcntl.flock`` on ``<db>/.vidsearch.loc
 when the holder exits, however it exits (SIGKILL, OOM, node loss on NFSv4 after the lease expires), so a crash
 never leaves a stale lock behind. The file also records who holds it, for the message the second run prints.
 
-Object-store databases (``s3://``, ``gs://``, ``az://``...): an object store has no lock primitive that LanceDB
-exposes, so the lock file lives on the driver's local disk (``db.lock_dir``, default ``~/.cache/vidsearch/locks``)
-keyed by the URI. That excludes overlapping runs launched on the same machine (cron on one host, ``ray job
-submit`` drivers, which all run on the head node), not runs started from different machines: schedule one
-launcher per database (Kubernetes CronJob ``concurrencyPolicy: Forbid``, one RayJob at a time).
+``s3://`` databases: a lease object in the bucket taken with S3's conditional writes (``pipeline/lease.py``),
+so runs started from different machines exclude each other; a killed holder's lease expires (60 s).
+
+Other object stores (``gs://``, ``az://``...): the lock file lives on the driver's local disk (``db.lock_dir``,
+default ``~/.cache/vidsearch/locks``) keyed by the URI. That excludes overlapping runs launched on the same
+machine (cron on one host, ``ray job submit`` drivers, which all run on the head node), not runs started from
+different machines: schedule one launcher per database (Kubernetes CronJob ``concurrencyPolicy: Forbid``).
 """
 
 from __future__ import annotations
@@ -29,6 +31,7 @@ import sys
 import threading
 from pathlib import Path
 from types import TracebackType
+from typing import Any
 
 log = logging.getLogger(__name__)
 
@@ -36,6 +39,7 @@ EXIT_LOCKED = 75
 LOCK_NAME = ".vidsearch.lock"
 
 _held: dict[str, tuple[int, int]] = {}  # lock path -> (fd, depth): re-entrant within one process
+_leases: dict[str, Any] = {}  # lock path -> the S3Lease held for an s3:// database
 _guard = threading.Lock()
 
 
@@ -88,6 +92,9 @@ class DatabaseLock:
                 fd, depth = _held[key]
                 _held[key] = (fd, depth + 1)
                 return
+            if self.db.startswith("s3://"):
+                self._acquire_lease(key)
+                return
             self.path.parent.mkdir(parents=True, exist_ok=True)
             if is_object_store(self.db):
                 log.warning(
@@ -113,6 +120,16 @@ class DatabaseLock:
             os.pwrite(fd, json.dumps(holder).encode(), 0)
             _held[key] = (fd, 1)
 
+    def _acquire_lease(self, key: str) -> None:
+        from pipeline.lease import S3Lease
+
+        lease = S3Lease(self.db, self.command)
+        holder = lease.acquire()
+        if holder is not None:
+            raise LockBusy(self.db, lease.path, holder)
+        _leases[key] = lease
+        _held[key] = (-1, 1)
+
     def release(self) -> None:
         key = str(self.path)
         with _guard:
@@ -123,6 +140,9 @@ class DatabaseLock:
                 _held[key] = (fd, depth - 1)
                 return
             del _held[key]
+            if key in _leases:
+                _leases.pop(key).release()
+                return
             os.ftruncate(fd, 0)  # the file stays (deleting it would race a waiting locker); only the lock goes
             fcntl.flock(fd, fcntl.LOCK_UN)
             os.close(fd)

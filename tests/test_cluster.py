@@ -55,6 +55,7 @@ PLACEMENT = [
     "ray.decode.num_cpus=0.2",
     "ray.decode.concurrency=1",
     "ray.preprocess.num_cpus=0.2",
+    "ray.assemble.concurrency=2",  # assemblers are spread over the nodes: both write fragments
 ]
 
 
@@ -94,7 +95,7 @@ def stage_actors(address: str, **filters: str) -> list:
     from ray.util.state import list_actors
 
     actors = list_actors(address=address, filters=[(k, "=", v) for k, v in filters.items()], detail=True, limit=1000)
-    return [a for a in actors if a.class_name.startswith("MapWorker")]
+    return [a for a in actors if a.class_name.startswith("MapWorker") and "Route" not in a.class_name]
 
 
 def test_index_job_runs_on_both_nodes_and_indexes_every_video_once(
@@ -126,9 +127,12 @@ def test_index_job_runs_on_both_nodes_and_indexes_every_video_once(
     by_node = {node: sum(t.node_id == node for t in work) for node in nodes}
     assert all(by_node.values()), by_node  # stage tasks finished on both nodes
     head = next(n for n, info in nodes.items() if info.is_head_node)
+    # Rows were written where they were assembled: fragments from the worker node, not only the head.
+    written = summary["fragments_by_node"]
+    assert set(written) <= set(nodes) and any(n != head for n in written), written
     print(  # shown with -rP: where the job's work ran
         f"job {job}: stage tasks per node {by_node}; actors {[(a.node_id[:8], a.required_resources) for a in actors]};"
-        f" head {head[:8]}"
+        f" head {head[:8]}; fragments written per node { {n[:8]: k for n, k in written.items()} }"
     )
 
     # Every video exactly once, and the same rows as the single-node run of the same folder.

@@ -1,0 +1,136 @@
+"""The database lock of an ``s3://`` database: a lease object in the bucket, taken and kept with S3's
+conditional writes, so it excludes runs started from any machine.
+
+- take: ``PutObject(If-None-Match: *)`` of ``<db>/_vidsearch.lock`` (holder, expiry); a 412 means it exists;
+- keep: a thread re-writes it every ``lease_s / 3`` with ``If-Match: <etag it wrote>``; a 412 there means the
+  lease was lost (the run went silent longer than the lease and another run took over);
+- release: ``DeleteObject(If-Match: <etag>)``;
+- a holder that died (SIGKILL, node loss) stops renewing: once its expiry has passed, the next run deletes
+  the object with ``If-Match`` on the etag it read (two runs racing for a stale lease: one delete wins) and
+  takes it.
+Endpoint and credentials come from the standard variables (``pipeline/fragments.storage_options``).
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import json
+import logging
+import os
+import socket
+import sys
+import threading
+import time
+from typing import Any
+from urllib.parse import urlparse
+
+log = logging.getLogger(__name__)
+
+LEASE_NAME = "_vidsearch.lock"
+
+
+def _client() -> Any:
+    import boto3
+
+    env = os.environ
+    return boto3.client(
+        "s3",
+        endpoint_url=env.get("AWS_ENDPOINT_URL") or env.get("AWS_ENDPOINT"),
+        region_name=env.get("AWS_REGION") or env.get("AWS_DEFAULT_REGION") or "us-east-1",
+    )
+
+
+def _status(exc: Exception) -> int:
+    return int(getattr(exc, "response", {}).get("ResponseMetadata", {}).get("HTTPStatusCode", 0))
+
+
+class S3Lease:
+    """``acquire()`` returns None when taken, else the current holder (a dict); ``release()`` gives it back."""
+
+    def __init__(self, db: str, command: str, lease_s: float = 60.0) -> None:
+        url = urlparse(db)
+        self.bucket = url.netloc
+        self.key = f"{url.path.strip('/')}/{LEASE_NAME}".lstrip("/")
+        self.path = f"s3://{self.bucket}/{self.key}"
+        self.command = command
+        self.lease_s = lease_s
+        self.s3 = _client()
+        self.etag: str | None = None
+        self.lost = threading.Event()
+        self._stop = threading.Event()
+        self._thread: threading.Thread | None = None
+
+    def _body(self) -> bytes:
+        holder = {
+            "pid": os.getpid(),
+            "host": socket.gethostname(),
+            "command": self.command,
+            "since": dt.datetime.now(dt.UTC).isoformat(timespec="seconds"),
+            "expires": time.time() + self.lease_s,
+            "argv": sys.argv,
+        }
+        return json.dumps(holder).encode()
+
+    def acquire(self) -> dict[str, Any] | None:
+        for _ in range(3):
+            try:
+                self.etag = self.s3.put_object(Bucket=self.bucket, Key=self.key, Body=self._body(), IfNoneMatch="*")[
+                    "ETag"
+                ]
+            except Exception as exc:  # noqa: BLE001 - botocore's ClientError; 412 = someone holds it
+                if _status(exc) not in (409, 412):
+                    raise
+            else:
+                self._thread = threading.Thread(target=self._renew, name="vidsearch-lease", daemon=True)
+                self._thread.start()
+                return None
+            holder, etag = self._read()
+            if holder is None:
+                continue  # released meanwhile: try again
+            if float(holder.get("expires", 0)) > time.time():
+                return holder
+            log.warning("taking over the expired lock %s of %s", self.path, holder)
+            try:
+                self.s3.delete_object(Bucket=self.bucket, Key=self.key, IfMatch=etag)
+            except Exception as exc:  # noqa: BLE001 - another run took or renewed it first
+                if _status(exc) != 412:
+                    raise
+        holder, _ = self._read()
+        return holder or {}
+
+    def _read(self) -> tuple[dict[str, Any] | None, str]:
+        try:
+            obj = self.s3.get_object(Bucket=self.bucket, Key=self.key)
+        except Exception as exc:  # noqa: BLE001
+            if _status(exc) == 404:
+                return None, ""
+            raise
+        try:
+            holder = json.loads(obj["Body"].read() or b"{}")
+        except ValueError:
+            holder = {}
+        return (holder if isinstance(holder, dict) else {}), obj["ETag"]
+
+    def _renew(self) -> None:
+        while not self._stop.wait(self.lease_s / 3):
+            try:
+                self.etag = self.s3.put_object(Bucket=self.bucket, Key=self.key, Body=self._body(), IfMatch=self.etag)[
+                    "ETag"
+                ]
+            except Exception as exc:  # noqa: BLE001
+                if _status(exc) == 412:
+                    log.error("lost the database lock %s: another run took it over", self.path)
+                    self.lost.set()
+                    return
+                log.warning("could not renew the database lock %s: %s", self.path, exc)
+
+    def release(self) -> None:
+        self._stop.set()
+        if self._thread is not None:
+            self._thread.join()
+        if self.etag and not self.lost.is_set():
+            try:
+                self.s3.delete_object(Bucket=self.bucket, Key=self.key, IfMatch=self.etag)
+            except Exception as exc:  # noqa: BLE001 - the lease expires by itself
+                log.warning("could not release the database lock %s: %s", self.path, exc)
+        self.etag = None

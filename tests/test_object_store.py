@@ -1,0 +1,134 @@
+"""An ``s3://`` database on a local S3-compatible server (moto, 127.0.0.1 only): index -> search -> rerun ->
+driver SIGKILLed mid-commit then resumed, through the CLI with the standard AWS_* variables; the lease lock in
+the bucket refuses a second writer (exit 75) from any process.
+
+The CLI joins the test session's Ray (``--address``); the object-store variables travel to its workers in the
+job's runtime_env (``pipeline.fragments.job_runtime_env``).
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from pipeline import schema as S
+from pipeline.lock import EXIT_LOCKED, DatabaseLock, LockBusy
+from pipeline.store import FAULT_ENV, Store
+from tests.test_resume import assert_same_tables
+
+ROOT = Path(__file__).resolve().parent.parent
+DIM = 64
+BUCKET = "archive"
+
+
+@pytest.fixture(scope="module")
+def s3_env():  # type: ignore[no-untyped-def]
+    moto_server = pytest.importorskip("moto.server")
+    import boto3
+
+    server = moto_server.ThreadedMotoServer(ip_address="127.0.0.1", port=0, verbose=False)
+    server.start()
+    host, port = server.get_host_and_port()
+    env = {
+        "AWS_ENDPOINT_URL": f"http://{host}:{port}",
+        "AWS_ACCESS_KEY_ID": "testing",
+        "AWS_SECRET_ACCESS_KEY": "testing",
+        "AWS_REGION": "us-east-1",
+        "AWS_ALLOW_HTTP": "true",
+    }
+    saved = {k: os.environ.get(k) for k in env}
+    os.environ.update(env)
+    boto3.client("s3", endpoint_url=env["AWS_ENDPOINT_URL"]).create_bucket(Bucket=BUCKET)
+    yield env
+    for k, v in saved.items():
+        if v is None:
+            os.environ.pop(k, None)
+        else:
+            os.environ[k] = v
+    server.stop()
+
+
+def cli(*args: str, address: str | None = None) -> list[str]:
+    joined = ["--address", address] if address else []
+    return [sys.executable, str(ROOT / "run_pipeline.py"), *args, "--config", "tiny", *joined]
+
+
+def test_index_search_rerun_and_resume_on_an_s3_database(s3_env, sample_folder, indexed_db, ray_session) -> None:
+    ref_cfg, ref = indexed_db
+    address = ray_session.get_runtime_context().gcs_address
+    db = f"s3://{BUCKET}/runs/db"
+    index = cli(
+        "index", str(sample_folder), "--db", db, "--no-progress", "--set", "db.commit_every_videos=1", address=address
+    )
+
+    # Killed in its 2nd commit (rows of a video committed, the video not complete), then the same command.
+    first = subprocess.run(
+        index, cwd=ROOT, env={**os.environ, FAULT_ENV: "after-rows:2"}, capture_output=True, text=True
+    )
+    assert first.returncode == -signal.SIGKILL, first.stderr[-3000:]
+    store = Store(db, DIM)
+    assert store.status_counts().get(S.STATUS_STARTED) == 2
+    summary_path = Path(sample_folder).parent / "s3-summary.json"
+    second = subprocess.run([*index, "--summary-json", str(summary_path)], cwd=ROOT, capture_output=True, text=True)
+    assert second.returncode == 0, second.stderr[-3000:]
+    summary = json.loads(summary_path.read_text())
+    assert (summary["recovered"], summary["indexed"], summary["failed"]) == (2, 2, 0)
+    assert sum(summary["fragments_by_node"].values()) > 0
+    assert_same_tables(Store(db, DIM), Store(ref_cfg.db.path, DIM))
+
+    # A rerun indexes nothing.
+    third = subprocess.run([*index, "--summary-json", str(summary_path)], cwd=ROOT, capture_output=True, text=True)
+    assert third.returncode == 0, third.stderr[-3000:]
+    assert json.loads(summary_path.read_text())["skipped"] == ref.indexed
+
+    # Search reads the same store.
+    search = cli("search", "a person", "--db", db, "--json", "-k", "3")
+    out = subprocess.run(search, cwd=ROOT, capture_output=True, text=True)
+    assert out.returncode == 0, out.stderr[-3000:]
+    hits = json.loads(out.stdout)
+    assert len(hits) == 3 and {h["video_id"] for h in hits} <= Store(db, DIM).complete_ids()
+
+
+def test_the_lease_in_the_bucket_refuses_a_second_writer(s3_env, sample_folder, ray_session) -> None:
+    address = ray_session.get_runtime_context().gcs_address
+    db = f"s3://{BUCKET}/locked/db"
+    with DatabaseLock(db, "index"):
+        # Another process (as if on another machine: nothing local is shared but the bucket) is refused.
+        run = subprocess.run(
+            cli("index", str(sample_folder), "--db", db, "--no-progress", address=address),
+            cwd=ROOT,
+            capture_output=True,
+            text=True,
+        )
+        assert run.returncode == EXIT_LOCKED, run.stderr[-3000:]
+        assert "another vidsearch run" in run.stderr
+        # A second lock object in this process is refused too (the lease, not a local file, decides).
+        from pipeline.lease import S3Lease
+
+        assert S3Lease(db, "index").acquire() is not None
+    # Released: the next run takes it.
+    with DatabaseLock(db, "index"):
+        pass
+
+
+def test_an_expired_lease_of_a_dead_holder_is_taken_over(s3_env) -> None:
+    from pipeline.lease import S3Lease
+
+    db = f"s3://{BUCKET}/stale/db"
+    dead = S3Lease(db, "index", lease_s=0.5)
+    assert dead.acquire() is None
+    dead._stop.set()  # the holder dies: it stops renewing and never releases
+    import time
+
+    time.sleep(0.8)
+    taker = S3Lease(db, "index")
+    assert taker.acquire() is None, "an expired lease must be taken over"
+    with pytest.raises(LockBusy):
+        DatabaseLock(db, "index").acquire()
+    taker.release()
