@@ -380,3 +380,37 @@ def _write_db(path: Path, videos: list[dict[str, Any]], texts: list[dict[str, An
     db.create_table(S.VIDEOS, pa.Table.from_pylist(videos, schema=S.videos_schema()))
     db.create_table(S.TEXTS, pa.Table.from_pylist(texts, schema=S.texts_schema()))
     return str(path)
+
+
+def run_ocr_configs(
+    manifest_path: str | Path, overrides: list[str], media_root: str | Path | None, work_dir: str | Path, k: int = 10
+) -> tuple[dict[str, dict[str, Any]], list[str]]:
+    """``evaluate`` for an OCR manifest: results per tokenizer, and the notices to print.
+
+    Overrides: ``ocr.KEY=VALUE`` (``OcrConfig``), ``spans.KEY=VALUE`` (``SpanConfig``) and
+    ``text_search.tokenizer=ngram|word`` (default: both, side by side); other sections are ignored here.
+    """
+    from pipeline.evaluate import default_media_root
+
+    sections: dict[str, dict[str, Any]] = {"ocr": {}, "spans": {}, "text_search": {}}
+    for item in overrides:
+        key, sep, value = item.partition("=")
+        section, _, name = key.partition(".")
+        if sep and section in sections and name:
+            sections[section][name] = yaml.safe_load(value)
+    tok = sections["text_search"].get("tokenizer")
+    tokenizers = (str(tok),) if tok else ("ngram", "word")
+    results = evaluate_ocr(
+        load_ocr_manifest(manifest_path),
+        Path(media_root) if media_root else default_media_root(),
+        work_dir,
+        OcrConfig.model_validate(sections["ocr"]),
+        SpanConfig.model_validate(sections["spans"]),
+        tokenizers=tokenizers,
+        k=k,
+    )
+    notice = (
+        "NOTE: OCR evaluation: clips decoded at the manifest's fps, OcrFrames + text_spans + TextSearcher run "
+        "directly (not through the Ray pipeline); --config is not used."
+    )
+    return {f"texts/{t}": r for t, r in results.items()}, [notice]

@@ -17,6 +17,7 @@ Only spans of videos marked ``complete`` are returned, so a run in progress or a
 
 from __future__ import annotations
 
+import warnings
 from dataclasses import asdict, dataclass
 from typing import Any, Literal
 
@@ -64,10 +65,12 @@ def ensure_text_index(table: Any, tokenizer: Tokenizer = "ngram", replace: bool 
     if not replace and any(ix.name == INDEX_NAME for ix in table.list_indices()):
         return
     common = {"replace": True, "name": INDEX_NAME, "remove_stop_words": False, "stem": False, "ascii_folding": True}
-    if tokenizer == "ngram":
-        table.create_fts_index("text", base_tokenizer="ngram", ngram_min_length=3, ngram_max_length=3, **common)
-    else:
-        table.create_fts_index("text", base_tokenizer="simple", **common)
+    tokens = {"base_tokenizer": "ngram", "ngram_min_length": 3, "ngram_max_length": 3} if tokenizer == "ngram" else {}
+    with warnings.catch_warnings():
+        # lancedb 0.40 marks create_fts_index deprecated, but its suggested create_index(config=FTS()) on a
+        # synchronous table takes the metric argument for the column name; this call still does the work.
+        warnings.simplefilter("ignore", DeprecationWarning)
+        table.create_fts_index("text", **common, **tokens)
 
 
 def substring_distance(query: str, text: str) -> int:
