@@ -14,7 +14,7 @@ from operators.ocr import OcrConfig, OcrFrames
 from operators.text_spans import SpanConfig, normalise, text_spans
 from pipeline import schema as S
 from pipeline.evaluate import box_iou, temporal_iou
-from pipeline.ocr_eval import ClipSpec, DrawnText, _frames, build_clip, ink_box, read_clip
+from pipeline.ocr_eval import FONT_DIR, ClipSpec, DrawnText, _frames, build_clip, ink_box, read_clip
 from pipeline.search import SearchError
 from pipeline.text_search import TextSearchConfig, TextSearcher, match_score
 
@@ -27,6 +27,8 @@ def clip(testdata, tmp_path_factory):
     """A 6 s street clip with two texts drawn in; OCR of every sampled frame (1 fps), the ground-truth boxes."""
     if shutil.which("ffmpeg") is None:
         pytest.skip("the ffmpeg command-line tool is needed to draw text into clips (.ci/run installs it)")
+    if not (FONT_DIR / GATE.font).exists():
+        pytest.skip(f"DejaVu fonts are needed under {FONT_DIR} (.ci/run installs fonts-dejavu-core)")
     spec = ClipSpec(id="street", source="intel_sample_videos/car-detection.mp4", duration=6.0, texts=[GATE, EXIT])
     video, layers = build_clip(spec, testdata, tmp_path_factory.mktemp("ocr_clips"))
     ocr = OcrFrames(OcrConfig(select="all"))
