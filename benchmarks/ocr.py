@@ -122,9 +122,7 @@ def main() -> None:
         f"\npipeline reference: decode {1000 * decode_s / n:.1f} + YOLO11n and ViT-B/32 frame + regions "
         f"{model_ms:.1f} = {pipe:.1f} CPU ms/frame\n"
     )
-    print(
-        "| variant | frames read | CPU ms/frame | detection ms/read frame | recognition ms/read frame | vs pipeline |"
-    )
+    print("| variant | frames read | CPU ms/frame | detection ms/frame | recognition ms/frame | vs pipeline |")
     print("|---|---|---|---|---|---|")
     print(f"| rapidocr stock | {n}/{n} | {1000 * stock_s / n:.1f} | | | {100 * stock_s / n * 1000 / pipe:.0f} % |")
     for select, read, total_s, det_s, _, _, _ in rows:
