@@ -21,7 +21,6 @@ from typing import Any
 import numpy as np
 
 from operators.base import StrictModel
-from pipeline import schema as S
 
 __all__ = ["SpanConfig", "normalise", "similarity", "text_spans"]
 
@@ -101,6 +100,9 @@ def text_spans(
     normalised). ``step_s`` is the sampling step (default: the median step of ``t``); ``duration_s`` clips
     the estimated end.
     """
+    # The schema module defines the ids; a lazy import keeps operators free of pipeline at import (as decode does).
+    from pipeline import schema as S
+
     cfg = cfg or SpanConfig()
     order = np.argsort(np.asarray(t, dtype=np.float64), kind="stable")
     ts = np.asarray(t, dtype=np.float64)[order]
@@ -160,6 +162,8 @@ def text_spans(
 
 
 def _row(video_id: str, span: _Span, step: float, duration_s: float | None) -> dict[str, Any]:
+    from pipeline import schema as S
+
     best = max(span.obs, key=lambda o: o["conf"])
     # The span's text: the reading seen most often (normalised, so "Room214" and "Room 214" count together;
     # ties: the longer, since partial readings are truncations), written as its most confident spelling.
