@@ -200,3 +200,30 @@ def test_match_score():
     sim, cover = match_score("closed", "GATE 7 CLOSED")
     assert sim == 1.0 and cover == pytest.approx(6 / 11)
     assert match_score("clsoed", "GATE 7 CLOSED")[0] == pytest.approx(1 - 2 / 6)
+
+
+def test_evaluate_dispatches_an_ocr_manifest(clip, testdata, tmp_path):
+    """``evaluate`` on a ``kind: ocr`` manifest runs the OCR evaluation (a 4 s clip, one text, one distractor)."""
+    import yaml
+
+    from pipeline.evaluate import comparison_table, run_configs
+
+    manifest = {
+        "kind": "ocr",
+        "clips": [
+            {"id": "gate", "source": "intel_sample_videos/car-detection.mp4", "duration": 4.0,
+             "texts": [GATE.model_dump()]},
+            {"id": "other", "source": "intel_sample_videos/car-detection.mp4", "offset": 20.0, "duration": 3.0},
+        ],
+        "queries": [
+            {"id": "exact", "clip": "gate", "target": 0, "text": "GATE 7 CLOSED"},
+            {"id": "typo", "clip": "gate", "target": 0, "kind": "one-error", "text": "GATE 7 CL0SED"},
+        ],
+    }  # fmt: skip
+    path = tmp_path / "ocr.yaml"
+    path.write_text(yaml.safe_dump(manifest))
+    results, notices = run_configs(path, ["default"], ["text_search.tokenizer=ngram"], testdata, tmp_path / "work")
+    summary = results["texts/ngram"]["summary"]
+    assert list(results) == ["texts/ngram"] and notices
+    assert summary["R@1"] == 1.0 and summary["mean_tIoU"] >= 0.7 and summary["CER"] < 0.2
+    assert 0.0 < summary["mean_box_IoU"] <= 1.0 and "| R@1 | 1.000 |" in comparison_table(results)
