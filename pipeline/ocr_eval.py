@@ -3,7 +3,7 @@
 The manifest (``eval/ocr_text.yaml``, ``kind: ocr``) names real clips from the media root and the texts to draw
 into them (ffmpeg ``drawtext``: font, size, colour, box, outline, motion). Clips are built at run time into the
 work dir (cached by content of their spec). The ground-truth box of a text at a sampled time is the ink of that
-text rendered alone on black with the same filter, so moving text is labelled exactly.
+text rendered alone on black with the same filter, so moving text is labelled exactly (``pipeline/ocr_clips.py``).
 
 ``evaluate_ocr`` decodes each clip at ``fps`` (the indexer's sampling), runs ``OcrFrames`` and ``text_spans``,
 writes ``videos`` (complete) and ``texts`` tables into a LanceDB folder and queries them through
@@ -17,48 +17,20 @@ case kept, over the drawn length; a text not read counts 1).
 
 from __future__ import annotations
 
-import hashlib
-import json
 import math
 import re
 import statistics
-import subprocess
 import time
 from pathlib import Path
 from typing import Any, Literal
 
 import numpy as np
-import numpy.typing as npt
 import yaml
 
 from operators.base import StrictModel
 from operators.ocr import OcrConfig, OcrFrames
 from operators.text_spans import SpanConfig, edit_distance, text_spans
-
-FONT_DIR = Path("/usr/share/fonts/truetype/dejavu")
-
-
-class DrawnText(StrictModel):
-    text: str
-    start: float
-    end: float
-    font: str = "DejaVuSans.ttf"
-    size: int = 32
-    color: str = "white"
-    x: float = 0.1  # top-left, fractions of the frame
-    y: float = 0.1
-    vx: float = 0.0  # frame widths per second
-    vy: float = 0.0
-    box: bool = False  # a translucent black box behind the text (a lower third)
-    border: int = 0  # black outline width in pixels
-
-
-class ClipSpec(StrictModel):
-    id: str
-    source: str  # relative to the media root
-    offset: float = 0.0
-    duration: float
-    texts: list[DrawnText] = []
+from pipeline.ocr_clips import ClipSpec, build_clip, decode_frames, ink_box
 
 
 class OcrQuery(StrictModel):
@@ -89,115 +61,10 @@ def is_ocr_manifest(path: str | Path) -> bool:
     return isinstance(data, dict) and data.get("kind") == "ocr"
 
 
-# -- building clips -----------------------------------------------------------------------------------------
-def _drawtext(d: DrawnText, textfile: Path) -> str:
-    x = f"W*{d.x}+W*{d.vx}*(t-{d.start})"
-    y = f"H*{d.y}+H*{d.vy}*(t-{d.start})"
-    opts = [
-        f"fontfile={FONT_DIR / d.font}",
-        f"textfile={textfile}",
-        "expansion=none",
-        f"fontsize={d.size}",
-        f"fontcolor={d.color}",
-        f"x='{x}'",
-        f"y='{y}'",
-        f"enable='between(t,{d.start},{d.end})'",
-    ]
-    if d.box:
-        opts += ["box=1", "boxcolor=black@0.6", "boxborderw=6"]
-    if d.border:
-        opts += [f"borderw={d.border}", "bordercolor=black"]
-    return "drawtext=" + ":".join(opts)
-
-
-def _ffmpeg(args: list[str]) -> None:
-    subprocess.run(["ffmpeg", "-nostdin", "-v", "error", "-y", *args], check=True)
-
-
-def _probe(path: Path) -> tuple[int, int, str]:
-    import av
-
-    with av.open(str(path)) as c:
-        s = c.streams.video[0]
-        rate = s.average_rate or s.guessed_rate or 25
-        return s.codec_context.width, s.codec_context.height, str(rate)
-
-
-def build_clip(clip: ClipSpec, media_root: Path, cache: Path) -> tuple[Path, list[Path]]:
-    """The clip with its texts drawn in, and one ground-truth layer (the text alone on black) per text."""
-    key = hashlib.sha256(json.dumps(clip.model_dump(), sort_keys=True).encode()).hexdigest()[:16]
-    out = cache / f"{clip.id}-{key}"
-    out.mkdir(parents=True, exist_ok=True)
-    video = out / "clip.mp4"
-    layers = [out / f"text{i}.mkv" for i in range(len(clip.texts))]
-    if video.exists() and all(p.exists() for p in layers):
-        return video, layers
-    files = []
-    for i, d in enumerate(clip.texts):
-        files.append(out / f"text{i}.txt")
-        files[-1].write_text(d.text)
-    src = media_root / clip.source
-    vf = ",".join(_drawtext(d, f) for d, f in zip(clip.texts, files, strict=True)) or "null"
-    tmp = out / "clip.tmp.mp4"
-    _ffmpeg(
-        [
-            "-ss",
-            str(clip.offset),
-            "-t",
-            str(clip.duration),
-            "-i",
-            str(src),
-            "-vf",
-            vf,
-            "-an",
-            "-c:v",
-            "libx264",
-            "-preset",
-            "veryfast",
-            "-crf",
-            "20",
-            "-pix_fmt",
-            "yuv420p",
-            str(tmp),
-        ]
-    )
-    w, h, rate = _probe(tmp)
-    for d, f, layer in zip(clip.texts, files, layers, strict=True):
-        lavfi = f"color=black:s={w}x{h}:r={rate}:d={clip.duration}"
-        _ffmpeg(["-f", "lavfi", "-i", lavfi, "-vf", _drawtext(d, f), "-c:v", "ffv1", str(layer)])
-    tmp.rename(video)
-    return video, layers
-
-
-def ink_box(frame: npt.NDArray[np.uint8], threshold: int = 60) -> tuple[float, float, float, float] | None:
-    """Normalised bounding box of the bright pixels of a ground-truth layer frame (None: no text shown)."""
-    mask = frame.max(axis=2) > threshold
-    if not mask.any():
-        return None
-    ys, xs = np.nonzero(mask)
-    h, w = mask.shape
-    return (xs.min() / w, ys.min() / h, (xs.max() + 1) / w, (ys.max() + 1) / h)
-
-
 # -- running ------------------------------------------------------------------------------------------------
-def _frames(path: Path, fps: float) -> tuple[list[float], list[int], list[npt.NDArray[np.uint8]]]:
-    from operators.decode import Decode, DecodeConfig
-
-    t: list[float] = []
-    idx: list[int] = []
-    frames: list[npt.NDArray[np.uint8]] = []
-    for chunk in Decode(DecodeConfig(fps=fps)).iter_video("eval", str(path)):
-        if chunk["error"][0]:
-            raise RuntimeError(f"cannot decode {path}: {chunk['error'][0]}")
-        t += chunk["t"].tolist()
-        idx += chunk["frame_idx"].tolist()
-        frames += list(chunk["frame"])
-    return t, idx, frames
-
-
 def read_clip(ocr: OcrFrames, video_id: str, path: Path, fps: float) -> dict[str, Any]:
     """Decode at ``fps`` and OCR every sampled frame; also the CPU seconds spent in OCR."""
-    t, idx, frames = _frames(path, fps)
+    t, idx, frames = decode_frames(path, fps)
     n = len(frames)
     batch = {"video_id": np.full(n, video_id), "t": np.asarray(t), "frame": frames, "error": np.full(n, "")}
     read_before = ocr.frames_read
@@ -217,7 +84,7 @@ def read_clip(ocr: OcrFrames, video_id: str, path: Path, fps: float) -> dict[str
 
 
 def _gt_boxes(layer: Path, t: list[float], fps: float) -> list[tuple[float, float, float, float] | None]:
-    lt, _, lf = _frames(layer, fps)
+    lt, _, lf = decode_frames(layer, fps)
     return [ink_box(lf[int(np.argmin(np.abs(np.asarray(lt) - ti)))]) for ti in t]
 
 

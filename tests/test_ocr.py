@@ -14,7 +14,8 @@ from operators.ocr import OcrConfig, OcrFrames
 from operators.text_spans import SpanConfig, normalise, text_spans
 from pipeline import schema as S
 from pipeline.evaluate import box_iou, temporal_iou
-from pipeline.ocr_eval import FONT_DIR, ClipSpec, DrawnText, _frames, build_clip, ink_box, read_clip
+from pipeline.ocr_clips import FONT_DIR, ClipSpec, DrawnText, build_clip, decode_frames, ink_box
+from pipeline.ocr_eval import read_clip
 from pipeline.search import SearchError
 from pipeline.text_search import TextSearchConfig, TextSearcher, match_score
 
@@ -34,7 +35,7 @@ def clip(testdata, tmp_path_factory):
     ocr = OcrFrames(OcrConfig(select="all"))
     ocr.setup()
     read = read_clip(ocr, "vid-street", video, 1.0)
-    gt = [[ink_box(f) for f in _frames(layer, 1.0)[2]] for layer in layers]
+    gt = [[ink_box(f) for f in decode_frames(layer, 1.0)[2]] for layer in layers]
     return {"video": video, "read": read, "gt": gt, "ocr": ocr}
 
 
@@ -70,7 +71,7 @@ def test_engine_none_and_config_checks(clip):
 def test_failure_rows_are_not_read(clip):
     ocr = clip["ocr"]
     before = ocr.frames_read
-    frame = _frames(clip["video"], 1.0)[2][3]
+    frame = decode_frames(clip["video"], 1.0)[2][3]
     out = ocr(
         {"video_id": np.array(["a", "b"]), "t": np.zeros(2), "frame": [frame, frame], "error": np.array(["", "x"])}
     )
@@ -81,7 +82,7 @@ def test_failure_rows_are_not_read(clip):
 def test_thumbnail_is_read_when_the_frame_column_is_absent(clip):
     from operators.decode import encode_jpeg
 
-    frame = _frames(clip["video"], 1.0)[2][3]
+    frame = decode_frames(clip["video"], 1.0)[2][3]
     thumb = np.empty(1, dtype=object)
     thumb[:] = [encode_jpeg(frame, 640, 90)]
     out = clip["ocr"]({"video_id": np.array(["a"]), "t": np.zeros(1), "thumb": thumb, "error": np.array([""])})
@@ -89,7 +90,7 @@ def test_thumbnail_is_read_when_the_frame_column_is_absent(clip):
 
 
 def test_change_gate_reuses_only_unchanged_frames(clip):
-    frames = _frames(clip["video"], 1.0)[2]
+    frames = decode_frames(clip["video"], 1.0)[2]
     ocr = OcrFrames(OcrConfig(select="changed", max_reuse=2), engine=clip["ocr"].engine)
     # frame 1 (no text) three times, then frame 2 (text appeared): the gate must let the change through.
     batch = {"video_id": np.full(5, "v"), "t": np.arange(5.0), "frame": [frames[1]] * 4 + [frames[2]]}
