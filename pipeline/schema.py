@@ -188,7 +188,52 @@ def table_schema(name: str, dim: int) -> pa.Schema:
         THUMBNAILS: thumbnails_schema,
         FAILURES: failures_schema,
         RUNS: runs_schema,
+        TEXTS: texts_schema,
     }
     if name in builders:
         return builders[name]()
     return {FRAMES: frames_schema, SEGMENTS: segments_schema, TRACKS: tracks_schema}[name](dim)
+
+
+# -- on-screen text (operators/ocr.py, operators/text_spans.py) ------------------------------------------------
+TEXTS = "texts"
+
+TEXT_OBSERVATION = pa.struct(
+    [
+        ("t", pa.float64()),
+        ("x1", pa.float32()),
+        ("y1", pa.float32()),
+        ("x2", pa.float32()),
+        ("y2", pa.float32()),
+        ("conf", pa.float32()),
+    ]
+)
+
+
+def texts_schema() -> pa.Schema:
+    """One row per text span: the same on-screen text across consecutive sampled frames.
+
+    ``start_s``/``end_s`` estimate when the text was on screen (half a sampling step beyond the first and last
+    sampled frames that read it, ``t_first``/``t_last``); ``box`` is its box on the most confident frame
+    (``best_t``, thumbnail ``thumb_id``); ``text_id`` is ``make_id(video_id, "text", f"{t_first:.3f}", key)``.
+    """
+    return pa.schema(
+        [
+            ("text_id", pa.string()),
+            ("video_id", pa.string()),
+            ("text", pa.string()),
+            ("start_s", pa.float64()),
+            ("end_s", pa.float64()),
+            ("t_first", pa.float64()),
+            ("t_last", pa.float64()),
+            ("n_obs", pa.int32()),
+            ("conf_mean", pa.float32()),
+            ("best_t", pa.float64()),
+            ("box", pa.list_(pa.float32(), 4)),
+            ("thumb_id", pa.string()),
+            ("trajectory", pa.list_(TEXT_OBSERVATION)),
+        ]
+    )
+
+
+KEYS[TEXTS] = "text_id"

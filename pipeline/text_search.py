@@ -1,0 +1,182 @@
+"""Full-text search over on-screen text spans (the ``texts`` table), tolerant of OCR errors.
+
+Two stages, like the vector search:
+
+1. LanceDB's native full-text index proposes candidates (``limit = k * overfetch``), with the filters applied
+   before the search (``prefilter``). ``tokenizer: ngram`` indexes character trigrams, so a query still shares
+   most of its n-grams with a misread or word-merged line ("GATE7CLOSED"); ``tokenizer: word`` indexes words
+   and matches each query word within ``fuzziness`` edits. Rows written after the index was built are searched
+   too (LanceDB scans the unindexed part), so a writer need not rebuild it after each commit.
+2. Candidates are re-scored by how well the query matches inside the span's text: the smallest edit distance
+   between the normalised query and any substring of the normalised text (case, accents and spaces removed),
+   as a similarity in [0, 1]; ties go to the line the query covers more of, then to the index score.
+
+Only spans of videos marked ``complete`` are returned, so a run in progress or a crashed one is never visible.
+``benchmarks/ocr.py`` and ``evaluate --manifest eval/ocr_text.yaml`` measure the two tokenizers.
+"""
+
+from __future__ import annotations
+
+import warnings
+from dataclasses import asdict, dataclass
+from typing import Any, Literal
+
+from operators.base import StrictModel
+from operators.text_spans import normalise
+from pipeline import schema as S
+from pipeline.search import Filters, SearchError, parse_filters
+from pipeline.store import Store, in_list
+
+Tokenizer = Literal["ngram", "word"]
+INDEX_NAME = "texts_fts"
+
+
+class TextSearchConfig(StrictModel):
+    tokenizer: Tokenizer = "ngram"
+    fuzziness: int = 1  # edits per query word (word tokenizer only)
+    overfetch: int = 10  # candidates per requested hit for the re-scoring stage
+    min_similarity: float = 0.6  # hits whose best substring match is below this are dropped
+    max_query_chars: int = 200
+
+
+@dataclass
+class TextHit:
+    rank: int
+    text_id: str
+    video_id: str
+    path: str
+    text: str
+    start_s: float
+    end_s: float
+    best_t: float
+    box: list[float]  # normalised x1, y1, x2, y2 on the thumbnail ``thumb_id`` (taken at ``best_t``)
+    thumb_id: str
+    conf: float
+    score: float  # substring similarity of the query in the text, 0..1
+    index_score: float
+    trajectory: list[dict[str, float]]
+
+    def as_dict(self) -> dict[str, Any]:
+        return asdict(self)
+
+
+def ensure_text_index(table: Any, tokenizer: Tokenizer = "ngram", replace: bool = False) -> None:
+    """Build the full-text index of ``texts.text`` if it is missing (or ``replace``)."""
+    if not replace and any(ix.name == INDEX_NAME for ix in table.list_indices()):
+        return
+    common = {"replace": True, "name": INDEX_NAME, "remove_stop_words": False, "stem": False, "ascii_folding": True}
+    tokens = {"base_tokenizer": "ngram", "ngram_min_length": 3, "ngram_max_length": 3} if tokenizer == "ngram" else {}
+    with warnings.catch_warnings():
+        # lancedb 0.40 marks create_fts_index deprecated, but its suggested create_index(config=FTS()) on a
+        # synchronous table takes the metric argument for the column name; this call still does the work.
+        warnings.simplefilter("ignore", DeprecationWarning)
+        table.create_fts_index("text", **common, **tokens)
+
+
+def substring_distance(query: str, text: str) -> int:
+    """Fewest edits turning ``query`` into some substring of ``text`` (Sellers' approximate matching)."""
+    prev = [0] * (len(text) + 1)  # a match may start anywhere in the text at no cost
+    for i, qc in enumerate(query, 1):
+        cur = [i]
+        for j, tc in enumerate(text, 1):
+            cur.append(min(prev[j] + 1, cur[j - 1] + 1, prev[j - 1] + (qc != tc)))
+        prev = cur
+    return min(prev)
+
+
+def match_score(query_key: str, text: str) -> tuple[float, float]:
+    """(substring similarity, coverage) of a normalised query in a span's text."""
+    key = normalise(text)
+    if not query_key or not key:
+        return 0.0, 0.0
+    sim = 1.0 - substring_distance(query_key, key) / len(query_key)
+    return max(0.0, sim), min(1.0, len(query_key) / len(key))
+
+
+def _where(filters: Filters | None, videos: dict[str, str]) -> str | None:
+    """The prefilter for ``filters``; video ids are listed only when a filter restricts them (the complete-video
+    restriction is applied to the candidates, as in ``pipeline.search``)."""
+    import fnmatch
+
+    if filters is None:
+        return None
+    parts = []
+    if filters.video_ids is not None or filters.path_glob is not None:
+        ids = set(videos) if filters.video_ids is None else set(filters.video_ids) & set(videos)
+        if filters.path_glob is not None:
+            ids = {v for v in ids if fnmatch.fnmatchcase(videos[v], filters.path_glob)}
+        parts.append(in_list("video_id", sorted(ids)) if ids else "false")
+    if filters.time_range is not None:
+        a, b = filters.time_range
+        parts.append(f"end_s >= {float(a)!r} AND start_s <= {float(b)!r}")
+    return " AND ".join(f"({p})" for p in parts) if parts else None
+
+
+class TextSearcher:
+    """Search the ``texts`` table of the database at ``db`` by words."""
+
+    def __init__(self, db: str | Store, cfg: TextSearchConfig | None = None) -> None:
+        self.store = db if isinstance(db, Store) else Store(db, dim=1)  # no vectors are read here
+        self.cfg = cfg or TextSearchConfig()
+
+    def search(self, text: str, k: int = 10, filters: Filters | dict[str, Any] | None = None) -> list[TextHit]:
+        if not isinstance(text, str) or not text.strip():
+            raise SearchError("the query text is empty")
+        if len(text) > self.cfg.max_query_chars:
+            raise SearchError(f"the query is longer than {self.cfg.max_query_chars} characters")
+        if not isinstance(k, int) or isinstance(k, bool) or not 1 <= k <= 1000:
+            raise SearchError("k must be an integer from 1 to 1000")
+        parsed = parse_filters(filters)
+        if parsed is not None and (parsed.classes or parsed.min_track_duration is not None):
+            raise SearchError("classes and min_track_duration do not apply to on-screen text")
+        videos = {
+            r["video_id"]: r["path"] for r in self.store.complete_videos().select(["video_id", "path"]).to_pylist()
+        }
+        if not videos or not self.store.exists(S.TEXTS):
+            return []
+        table = self.store.table(S.TEXTS)
+        ensure_text_index(table, self.cfg.tokenizer)
+        rows = self._candidates(table, text, k * self.cfg.overfetch, _where(parsed, videos))
+        key = normalise(text)
+        scored = []
+        for r in rows:
+            if r["video_id"] not in videos:  # belt and braces: the where clause already restricts to them
+                continue
+            sim, cover = match_score(key, r["text"])
+            if sim >= self.cfg.min_similarity:
+                scored.append(((sim, cover, float(r["_score"])), r))
+        scored.sort(key=lambda x: x[0], reverse=True)
+        if parsed is not None and parsed.min_score is not None:
+            scored = [x for x in scored if x[0][0] >= parsed.min_score]
+        return [self._hit(i + 1, s, r, videos[r["video_id"]]) for i, (s, r) in enumerate(scored[:k])]
+
+    def _candidates(self, table: Any, text: str, limit: int, where: str | None) -> list[dict[str, Any]]:
+        if self.cfg.tokenizer == "ngram":
+            query: Any = text
+        else:
+            from lancedb.query import MatchQuery
+
+            query = MatchQuery(text, "text", fuzziness=self.cfg.fuzziness)  # type: ignore[call-arg]
+        q = table.search(query, query_type="fts", fts_columns="text" if isinstance(query, str) else None)
+        if where:
+            q = q.where(where, prefilter=True)
+        return q.limit(limit).to_list()  # type: ignore[no-any-return]
+
+    @staticmethod
+    def _hit(rank: int, score: tuple[float, float, float], r: dict[str, Any], path: str) -> TextHit:
+        return TextHit(
+            rank=rank,
+            text_id=r["text_id"],
+            video_id=r["video_id"],
+            path=path,
+            text=r["text"],
+            start_s=r["start_s"],
+            end_s=r["end_s"],
+            best_t=r["best_t"],
+            box=[float(v) for v in r["box"]],
+            thumb_id=r["thumb_id"],
+            conf=float(r["conf_mean"]),
+            score=score[0],
+            index_score=score[2],
+            trajectory=r["trajectory"] or [],
+        )
