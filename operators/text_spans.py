@@ -21,6 +21,7 @@ from typing import Any
 import numpy as np
 
 from operators.base import StrictModel
+from operators.contract import make_id
 
 __all__ = ["SpanConfig", "normalise", "similarity", "text_spans"]
 
@@ -100,9 +101,6 @@ def text_spans(
     normalised). ``step_s`` is the sampling step (default: the median step of ``t``); ``duration_s`` clips
     the estimated end.
     """
-    # The schema module defines the ids; a lazy import keeps operators free of pipeline at import (as decode does).
-    from pipeline import schema as S
-
     cfg = cfg or SpanConfig()
     order = np.argsort(np.asarray(t, dtype=np.float64), kind="stable")
     ts = np.asarray(t, dtype=np.float64)[order]
@@ -157,13 +155,11 @@ def text_spans(
     for r in rows:  # the same text twice on one frame: the second copy gets an ordinal, still deterministic
         n = seen[r["text_id"]] = seen.get(r["text_id"], 0) + 1
         if n > 1:
-            r["text_id"] = S.make_id(r["text_id"], n)
+            r["text_id"] = make_id(r["text_id"], n)
     return rows
 
 
 def _row(video_id: str, span: _Span, step: float, duration_s: float | None) -> dict[str, Any]:
-    from pipeline import schema as S
-
     best = max(span.obs, key=lambda o: o["conf"])
     # The span's text: the reading seen most often (normalised, so "Room214" and "Room 214" count together;
     # ties: the longer, since partial readings are truncations), written as its most confident spelling.
@@ -177,7 +173,7 @@ def _row(video_id: str, span: _Span, step: float, duration_s: float | None) -> d
     if duration_s is not None and duration_s > 0:
         end = min(end, duration_s)
     return {
-        "text_id": S.make_id(video_id, "text", f"{t_first:.3f}", normalise(text)),
+        "text_id": make_id(video_id, "text", f"{t_first:.3f}", normalise(text)),
         "video_id": video_id,
         "text": text,
         "start_s": max(0.0, t_first - step / 2),
@@ -188,7 +184,7 @@ def _row(video_id: str, span: _Span, step: float, duration_s: float | None) -> d
         "conf_mean": float(np.mean([o["conf"] for o in span.obs])),
         "best_t": best["t"],
         "box": [float(v) for v in best["box"]],
-        "thumb_id": S.make_id(video_id, "frame", int(best["frame_idx"])),  # the frame id, as assemble makes it
+        "thumb_id": make_id(video_id, "frame", int(best["frame_idx"])),  # the frame id, as assemble makes it
         "trajectory": [
             {
                 "t": o["t"],

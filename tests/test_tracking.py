@@ -15,11 +15,11 @@ import numpy as np
 import pytest
 
 from operators.assemble import SegmentConfig
-from pipeline.assembly import assemble_tables
 from operators.decode import Decode, DecodeConfig
 from operators.detect_track import DetectConfig, Detector, FrameDetections
 from operators.embed import Embed, Preprocess
 from operators.regions import RegionConfig
+from pipeline.assembly import assemble_tables
 from tests.conftest import clip, tiny_config
 
 W, H = 1920, 1080
