@@ -43,7 +43,9 @@ def parser() -> argparse.ArgumentParser:
     p.add_argument("--image", help="query by example image file")
     _common(p)
     p.add_argument("-k", type=int, default=10)
-    p.add_argument("--level", default="segments", choices=["segments", "frames", "tracks"])
+    p.add_argument(
+        "--level", default="segments", choices=["segments", "frames", "tracks", "texts"], help="texts: on-screen text"
+    )
     p.add_argument("--class", dest="classes", action="append", help="keep hits with this object class (repeatable)")
     p.add_argument("--video-id", dest="video_ids", action="append")
     p.add_argument("--path-glob")
@@ -239,6 +241,18 @@ def cmd_search(args: argparse.Namespace) -> int:
     cfg = _config(args)
     if cfg.random_weights:
         print(RANDOM_WEIGHTS_NOTICE, file=sys.stderr)
+    if args.level == "texts":  # on-screen text: full-text search over the text spans
+        from pipeline.text_search import TextSearcher
+
+        hits = TextSearcher(cfg.db.path).search(args.text or "", k=args.k, filters=_filters(args))
+        if args.json:
+            print(json.dumps([h.as_dict() for h in hits], indent=2))
+        else:
+            print(
+                "\n".join(f"{h.rank:>3} {h.start_s:8.2f}-{h.end_s:<8.2f} {h.text!r}  {h.path}" for h in hits)
+                or "no results"
+            )
+        return 0
     image = _read_image_arg(args.image) if args.image else None
     rerank = None if args.rerank == "none" else args.rerank
     results = Searcher(cfg.db.path, cfg).search(

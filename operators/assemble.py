@@ -22,8 +22,9 @@ import numpy as np
 import numpy.typing as npt
 
 from operators.base import Batch, StrictModel
-from operators.contract import FRAMES, SEGMENTS, THUMBNAILS, TRACKS, make_id
+from operators.contract import FRAMES, SEGMENTS, TEXTS, THUMBNAILS, TRACKS, make_id
 from operators.detect_track import DetectConfig, VideoTracker
+from operators.text_spans import SpanConfig, text_spans
 
 Row = dict[str, Any]
 Emit = Callable[[str, list[Row]], None]
@@ -84,8 +85,13 @@ class VideoAssembler:
         detect: DetectConfig | None,
         sample_fps: float,
         emit: Emit,
+        spans: SpanConfig | None = None,
     ) -> None:
         self.video_id = video_id
+        self.spans = spans or SpanConfig()
+        # On-screen text readings (t, frame index, lines, boxes, confidences): a few short strings per frame,
+        # joined into spans when the video ends (a span's end is only known once its text is gone).
+        self.readings: list[tuple[float, int, list[str], Any, Any]] = []
         self.window_s = segments.window_s
         self.detect = detect
         self.sample_fps = sample_fps
@@ -98,7 +104,7 @@ class VideoAssembler:
         self.meta: Row = {}
         self.window: _Window | None = None
         self.tubes: dict[int, _Tube] = {}
-        self.counts = {FRAMES: 0, SEGMENTS: 0, TRACKS: 0, THUMBNAILS: 0}
+        self.counts = {FRAMES: 0, SEGMENTS: 0, TRACKS: 0, THUMBNAILS: 0, TEXTS: 0}
 
     @property
     def done(self) -> bool:
@@ -148,6 +154,8 @@ class VideoAssembler:
         )
         self.counts[FRAMES] += 1
         self.counts[THUMBNAILS] += 1
+        if row.get("ocr_text") is not None:  # every frame, read or empty: a span's gaps count sampled frames
+            self.readings.append((t, int(row["frame_idx"]), list(row["ocr_text"]), row["ocr_boxes"], row["ocr_conf"]))
         k = int(np.floor(t / self.window_s))
         if self.window is not None and self.window.k != k:
             self._close_window()
@@ -272,6 +280,12 @@ class VideoAssembler:
         self._close_window()
         for tid in sorted(self.tubes):
             self._close_tube(tid)
+        if any(r[2] for r in self.readings):
+            t, idx, texts, boxes, confs = (list(c) for c in zip(*self.readings, strict=True))
+            step = 1.0 / self.sample_fps if self.sample_fps > 0 else None
+            rows = text_spans(self.video_id, t, idx, texts, boxes, confs, self.spans, step, self.duration_s or None)
+            self.emit(TEXTS, rows)
+            self.counts[TEXTS] += len(rows)
 
 
 def assemble_video(
@@ -280,10 +294,11 @@ def assemble_video(
     segments: SegmentConfig,
     detect: DetectConfig | None,
     sample_fps: float,
+    spans: SpanConfig | None = None,
 ) -> dict[str, list[Row]]:
     """All of one video's frame rows at once -> ``{table: rows}`` (the sequential path and tests)."""
-    out: dict[str, list[Row]] = {FRAMES: [], SEGMENTS: [], TRACKS: [], THUMBNAILS: []}
-    va = VideoAssembler(video_id, segments, detect, sample_fps, lambda table, rows: out[table].extend(rows))
+    out: dict[str, list[Row]] = {FRAMES: [], SEGMENTS: [], TRACKS: [], THUMBNAILS: [], TEXTS: []}
+    va = VideoAssembler(video_id, segments, detect, sample_fps, lambda table, rows: out[table].extend(rows), spans)
     va.add(rows)
     if not va.done:
         raise ValueError(f"video {video_id}: {va.next} of {va.n_samples} sampled frames given")

@@ -18,9 +18,10 @@ FRAMES = "frames"
 SEGMENTS = "segments"
 TRACKS = "tracks"
 THUMBNAILS = "thumbnails"
+TEXTS = "texts"  # on-screen text spans
 
 #: Tables that hold a video's indexed rows; all of them are written before the video is marked complete.
-CONTENT_TABLES = (FRAMES, SEGMENTS, TRACKS, THUMBNAILS)
+CONTENT_TABLES = (FRAMES, SEGMENTS, TRACKS, THUMBNAILS, TEXTS)
 
 
 def make_id(*parts: object) -> str:
@@ -71,6 +72,8 @@ DECODE_COLUMNS = (
 DETECT_COLUMNS = ("det_boxes", "det_conf", "det_names", "det_masks")
 #: Written by embed: the frame embedding (D) and one region embedding per box (K x D).
 EMBED_COLUMNS = ("embedding", "region_emb")
+#: Written by OCR: per frame, text lines (list of str), their boxes (N x 4, normalised xyxy), confidences (N).
+OCR_COLUMNS = ("ocr_text", "ocr_boxes", "ocr_conf")
 
 #: What the per-video assembly reads; every other column is dropped before rows leave the embed stage.
 ASSEMBLY_COLUMNS = (
@@ -85,4 +88,5 @@ ASSEMBLY_COLUMNS = (
     *VIDEO_META_COLUMNS,
     *DETECT_COLUMNS,
     *EMBED_COLUMNS,
+    *OCR_COLUMNS,
 )

@@ -27,6 +27,7 @@ from operators.assemble import SegmentConfig, VideoAssembler, assemble_video
 from operators.base import Batch
 from operators.contract import ASSEMBLY_COLUMNS, CONTENT_TABLES
 from operators.detect_track import DetectConfig
+from operators.text_spans import SpanConfig
 from pipeline import schema as S
 from pipeline.fragments import FragmentBuffer, to_arrow
 
@@ -45,6 +46,7 @@ class AssemblerActor:
         detect: DetectConfig | None,
         sample_fps: float,
         fragment_rows: int,
+        spans: SpanConfig,
     ) -> None:
         import ray
 
@@ -54,6 +56,7 @@ class AssemblerActor:
         self.detect = detect
         self.sample_fps = sample_fps
         self.fragment_rows = fragment_rows
+        self.spans = spans
         self.open: dict[str, tuple[VideoAssembler, FragmentBuffer]] = {}
         self.results: dict[str, str] = {}  # finished video -> its result (JSON), kept for retried route tasks
         self.node_id = ray.get_runtime_context().get_node_id()
@@ -64,7 +67,7 @@ class AssemblerActor:
             return [self.results[video_id]]
         if video_id not in self.open:
             buf = FragmentBuffer(self.db_uri, self.schemas, self.fragment_rows)
-            va = VideoAssembler(video_id, self.segments, self.detect, self.sample_fps, buf.add)
+            va = VideoAssembler(video_id, self.segments, self.detect, self.sample_fps, buf.add, self.spans)
             self.open[video_id] = (va, buf)
         va, buf = self.open[video_id]
         va.add(rows)
@@ -105,6 +108,7 @@ def start_assemblers(
     detect: DetectConfig | None,
     sample_fps: float,
     fragment_rows: int,
+    spans: SpanConfig,
 ) -> tuple[str, list[Any]]:
     """Start ``n`` named assembler actors for one run; returns (their name prefix, the handles)."""
     import ray
@@ -116,7 +120,7 @@ def start_assemblers(
         # A restarted assembler has lost its open videos (they end ``Incomplete``) but serves the rest of the run.
         remote.options(
             name=f"{prefix}-{i}", num_cpus=num_cpus, scheduling_strategy="SPREAD", max_restarts=-1, max_task_retries=-1
-        ).remote(db_uri, dim, segments, detect, sample_fps, fragment_rows)
+        ).remote(db_uri, dim, segments, detect, sample_fps, fragment_rows, spans)
         for i in range(n)
     ]
     ray.get([a.open_videos.remote() for a in actors])  # started, so a failure to start surfaces here

@@ -19,7 +19,9 @@ from operators.base import StageResources, StrictModel
 from operators.decode import DecodeConfig
 from operators.detect_track import DetectConfig
 from operators.encoders import EncoderConfig
+from operators.ocr import OcrConfig
 from operators.regions import RegionConfig
+from operators.text_spans import SpanConfig
 
 CONFIG_DIR = Path(__file__).resolve().parent.parent / "configs"
 
@@ -41,6 +43,7 @@ class RayConfig(StrictModel):
     detect: StageResources = StageResources(num_cpus=0.5, concurrency=1, batch_size=8)
     preprocess: StageResources = StageResources(num_cpus=0.5, concurrency=1, batch_size=16)
     embed: StageResources = StageResources(num_cpus=0.5, concurrency=1, batch_size=16)
+    ocr: StageResources = StageResources(num_cpus=0.25, concurrency=1, batch_size=8)  # when ocr.engine is not none
     # Routing is a hand-off (a few ms per batch) and assembly + fragment writes cost ~1-2 ms per frame, so both
     # ask little; give a cluster one assembler per few nodes' worth of frames (see BENCHMARKS.md, driver).
     route: StageResources = StageResources(num_cpus=0.05, concurrency=1, batch_size=0)
@@ -113,6 +116,9 @@ class Config(StrictModel):
     detect: DetectConfig = DetectConfig()
     regions: RegionConfig = RegionConfig()
     segments: SegmentConfig = SegmentConfig()
+    ocr: OcrConfig = OcrConfig()
+    spans: SpanConfig = SpanConfig()  # on-screen text readings -> spans
+
     ray: RayConfig = RayConfig()
     db: DbConfig = DbConfig()
     maintenance: MaintenanceConfig = MaintenanceConfig()
@@ -129,6 +135,8 @@ class Config(StrictModel):
             "detect": self.detect.model_dump(exclude={"device", "half"}) if self.detect.enabled else None,
             "regions": self.regions.model_dump() if self.detect.enabled else None,
         }
+        if self.ocr.engine != "none":  # absent otherwise, so databases indexed before OCR existed keep their version
+            parts["ocr"] = {**self.ocr.model_dump(exclude={"device", "threads"}), "spans": self.spans.model_dump()}
         return hashlib.sha256(json.dumps(parts, sort_keys=True, default=str).encode()).hexdigest()[:16]
 
 

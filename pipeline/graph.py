@@ -22,6 +22,7 @@ from operators.base import Batch, Operator, StageResources
 from operators.decode import Decode
 from operators.detect_track import Detector
 from operators.embed import Embed, Preprocess
+from operators.ocr import OcrFrames
 from pipeline.assembly import Route
 from pipeline.config import Config
 
@@ -141,6 +142,8 @@ STAGES = (
     Stage("decode", "task", lambda cfg, ck: Decode(cfg.decode), "1 video : N frames"),
     # per video so that a frame's boxes never depend on its batch-mates (see by_video)
     Stage("detect", "actor", lambda cfg, ck: Detector(cfg.detect), "1:1", True, lambda cfg: cfg.detect.enabled),
+    # before embed, which drops the decoded frame
+    Stage("ocr", "actor", lambda cfg, ck: OcrFrames(cfg.ocr), "1:1", False, lambda cfg: cfg.ocr.engine != "none"),
     Stage("preprocess", "task", lambda cfg, ck: Preprocess(cfg.encoder), "1:1"),
     Stage("embed", "actor", lambda cfg, ck: Embed(cfg.encoder, cfg.regions, ck), "1:1"),
     Stage("route", "actor", None, "N frames : one result per finished video"),

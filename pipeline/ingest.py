@@ -105,6 +105,7 @@ class Ingest:
                 detect,
                 cfg.decode.fps,
                 cfg.db.fragment_rows,
+                cfg.spans,
             )
         # The fingerprint lets decode refuse a file whose content changed since it was listed.
         items = [{"video_id": f.video_id, "path": f.path, "fingerprint": f.fingerprint} for f in todo]

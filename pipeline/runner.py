@@ -64,6 +64,7 @@ class RunSummary:
     segments: int = 0
     tracks: int = 0
     thumbnails: int = 0
+    texts: int = 0  # on-screen text spans
     wall_s: float = 0.0
     stages: dict[str, float] = field(default_factory=dict)  # driver seconds per step
     fragments_by_node: dict[str, int] = field(default_factory=dict)  # Ray node id -> fragments its workers wrote
@@ -82,7 +83,7 @@ class RunSummary:
             f"({self.moved} moved), {self.failed} failed, {self.quarantined} quarantined, {self.pruned} pruned"
             + (f", {self.recovered} recovered from a crashed run" if self.recovered else ""),
             f"rows: {self.frames} frames, {self.segments} segments, {self.tracks} tracks, {self.thumbnails} "
-            f"thumbnails; {self.wall_s:.1f} s",
+            f"thumbnails, {self.texts} text spans; {self.wall_s:.1f} s",
             "stages: " + ", ".join(f"{k} {v:.1f} s" for k, v in self.stages.items()),
         ]
         lines += [f"  failed: {f['path']}: {f['message']}" for f in self.failures]
@@ -243,6 +244,7 @@ class Runner:
             summary.segments += counts[S.SEGMENTS]
             summary.tracks += counts[S.TRACKS]
             summary.thumbnails += counts[S.THUMBNAILS]
+            summary.texts += counts[S.TEXTS]
 
         def fail(f: VideoFile, stage: str, error_type: str, message: str) -> None:
             self._fail(summary, f.path, f.video_id, stage, error_type, message)

@@ -12,9 +12,9 @@ from __future__ import annotations
 
 import pyarrow as pa
 
-from operators.contract import CONTENT_TABLES, FRAMES, SEGMENTS, THUMBNAILS, TRACKS, VIDEOS, make_id
+from operators.contract import CONTENT_TABLES, FRAMES, SEGMENTS, TEXTS, THUMBNAILS, TRACKS, VIDEOS, make_id
 
-__all__ = ["CONTENT_TABLES", "FRAMES", "SEGMENTS", "THUMBNAILS", "TRACKS", "VIDEOS", "make_id"]
+__all__ = ["CONTENT_TABLES", "FRAMES", "SEGMENTS", "TEXTS", "THUMBNAILS", "TRACKS", "VIDEOS", "make_id"]
 
 FAILURES = "failures"
 RUNS = "runs"
@@ -196,7 +196,6 @@ def table_schema(name: str, dim: int) -> pa.Schema:
 
 
 # -- on-screen text (operators/ocr.py, operators/text_spans.py) ------------------------------------------------
-TEXTS = "texts"
 
 TEXT_OBSERVATION = pa.struct(
     [
