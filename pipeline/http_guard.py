@@ -57,7 +57,7 @@ def host_name(value: str) -> str | None:
     else:
         host, colon, port = v.partition(":")
         rest = colon + port
-    if not host or (rest and not (rest.startswith(":") and rest[1:].isdigit())):
+    if not host or (rest and not (rest.startswith(":") and (rest[1:].isdigit() or rest == ":"))):
         return None
     return host.rstrip(".") or None
 

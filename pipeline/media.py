@@ -144,12 +144,12 @@ class MediaResponse(Response):
         if_range: str | None = None,
         cache_control: str = "private, max-age=60",
     ) -> None:
-        self.fd, self.st, self.media_type = fd, st, media_type
+        self.fd, self.st, self.kind = fd, st, media_type
         self.range_header, self.if_range, self.cache_control = range_header, if_range, cache_control
         self.status_code, self.background = 200, None
         self.raw_headers = []
 
-    def _headers(self) -> tuple[list[tuple[bytes, bytes]], str, str]:
+    def _base_headers(self) -> tuple[list[tuple[bytes, bytes]], str, str]:
         etag = f'"{self.st.st_ino:x}-{self.st.st_mtime_ns:x}-{self.st.st_size:x}"'
         modified = email.utils.formatdate(self.st.st_mtime, usegmt=True)
         headers = [
@@ -170,7 +170,7 @@ class MediaResponse(Response):
 
     async def _send(self, scope: Any, send: Any) -> None:
         size = self.st.st_size
-        headers, etag, modified = self._headers()
+        headers, etag, modified = self._base_headers()
         wanted = parse_range(self.range_header, size)
         if self.if_range is not None and self.if_range.strip() not in (etag, modified):
             wanted = None  # the client's copy is of another version: send it all (RFC 9110 13.1.5)
@@ -184,7 +184,7 @@ class MediaResponse(Response):
         if status == 206:
             headers.append((b"content-range", f"bytes {first}-{last}/{size}".encode()))
         length = last - first + 1 if size else 0
-        headers += [(b"content-type", self.media_type.encode()), (b"content-length", str(length).encode())]
+        headers += [(b"content-type", self.kind.encode()), (b"content-length", str(length).encode())]
         await send({"type": "http.response.start", "status": status, "headers": headers})
         if scope.get("method") == "HEAD" or length == 0:
             await send({"type": "http.response.body", "body": b""})
