@@ -50,7 +50,7 @@ def build_small(db_dir: Path, n: int) -> None:
     db_dir.mkdir(parents=True, exist_ok=True)
     data = ensure_data(db_dir, n, reuse=True)
     db = lancedb.connect(str(db_dir))
-    if S.SEGMENTS not in db.table_names(limit=1000) or db.open_table(S.SEGMENTS).count_rows() != n:
+    if S.SEGMENTS not in db.list_tables(limit=1000).tables or db.open_table(S.SEGMENTS).count_rows() != n:
         write_table(db, S.SEGMENTS, data)
     add_context_tables(db_dir, n)
 

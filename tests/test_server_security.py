@@ -214,9 +214,9 @@ def test_only_allowed_host_names_are_answered(media_db, monkeypatch) -> None:
 # -- 4: sign-in --------------------------------------------------------------------------------------------------
 
 
-def test_sign_in_is_rate_limited_and_the_cookie_is_a_session_not_the_token(media_db) -> None:
+def test_the_session_cookie_is_a_random_id_not_the_token(media_db) -> None:
     cfg, _ = media_db
-    with running(create_app(cfg, token=TOKEN, login_attempts=(3, 600.0))) as url:
+    with running(create_app(cfg, token=TOKEN)) as url:
         with httpx.Client(base_url=url, timeout=60) as anon:
             ok = anon.post("/login", data={"token": TOKEN})
             assert ok.status_code == 303
@@ -225,11 +225,19 @@ def test_sign_in_is_rate_limited_and_the_cookie_is_a_session_not_the_token(media
             assert len(cookie) >= 32 and anon.get("/api/videos").status_code == 200
         forged = request(url, "GET", "/api/videos", {"Cookie": b"vidsearch_session=" + TOKEN.encode()})
         assert forged.status == 401
+        other = request(url, "GET", "/api/videos", {"Cookie": b"vidsearch_session=" + cookie[::-1].encode()})
+        assert other.status == 401
+
+
+def test_sign_in_attempts_are_rate_limited_per_client(media_db) -> None:
+    cfg, _ = media_db
+    with running(create_app(cfg, token=TOKEN, login_attempts=(3, 600.0))) as url:
         with httpx.Client(base_url=url, timeout=60) as guesser:
             assert [guesser.post("/login", data={"token": f"guess{i}"}).status_code for i in range(3)] == [401] * 3
             blocked = guesser.post("/login", data={"token": TOKEN})  # even the right token waits now
             assert blocked.status_code == 429 and int(blocked.headers["retry-after"]) > 0
             assert "vidsearch_session" not in guesser.cookies
+            assert guesser.get("/api/info", headers={"Authorization": b"Bearer " + TOKEN.encode()}).status_code == 200
 
 
 # -- 5: the uploaded image is decoded once, outside any lock ------------------------------------------------------
