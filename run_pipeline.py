@@ -98,6 +98,12 @@ def parser() -> argparse.ArgumentParser:
         action="append",
         help="stream only video files under this folder (repeatable)",
     )
+    p.add_argument(
+        "--allowed-host",
+        dest="allowed_hosts",
+        action="append",
+        help="also answer requests for this Host name (repeatable; default: loopback names and --host; '*': any)",
+    )
     return ap
 
 
@@ -299,7 +305,14 @@ def cmd_serve(args: argparse.Namespace) -> int:
             file=sys.stderr,
         )
     print(f"serving {cfg.db.path} on http://{args.host}:{args.port}/", file=sys.stderr)
-    serve(cfg, host=args.host, port=args.port, token=args.token or None, media_roots=args.media_roots)
+    serve(
+        cfg,
+        host=args.host,
+        port=args.port,
+        token=args.token or None,
+        media_roots=args.media_roots,
+        allowed_hosts=args.allowed_hosts,
+    )
     return 0
 
 

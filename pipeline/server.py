@@ -2,145 +2,53 @@
 
 Routes: ``GET /`` (the page), ``GET|POST /api/search``, ``GET /api/info``, ``GET /api/videos``,
 ``GET /api/videos/{id}``, ``GET /api/thumbnails/{id}``, ``GET /media/{video_id}`` (the original file, with
-HTTP Range so a browser can seek). With a token every route needs ``Authorization: Bearer <token>`` or the
-HttpOnly cookie that ``POST /login`` sets (the page's ``<img>``/``<video>`` requests cannot send headers).
+HTTP Range so a browser can seek), ``GET /openapi.json`` and ``GET /docs``. With a token every route needs
+``Authorization: Bearer <token>`` or the HttpOnly session cookie that ``POST /login`` sets (the page's
+``<img>``/``<video>`` requests cannot send headers); only the sign-in form and its stylesheet are open.
+``pipeline/http_guard.py`` adds the Host allow-list, body limits, security headers and the sign-in limit.
 
 Media are looked up by id among ``complete`` videos, never by a path from the request; the file is served
-only if it is still the regular file that was indexed (same size) and, with ``media_roots``, lies under one
-of them after resolving symlinks. Bad input is a 4xx with a JSON ``detail``: ``SearchError`` 400,
-validation 422, unknown ids 404, a re-ranker without weights 503.
+only if it still is the indexed content (size and fingerprint, see ``pipeline/media.py``) and, with
+``media_roots``, lies under one of them after resolving symlinks. Bad input is a 4xx with a JSON ``detail``:
+``SearchError`` 400, validation 422, unknown ids 404, a re-ranker without weights 503.
+Searches run concurrently (``pipeline/api.py``).
 """
 
 from __future__ import annotations
 
-import hmac
+import base64
+import hashlib
 import json
-import mimetypes
 import os
 import re
-import stat
-import threading
-import time
-from pathlib import Path
 from typing import Annotated, Any, Literal
 
 from fastapi import FastAPI, Query, Request
-from fastapi.encoders import jsonable_encoder
 from fastapi.exceptions import RequestValidationError
+from fastapi.openapi.docs import get_swagger_ui_html
 from fastapi.responses import FileResponse, HTMLResponse, JSONResponse, RedirectResponse, Response
 from fastapi.staticfiles import StaticFiles
-from pydantic import BaseModel, ConfigDict, ValidationError
+from pydantic import ValidationError
 from starlette.concurrency import run_in_threadpool
+from starlette.requests import cookie_parser
 
 from operators.encoders import MissingCheckpointError
 from operators.rerank import RERANKERS
 from pipeline import schema as S
+from pipeline.api import Api, SearchRequest
 from pipeline.config import Config
-from pipeline.search import Filters, Searcher, SearchError, load_image
-from pipeline.store import Store, quote
+from pipeline.http_guard import LOOPBACK_HOSTS, Guard, LoginLimiter, Scope, Sessions, same_secret
+from pipeline.media import MediaResponse
+from pipeline.search import Searcher, SearchError, load_image
 
-STATIC = Path(__file__).resolve().parent / "static"
+STATIC = os.path.join(os.path.dirname(os.path.abspath(__file__)), "static")
 TOKEN_ENV = "VIDSEARCH_TOKEN"
-COOKIE = "vidsearch_token"
+HOSTS_ENV = "VIDSEARCH_ALLOWED_HOSTS"  # comma-separated extra Host names, e.g. a reverse proxy's
+COOKIE = "vidsearch_session"
 MAX_UPLOAD_BYTES = 20 * 1024 * 1024
 MAX_JSON_BYTES = 1024 * 1024
-ID = re.compile(r"[0-9a-f]{8}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{12}")  # uuid5 ids, nothing else
-mimetypes.add_type("video/webm", ".webm")
-mimetypes.add_type("video/x-matroska", ".mkv")
-
-
-class SearchRequest(BaseModel):
-    """The body of ``POST /api/search``: the parameters of ``Searcher.search`` (the image comes as a file)."""
-
-    model_config = ConfigDict(extra="forbid")
-
-    text: str | None = None
-    k: int = 10
-    level: Literal["segments", "frames", "tracks"] = "segments"
-    filters: Filters | None = None
-    rerank: str | None = "default"  # a re-ranker name, "default" (the config's), or null / "none"
-
-
-class Api:
-    """The state behind the routes: one searcher (models loaded once), serialised by a lock."""
-
-    def __init__(self, cfg: Config, searcher: Searcher | None, media_roots: list[str], refresh_s: float) -> None:
-        self.cfg = cfg
-        self.searcher = searcher or Searcher(cfg.db.path, cfg)
-        self.media_roots = [os.path.realpath(r) for r in media_roots]
-        self.refresh_s = refresh_s
-        self.lock = threading.Lock()
-        self._opened = time.monotonic()
-
-    def store(self) -> Store:
-        """The database, re-opened every ``refresh_s`` so videos indexed while serving become visible."""
-        if time.monotonic() - self._opened > self.refresh_s:
-            self.searcher.store = Store(self.cfg.db.path, self.searcher.store.dim)
-            self._opened = time.monotonic()
-        return self.searcher.store
-
-    def search(self, req: SearchRequest, image: bytes | None) -> dict[str, Any]:
-        rerank = None if req.rerank in (None, "none") else req.rerank
-        t0 = time.perf_counter()
-        with self.lock:
-            self.store()
-            results = self.searcher.search(
-                text=req.text, image=image, k=req.k, level=req.level, filters=req.filters, rerank=rerank
-            )
-        return {
-            "level": req.level,
-            "rerank": self.cfg.search.rerank if rerank == "default" else rerank,
-            "took_ms": round(1000 * (time.perf_counter() - t0), 1),
-            "count": len(results),
-            "results": [r.as_dict() for r in results],
-        }
-
-    def videos(self, video_id: str | None = None) -> list[dict[str, Any]]:
-        where = f"status = {quote(S.STATUS_COMPLETE)}"
-        if video_id is not None:
-            where += f" AND video_id = {quote(video_id)}"
-        with self.lock:
-            rows = self.store().rows(S.VIDEOS, where).to_pylist()
-        return sorted(jsonable_encoder(rows), key=lambda r: r["path"])
-
-    def video(self, video_id: str) -> dict[str, Any] | None:
-        found = self.videos(video_id) if ID.fullmatch(video_id) else []
-        if not found:
-            return None
-        with self.lock:
-            store, key = self.store(), f"video_id = {quote(video_id)}"
-            segments = store.rows(S.SEGMENTS, key, ["segment_id", "start_s", "end_s", "thumb_id", "class_names"])
-            tracks = store.rows(S.TRACKS, key, ["track_id", "class_name", "t_first", "t_last", "n_obs", "thumb_id"])
-        return {
-            **found[0],
-            "segments": sorted(segments.to_pylist(), key=lambda r: r["start_s"]),
-            "tracks": sorted(tracks.to_pylist(), key=lambda r: (r["t_first"], r["track_id"])),
-        }
-
-    def thumbnail(self, thumb_id: str) -> bytes | None:
-        if not ID.fullmatch(thumb_id):
-            return None
-        with self.lock:
-            rows = self.store().rows(S.THUMBNAILS, f"thumb_id = {quote(thumb_id)}", ["video_id", "jpeg"]).to_pylist()
-        if not rows or not self.videos(rows[0]["video_id"]):
-            return None
-        return rows[0]["jpeg"]
-
-    def media(self, video_id: str) -> tuple[str, os.stat_result] | None:
-        """The indexed file of a complete video, if it is still that regular file inside the media roots."""
-        found = self.videos(video_id) if ID.fullmatch(video_id) else []
-        if not found:
-            return None
-        real = os.path.realpath(found[0]["path"])
-        if self.media_roots and not any(real.startswith(os.path.join(root, "")) for root in self.media_roots):
-            return None
-        try:
-            st = os.stat(real)
-        except OSError:
-            return None
-        if not stat.S_ISREG(st.st_mode) or st.st_size != found[0]["size_bytes"]:
-            return None  # replaced since indexing (or swapped for a link to something else)
-        return real, st
+MAX_FORM_BYTES = 16 * 1024  # the sign-in form, and any body sent to a route that takes none
+PUBLIC = {("GET", "/login"), ("POST", "/login"), ("GET", "/static/style.css"), ("HEAD", "/static/style.css")}
 
 
 class AsciiJSONResponse(JSONResponse):
@@ -169,36 +77,79 @@ def _login_page(error: str = "") -> str:
     )
 
 
+def _size(n: int) -> str:
+    return f"{n // 2**20} MiB" if n >= 2**20 else f"{n // 2**10} KiB"
+
+
+def body_limit(scope: Scope) -> tuple[int, str]:
+    """The most bytes a request to this route may send, and the 413 message (read per request, so tests may
+    lower the module's limits)."""
+    if scope["path"] == "/api/search" and scope["method"] == "POST":
+        ctype = dict(scope["headers"]).get(b"content-type", b"").lower()
+        if ctype.startswith((b"multipart/form-data", b"application/x-www-form-urlencoded")):
+            return MAX_UPLOAD_BYTES + 2**16, f"the request is larger than {_size(MAX_UPLOAD_BYTES)}"
+        return MAX_JSON_BYTES, f"a JSON request must be under {_size(MAX_JSON_BYTES)}"
+    return MAX_FORM_BYTES, f"a request to this route must be under {_size(MAX_FORM_BYTES)}"
+
+
+def _docs_page() -> HTMLResponse:
+    """Swagger UI (from its CDN, as FastAPI serves it) with a CSP that admits exactly that."""
+    page = get_swagger_ui_html(openapi_url="/openapi.json", title="vidsearch API")
+    inline = re.findall(rb"<script>(.*?)</script>", bytes(page.body), re.S)
+    hashes = " ".join(f"'sha256-{base64.b64encode(hashlib.sha256(s).digest()).decode()}'" for s in inline)
+    cdn = "https://cdn.jsdelivr.net"
+    page.headers["content-security-policy"] = (
+        f"default-src 'self'; script-src 'self' {cdn} {hashes}; style-src 'self' 'unsafe-inline' {cdn}; "
+        "img-src 'self' data: https://fastapi.tiangolo.com; object-src 'none'; base-uri 'none'; "
+        "frame-ancestors 'none'"
+    )
+    return page
+
+
 def create_app(
     cfg: Config,
     token: str | None = None,
     searcher: Searcher | None = None,
     media_roots: list[str] | None = None,
     refresh_s: float = 5.0,
+    allowed_hosts: list[str] | None = None,
+    login_attempts: tuple[int, float] = (10, 60.0),
 ) -> FastAPI:
-    """The app for the database of ``cfg``; ``token`` (or $VIDSEARCH_TOKEN) protects every route."""
+    """The app for the database of ``cfg``; ``token`` (or $VIDSEARCH_TOKEN) protects every route.
+
+    ``allowed_hosts``: Host header names answered (default: the loopback names, plus $VIDSEARCH_ALLOWED_HOSTS;
+    ``*`` for any). ``login_attempts``: failed sign-ins per client address per window (seconds).
+    """
     token = token if token is not None else os.environ.get(TOKEN_ENV) or None
+    secret = token.encode("utf-8") if token else b""
     api = Api(cfg, searcher, media_roots or [], refresh_s)
-    app = FastAPI(title="vidsearch", docs_url=None, redoc_url=None, openapi_url=None)
+    sessions, limiter = Sessions(), LoginLimiter(*login_attempts)
+    app = FastAPI(title="vidsearch", docs_url=None, redoc_url=None, openapi_url="/openapi.json")
     app.state.api = api
 
-    def authorised(request: Request) -> bool:
+    def authorised(scope: Scope) -> bool:
         if token is None:
             return True
-        scheme, _, given = request.headers.get("authorization", "").partition(" ")
-        if scheme.lower() != "bearer":
-            given = request.cookies.get(COOKIE, "")
-        return hmac.compare_digest(given.encode("utf-8", "replace"), token.encode())
+        headers = dict(scope["headers"])
+        scheme, _, given = headers.get(b"authorization", b"").partition(b" ")
+        if scheme.lower() == b"bearer":
+            return same_secret(given.strip(), secret)
+        cookies = cookie_parser(headers.get(b"cookie", b"").decode("latin-1"))
+        return sessions.valid(cookies.get(COOKIE, ""))
 
-    @app.middleware("http")
-    async def require_token(request: Request, call_next: Any) -> Response:
-        if request.url.path == "/login" or authorised(request):
-            return await call_next(request)
-        if request.url.path == "/" and request.method == "GET":
+    def gate(scope: Scope) -> Any:
+        if (scope["method"], scope["path"]) in PUBLIC or authorised(scope):
+            return None
+        if scope["path"] == "/" and scope["method"] == "GET":
             return RedirectResponse("/login", status_code=303)
         response = _detail(401, "missing or wrong access token: send 'Authorization: Bearer <token>'")
         response.headers["WWW-Authenticate"] = "Bearer"
         return response
+
+    extra_hosts = [h for h in os.environ.get(HOSTS_ENV, "").split(",") if h.strip()]
+    app.add_middleware(
+        Guard, allowed_hosts=[*(allowed_hosts or LOOPBACK_HOSTS), *extra_hosts], body_limit=body_limit, gate=gate
+    )
 
     @app.exception_handler(SearchError)
     async def search_error(_: Request, exc: SearchError) -> JSONResponse:
@@ -221,17 +172,30 @@ def create_app(
 
     @app.post("/login", include_in_schema=False)
     async def login(request: Request) -> Response:
-        form = await request.form()
-        given = str(form.get("token", ""))
-        if token is None or not hmac.compare_digest(given.encode("utf-8", "replace"), token.encode()):
+        client = request.client.host if request.client else ""
+        wait = limiter.retry_after(client)
+        if wait > 0:
+            page = HTMLResponse(_login_page("Too many wrong tokens; wait a minute."), status_code=429)
+            page.headers["Retry-After"] = str(int(wait) + 1)
+            return page
+        form = await request.form(max_files=0, max_fields=4)
+        given = str(form.get("token", "")).encode("utf-8", "replace")
+        if token is None or not same_secret(given, secret):
+            limiter.failed(client)
             return HTMLResponse(_login_page("That token is not right."), status_code=401)
         response = RedirectResponse("/", status_code=303)
-        response.set_cookie(COOKIE, token, httponly=True, samesite="strict", secure=request.url.scheme == "https")
+        secure = request.url.scheme == "https"
+        max_age = int(sessions.ttl_s)
+        response.set_cookie(COOKIE, sessions.new(), max_age=max_age, httponly=True, samesite="strict", secure=secure)
         return response
 
     @app.get("/", include_in_schema=False)
     def index() -> FileResponse:
-        return FileResponse(STATIC / "index.html", media_type="text/html")
+        return FileResponse(os.path.join(STATIC, "index.html"), media_type="text/html")
+
+    @app.get("/docs", include_in_schema=False)
+    def docs() -> HTMLResponse:
+        return _docs_page()
 
     app.mount("/static", StaticFiles(directory=STATIC), name="static")
 
@@ -272,24 +236,21 @@ def create_app(
         filters = {key: v for key, v in raw.items() if v is not None} or None
         return api.search(_request({"text": text, "k": k, "level": level, "filters": filters, "rerank": rerank}), None)
 
-    @app.post("/api/search", response_model=None)
+    @app.post("/api/search", response_model=None, openapi_extra=_SEARCH_BODY)
     async def search_post(request: Request) -> dict[str, Any] | Response:
         """JSON body (``SearchRequest``), or form fields of the same names (``filters`` as a JSON string) plus,
-        in a multipart form, an ``image`` file."""
-        image = None
-        declared = request.headers.get("content-length", "")
-        if declared.isdigit() and int(declared) > MAX_UPLOAD_BYTES + 2**16:  # refused before reading the body
-            return _detail(413, f"the request is larger than {MAX_UPLOAD_BYTES // 2**20} MiB")
+        in a multipart form, an ``image`` file. The body limits are enforced while reading (``Guard``)."""
+        upload = None
         if request.headers.get("content-type", "").startswith(
             ("multipart/form-data", "application/x-www-form-urlencoded")
         ):
             form = await request.form(max_files=1, max_fields=16)
             body: dict[str, Any] = {key: v for key, v in form.items() if key != "image" and isinstance(v, str)}
-            upload = form.get("image")
-            if upload is not None and not isinstance(upload, str):
-                image = await upload.read(MAX_UPLOAD_BYTES + 1)
-                if len(image) > MAX_UPLOAD_BYTES:
-                    return _detail(413, f"the image is larger than {MAX_UPLOAD_BYTES // 2**20} MiB")
+            file = form.get("image")
+            if file is not None and not isinstance(file, str):
+                upload = await file.read(MAX_UPLOAD_BYTES + 1)
+                if len(upload) > MAX_UPLOAD_BYTES:
+                    return _detail(413, f"the image is larger than {_size(MAX_UPLOAD_BYTES)}")
             if not body.get("text"):
                 body.pop("text", None)  # an image search leaves the text box empty
             if "filters" in body:
@@ -298,8 +259,6 @@ def create_app(
             raw = bytearray()
             async for chunk in request.stream():
                 raw += chunk
-                if len(raw) > MAX_JSON_BYTES:
-                    return _detail(413, f"a JSON request must be under {MAX_JSON_BYTES // 2**10} KiB")
             try:
                 body = json.loads(raw)
             except (ValueError, RecursionError):  # RecursionError: nesting deeper than the parser's stack
@@ -307,8 +266,8 @@ def create_app(
             if not isinstance(body, dict):
                 raise RequestValidationError([_error("body", "the body must be a JSON object")])
         req = _request(body)
-        if image is not None:
-            await run_in_threadpool(load_image, image)  # a non-image upload is a 400 before any model loads
+        # Decoded once, here, in a worker thread: a non-image upload is a 400 before any model loads.
+        image = None if upload is None else await run_in_threadpool(load_image, upload)
         return await run_in_threadpool(api.search, req, image)
 
     @app.get("/api/videos")
@@ -330,15 +289,24 @@ def create_app(
         return Response(jpeg, media_type="image/jpeg", headers={"Cache-Control": f"{cache}, max-age=86400"})
 
     @app.api_route("/media/{video_id}", methods=["GET", "HEAD"])
-    def media(video_id: str) -> Response:
+    def media(video_id: str, request: Request) -> Response:
         found = api.media(video_id)
         if found is None:
             return _not_found("playable indexed video")
-        path, st = found
-        kind = mimetypes.guess_type(path)[0] or "application/octet-stream"
-        return FileResponse(path, media_type=kind, stat_result=st, headers={"Cache-Control": "private, max-age=60"})
+        fd, st, kind = found
+        return MediaResponse(fd, st, kind, request.headers.get("range"), request.headers.get("if-range"))
 
     return app
+
+
+_SEARCH_BODY: dict[str, Any] = {
+    "requestBody": {
+        "content": {
+            "application/json": {"schema": {"type": "object", "description": "SearchRequest: text, k, level, ..."}},
+            "multipart/form-data": {"schema": {"type": "object", "description": "the same fields plus 'image'"}},
+        }
+    }
+}
 
 
 def _error(loc: str, msg: str) -> dict[str, Any]:
@@ -365,9 +333,12 @@ def serve(
     port: int = 8000,
     token: str | None = None,
     media_roots: list[str] | None = None,
+    allowed_hosts: list[str] | None = None,
 ) -> None:
-    """Run the app with uvicorn until interrupted."""
+    """Run the app with uvicorn until interrupted. The Host allow-list is the loopback names, the address
+    bound (unless a wildcard) and ``allowed_hosts``."""
     import uvicorn
 
-    app = create_app(cfg, token=token, media_roots=media_roots)
+    hosts = [*LOOPBACK_HOSTS, *([host] if host not in ("0.0.0.0", "::", "") else []), *(allowed_hosts or [])]
+    app = create_app(cfg, token=token, media_roots=media_roots, allowed_hosts=hosts)
     uvicorn.run(app, host=host, port=port, log_level="warning")

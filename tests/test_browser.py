@@ -5,6 +5,7 @@ click a hit and check the player seeked to the hit's start (which needs HTTP Ran
 from __future__ import annotations
 
 import os
+import time
 from pathlib import Path
 
 import pytest
@@ -33,6 +34,16 @@ def browser():
         b.close()
 
 
+def wait_until(page, expression: str, timeout_s: float = 60.0) -> None:  # type: ignore[no-untyped-def]
+    """Poll a JavaScript expression through the debugging protocol (``page.wait_for_function`` evaluates its
+    predicate with ``eval`` inside the page, which the page's Content-Security-Policy forbids)."""
+    deadline = time.monotonic() + timeout_s
+    while not page.evaluate(expression):
+        if time.monotonic() > deadline:
+            raise TimeoutError(f"still false after {timeout_s:.0f} s: {expression}")
+        page.wait_for_timeout(100)
+
+
 @pytest.fixture(scope="module")
 def site(indexed_db):
     cfg, _ = indexed_db
@@ -45,8 +56,9 @@ def test_search_click_and_play_from_the_span_start(browser, site, tmp_path: Path
     url, searcher = site
     page = browser.new_page(viewport={"width": 1280, "height": 860})
     try:
-        page.goto(f"{url}/")
+        signin = page.goto(f"{url}/")
         assert page.url.endswith("/login")  # the token protects the page too
+        assert signin is not None and "script-src 'self'" in signin.headers["content-security-policy"]
         page.fill("input[name=token]", TOKEN)
         page.click("button[type=submit]")
         page.wait_for_url(f"{url}/")
@@ -63,8 +75,8 @@ def test_search_click_and_play_from_the_span_start(browser, site, tmp_path: Path
         assert [float(cards.nth(i).get_attribute("data-start")) for i in range(2)] == [r.start_s for r in expected]
         assert page.locator(".result .name").all_inner_texts() == ["flower.webm", "flower.webm"]
         assert float(page.locator(".result .score").first.inner_text()) == pytest.approx(expected[0].score, abs=6e-4)
-        page.wait_for_function(
-            "[...document.querySelectorAll('.result img')].every(i => i.complete && i.naturalWidth > 0)"
+        wait_until(
+            page, "[...document.querySelectorAll('.result img')].every(i => i.complete && i.naturalWidth > 0)"
         )  # thumbnails load through the session cookie
         boxes = page.locator(".result").first.locator(".box")
         assert boxes.count() == min(6, len(expected[0].boxes)) > 0
@@ -81,10 +93,10 @@ def test_search_click_and_play_from_the_span_start(browser, site, tmp_path: Path
             }"""
         )
         cards.nth(later).click()
-        page.wait_for_function("window.seeks.length > 0", timeout=60_000)
+        wait_until(page, "window.seeks.length > 0")
         seeked = page.evaluate("window.seeks[0]")
         assert seeked == pytest.approx(start, abs=0.05)
-        page.wait_for_function("document.getElementById('video').readyState >= 2", timeout=60_000)
+        wait_until(page, "document.getElementById('video').readyState >= 2")
         page.evaluate("document.getElementById('video').pause()")
         now = page.evaluate("document.getElementById('video').currentTime")
         assert start - 0.05 <= now < start + 2.0  # at the span start (plus whatever played since)
@@ -102,9 +114,10 @@ def test_search_click_and_play_from_the_span_start(browser, site, tmp_path: Path
         page.set_input_files("#image", str(query))
         assert page.locator("#text").is_disabled()
         page.click("#go")
-        page.wait_for_function(
+        wait_until(
+            page,
             "document.querySelector('#message').textContent.includes('result')"
-            " && document.querySelectorAll('.result').length > 0"
+            " && document.querySelectorAll('.result').length > 0",
         )
         first = page.locator(".result").first
         hit = searcher.search(image=query.read_bytes(), k=12, level="frames")[0]
@@ -119,10 +132,12 @@ def test_search_click_and_play_from_the_span_start(browser, site, tmp_path: Path
 def test_errors_show_on_the_page(browser, site) -> None:
     url, _ = site
     context = browser.new_context()
-    context.add_cookies([{"name": "vidsearch_token", "value": TOKEN, "url": url}])
     page = context.new_page()
     try:
-        page.goto(f"{url}/")
+        page.goto(f"{url}/login")
+        page.fill("input[name=token]", TOKEN)
+        page.click("button[type=submit]")
+        page.wait_for_url(f"{url}/")
         page.wait_for_selector("#status >> text=indexed")
         page.click("#go")  # empty query
         page.wait_for_selector(".message.error")

@@ -265,7 +265,8 @@ def http(indexed_db, searcher):  # type: ignore[no-untyped-def]
     from fastapi.testclient import TestClient
 
     cfg, _ = indexed_db
-    with TestClient(server.create_app(cfg, token=None, searcher=searcher), raise_server_exceptions=False) as client:
+    app = server.create_app(cfg, token=None, searcher=searcher)  # Host 127.0.0.1: the server's allow-list
+    with TestClient(app, base_url="http://127.0.0.1", raise_server_exceptions=False) as client:
         yield client
     # (the app holds no state beyond the searcher; nothing to tear down)
 

@@ -12,6 +12,7 @@ import socket
 import threading
 import time
 from collections.abc import Iterator
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Any
 
@@ -126,7 +127,7 @@ def test_every_route_needs_the_token(live, videos, searcher) -> None:
             assert anon.get(route, headers=AUTH).status_code == 200, route
 
         assert anon.post("/login", data={"token": "wrong"}).status_code == 401
-        assert "vidsearch_token" not in anon.cookies
+        assert "vidsearch_session" not in anon.cookies
         ok = anon.post("/login", data={"token": TOKEN})
         assert ok.status_code == 303 and "httponly" in ok.headers["set-cookie"].lower()
         assert "samesite=strict" in ok.headers["set-cookie"].lower()
@@ -207,6 +208,36 @@ def test_search_by_uploaded_image_finds_that_frame(client, searcher) -> None:
     hits = res.json()["results"]
     assert hits[0]["id"] == frame and hits[0]["stage1_score"] > 0.99  # near-duplicates work with random weights
     assert [h["id"] for h in hits] == [r.id for r in searcher.search(image=jpeg, k=3, level="frames")]
+
+
+def test_concurrent_searches_run_at_once_and_match_sequential_results(indexed_db, searcher, monkeypatch) -> None:
+    """No global lock around searching: two searches are inside ``Searcher.search`` at the same moment (a barrier
+    that only two concurrent calls pass), and concurrent results equal the sequential ones."""
+    cfg, _ = indexed_db
+    texts = ["a person", "a flower in the wind", "a book", "hands", "a dog", "a red car", "people", "a table"]
+    levels = ["segments", "frames", "tracks", "segments"] * 2
+    pairs = list(zip(texts, levels, strict=True))
+    expected = [[r.as_dict() for r in searcher.search(text=t, k=4, level=lv)] for t, lv in pairs]
+    with running(create_app(cfg, token=TOKEN, searcher=searcher)) as url:
+        with httpx.Client(base_url=url, headers=AUTH, timeout=300) as c:
+            assert c.get("/api/search", params={"text": "warm up"}).status_code == 200  # loads the models once
+        real, together = searcher.search, threading.Barrier(2, timeout=120)
+
+        def paired(*args: Any, **kwargs: Any) -> Any:
+            together.wait()  # serialised searches would never meet here: the barrier breaks and the request fails
+            return real(*args, **kwargs)
+
+        monkeypatch.setattr(searcher, "search", paired)
+
+        def one(i: int) -> list[dict]:
+            with httpx.Client(base_url=url, headers=AUTH, timeout=300) as c:
+                res = c.get("/api/search", params={"text": texts[i], "k": 4, "level": levels[i]})
+                assert res.status_code == 200, res.text
+                return res.json()["results"]
+
+        with ThreadPoolExecutor(len(texts)) as pool:
+            got = list(pool.map(one, range(len(texts))))
+    assert got == expected
 
 
 # -- media -------------------------------------------------------------------------------------------------------

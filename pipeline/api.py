@@ -1,0 +1,129 @@
+"""The state behind the HTTP routes: one ``Searcher`` shared by concurrent requests, the video and thumbnail
+lookups, and the media check (``pipeline/media.py``).
+
+Searches run concurrently in the server's thread pool: the encoder and the attention re-ranker only read
+their weights, and LanceDB reads are thread-safe. Only the first search per re-ranker (which loads the models)
+and searches with the transformers re-rankers (whose tokenizers are not thread-safe) are serialised, by a lock
+held around ``Searcher.search``; ``VIDSEARCH_SERIAL_SEARCH=1`` serialises every search.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import re
+import threading
+import time
+from typing import Any, Literal
+
+import numpy as np
+from fastapi.encoders import jsonable_encoder
+from pydantic import BaseModel, ConfigDict
+
+from pipeline import schema as S
+from pipeline.config import Config
+from pipeline.media import Verifier, media_type
+from pipeline.search import Filters, Searcher
+from pipeline.store import Store, quote
+
+SERIAL_ENV = "VIDSEARCH_SERIAL_SEARCH"  # "1": one search at a time (a baseline, or an encoder that needs it)
+THREAD_SAFE_RERANKERS = (None, "attention")  # numpy over the query and contexts; no model state
+ID = re.compile(r"[0-9a-f]{8}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{12}")  # uuid5 ids, nothing else
+
+
+class SearchRequest(BaseModel):
+    """The body of ``POST /api/search``: the parameters of ``Searcher.search`` (the image comes as a file)."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    text: str | None = None
+    k: int = 10
+    level: Literal["segments", "frames", "tracks"] = "segments"
+    filters: Filters | None = None
+    rerank: str | None = "default"  # a re-ranker name, "default" (the config's), or null / "none"
+
+
+class Api:
+    """The state behind the routes: one searcher (models loaded once), shared by concurrent requests."""
+
+    def __init__(self, cfg: Config, searcher: Searcher | None, media_roots: list[str], refresh_s: float) -> None:
+        self.cfg = cfg
+        self.searcher = searcher or Searcher(cfg.db.path, cfg)
+        self.media_roots = [os.path.realpath(r) for r in media_roots]
+        self.refresh_s = refresh_s
+        self.verifier = Verifier()
+        self.model_lock = threading.Lock()  # model loading, and re-rankers that are not thread-safe
+        self._refresh_lock = threading.Lock()
+        self._warm: set[str | None] = set()  # re-rankers whose first search (loading the models) succeeded
+        self._opened = time.monotonic()
+        self.serial = os.environ.get(SERIAL_ENV) == "1"  # every search under the lock (a custom encoder's needs)
+
+    def store(self) -> Store:
+        """The database, re-opened every ``refresh_s`` so videos indexed while serving become visible."""
+        if time.monotonic() - self._opened > self.refresh_s:
+            with self._refresh_lock:
+                if time.monotonic() - self._opened > self.refresh_s:
+                    self.searcher.store = Store(self.cfg.db.path, self.searcher.store.dim)
+                    self._opened = time.monotonic()
+        return self.searcher.store
+
+    def search(self, req: SearchRequest, image: np.ndarray | None) -> dict[str, Any]:
+        """``image``: the upload, already decoded (once, by the route, outside any lock)."""
+        rerank = None if req.rerank in (None, "none") else req.rerank
+        name = self.cfg.search.rerank if rerank == "default" else rerank
+        t0 = time.perf_counter()
+        self.store()
+        serial = self.serial or name not in THREAD_SAFE_RERANKERS or name not in self._warm
+        with self.model_lock if serial else contextlib.nullcontext():
+            results = self.searcher.search(
+                text=req.text, image=image, k=req.k, level=req.level, filters=req.filters, rerank=rerank
+            )
+            self._warm.add(name)
+        return {
+            "level": req.level,
+            "rerank": name,
+            "took_ms": round(1000 * (time.perf_counter() - t0), 1),
+            "count": len(results),
+            "results": [r.as_dict() for r in results],
+        }
+
+    def videos(self, video_id: str | None = None) -> list[dict[str, Any]]:
+        where = f"status = {quote(S.STATUS_COMPLETE)}"
+        if video_id is not None:
+            where += f" AND video_id = {quote(video_id)}"
+        rows = self.store().rows(S.VIDEOS, where).to_pylist()
+        return sorted(jsonable_encoder(rows), key=lambda r: r["path"])
+
+    def video(self, video_id: str) -> dict[str, Any] | None:
+        found = self.videos(video_id) if ID.fullmatch(video_id) else []
+        if not found:
+            return None
+        store, key = self.store(), f"video_id = {quote(video_id)}"
+        segments = store.rows(S.SEGMENTS, key, ["segment_id", "start_s", "end_s", "thumb_id", "class_names"])
+        tracks = store.rows(S.TRACKS, key, ["track_id", "class_name", "t_first", "t_last", "n_obs", "thumb_id"])
+        return {
+            **found[0],
+            "segments": sorted(segments.to_pylist(), key=lambda r: r["start_s"]),
+            "tracks": sorted(tracks.to_pylist(), key=lambda r: (r["t_first"], r["track_id"])),
+        }
+
+    def thumbnail(self, thumb_id: str) -> bytes | None:
+        if not ID.fullmatch(thumb_id):
+            return None
+        rows = self.store().rows(S.THUMBNAILS, f"thumb_id = {quote(thumb_id)}", ["video_id", "jpeg"]).to_pylist()
+        if not rows or not self.videos(rows[0]["video_id"]):
+            return None
+        return rows[0]["jpeg"]
+
+    def media(self, video_id: str) -> tuple[int, os.stat_result, str] | None:
+        """An open descriptor of a complete video's file, its stat and its type, if the file still is the
+        indexed content (size and fingerprint) inside the media roots; the caller closes the descriptor."""
+        found = self.videos(video_id) if ID.fullmatch(video_id) else []
+        if not found:
+            return None
+        video = found[0]
+        real = os.path.realpath(video["path"])
+        if self.media_roots and not any(real.startswith(os.path.join(root, "")) for root in self.media_roots):
+            return None
+        opened = self.verifier.open(real, video["size_bytes"], video["fingerprint"])
+        return None if opened is None else (*opened, media_type(video["path"]))
