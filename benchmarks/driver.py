@@ -29,9 +29,12 @@ from typing import Any
 
 from _common import ROOT, clip, header, table
 
-SMALL = ["mmaction2/test.avi", "mdn/flower.webm", "intel_sample_videos/asl_gestures/book.mkv"]
-LARGE = [
-    *SMALL,
+#: Real clips of several containers and codecs (~300 s of video); the large run indexes them ``COPIES`` times
+#: (remuxed with a different comment tag, so each copy is new content to the catalog: same frames, other bytes).
+CLIPS = [
+    "mmaction2/test.avi",
+    "mdn/flower.webm",
+    "intel_sample_videos/asl_gestures/book.mkv",
     "mmaction2/test.mp4",
     "mmaction2/demo.mp4",
     "decord/flipping_a_pancake.mkv",
@@ -41,6 +44,7 @@ LARGE = [
     "intel_sample_videos/bottle-detection.mp4",
     "intel_sample_videos/one-by-one-person-detection.mp4",
 ]
+COPIES = 3
 LOOP_CLIP = "mmaction2/test.mp4"
 
 #: The tiny config with production row sizes.
@@ -167,6 +171,19 @@ def run_case(kind: str, paths: list[str], tmp: str, name: str) -> dict[str, Any]
     return {"case": name, "path": kind, **json.loads(out.read_text())}
 
 
+def copies(paths: list[str], n: int, folder: Path) -> list[str]:
+    """``n`` remuxed copies of each clip (stream copy, a distinct metadata tag each)."""
+    folder.mkdir(parents=True, exist_ok=True)
+    out = []
+    for k in range(n):
+        for p in paths:
+            dst = folder / f"{k}-{Path(p).name}"
+            cmd = ["ffmpeg", "-v", "error", "-y", "-i", p, "-map", "0:v", "-c", "copy", "-metadata", f"comment=copy{k}"]
+            subprocess.run([*cmd, str(dst)], check=True)
+            out.append(str(dst))
+    return out
+
+
 def looped(src: str, minutes: float, dst: Path) -> str:
     """``src`` looped (stream copy, no re-encode) to at least ``minutes`` of video."""
     import av
@@ -191,12 +208,13 @@ def main() -> None:
         Path(args.out).write_text(json.dumps(one(args.one, args.paths, args.db)))
         return
     header("driver CPU and memory: old data path (driver assembles and writes) vs new (workers write)")
-    small = [clip(c) for c in SMALL]
-    large = [clip(c) for c in (SMALL if args.quick else LARGE)]
     rows = []
     with tempfile.TemporaryDirectory() as tmp:
+        clips = [clip(c) for c in (CLIPS[:3] if args.quick else CLIPS)]
+        small = copies(clips, 1, Path(tmp) / "small")
+        large = copies(clips, 2 if args.quick else COPIES, Path(tmp) / "large")
         for kind in ("old", "new"):
-            rows.append(run_case(kind, small[:1] if args.quick else small, tmp, "small"))
+            rows.append(run_case(kind, small, tmp, "small"))
             rows.append(run_case(kind, large, tmp, "large"))
         if not args.quick:
             short, long_ = (
