@@ -76,8 +76,9 @@ def test_incremental_runs_do_exactly_the_expected_work(tmp_path, testdata, ray_s
     assert b_frames and store.count(S.FRAMES) == sum(v["n_samples"] for v in videos.values())
 
     stages = second.stages
-    assert {"recover", "list", "plan", "prune", "graph", "assemble", "commit"} <= set(stages)
-    assert {"decode", "preprocess", "embed"} <= set("+".join(second.graph_stages).split("+"))
+    assert {"recover", "list", "plan", "prune", "graph", "commit"} <= set(stages)
+    assert "assemble" not in stages  # assembly runs in the graph, on the workers
+    assert {"decode", "preprocess", "embed", "route"} <= set("+".join(second.graph_stages).split("+"))
     recorded = json.loads(store.rows(S.RUNS, f"run_id = '{second.run_id}'").column("summary_json")[0].as_py())
     assert recorded["changed"] == 1 and recorded["pruned"] == 1 and recorded["kind"] == "index"
 
