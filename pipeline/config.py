@@ -79,6 +79,7 @@ class MaintenanceConfig(StrictModel):
     # the former nprobes 32 + refine 5 gave the same recall (0.997) at twice the latency (13-16x).
     nprobes: int = 16
     refine_factor: int | None = 5
+    ef: int | None = None  # HNSW search breadth per probed partition (IVF_HNSW_*); None: LanceDB's default
     retrain_growth: float = 2.0  # rebuild the vector index when a table grew this many times since it was built
     scalar_index_min_rows: int = 10_000
     fts: bool = True  # full-text indexes on class names and paths
