@@ -129,7 +129,7 @@ def search_ids(
         s = s.refine_factor(refine)
     if where:
         s = s.where(where, prefilter=True)
-    s = s.select(STAGE1_COLUMNS if fetch else ["segment_id"])
+    s = s.select([*(STAGE1_COLUMNS if fetch else ["segment_id"]), "_distance"])
     return s.limit(fetch or k).to_arrow().column("segment_id").to_pylist()[:k]
 
 

@@ -247,7 +247,7 @@ class Searcher:
             q = q.where(where, prefilter=True)
         # every column but the embedding: 50 rows of 512 floats as Python lists cost more than the ANN itself
         columns = [c for c in S.table_schema(level, 1).names if c != "embedding"]
-        return q.select(columns).limit(fetch).to_arrow()
+        return q.select([*columns, "_distance"]).limit(fetch).to_arrow()  # named: lance warns when it is implied
 
     def _result(self, level: str, r: dict[str, Any], path: str) -> SearchResult:
         score = 1.0 - float(r["_distance"])
