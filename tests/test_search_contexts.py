@@ -172,10 +172,8 @@ class _FixedEncoder:
 
 def test_search_results_identical_to_the_former_lookup(tmp_path: Path, monkeypatch) -> None:
     """Whole ``Searcher.search`` with the attention re-rank: same ranks, ids and scores to the last bit."""
-    from operators.encoders import embedding_dim
-
     cfg = tiny_config(tmp_path / "db")
-    dim = embedding_dim(cfg.encoder)
+    dim = 16  # the searcher reads the width from the store; the fixed encoder below matches it
     store, frames, _ = build(tmp_path / "db", dim=dim, seed=1)
     segs, rng = [], np.random.default_rng(2)
     for v in range(N_VIDEOS):
