@@ -169,7 +169,7 @@ def measure(searcher: Any, texts: list[str], warmup: int = 3) -> dict[str, list[
         for t in texts[:warmup]:
             searcher.search(text=t, k=10)
         out: dict[str, list[float]] = {k: [] for k in ("search", "cpu", *PARTS, "rest")}
-        out.update({f"{part} cpu": [] for part in PARTS})
+        out.update({f"{part} cpu": [] for part in (*PARTS, "rest")})
         for t in texts:
             spent.clear()
             t0, c0 = time.perf_counter(), time.process_time()
@@ -181,6 +181,7 @@ def measure(searcher: Any, texts: list[str], warmup: int = 3) -> dict[str, list[
                 out[part].append(spent.get(part, 0.0))
                 out[f"{part} cpu"].append(spent.get(f"{part} cpu", 0.0))
             out["rest"].append(out["search"][-1] - sum(out[part][-1] for part in PARTS))
+            out["rest cpu"].append(out["cpu"][-1] - sum(out[f"{part} cpu"][-1] for part in PARTS))
     finally:
         search_module.span_contexts = real_contexts
         del searcher.embed_query, searcher.stage1, rr.score
@@ -235,7 +236,7 @@ def main() -> None:
                  "p95_ms": round(1e3 * pct(values, 95), 1), "mean_ms": round(1e3 * float(np.mean(values)), 1)}
             )  # fmt: skip
             print(rows[-1], flush=True)
-    print(table(rows))
+    print(table(rows, floatfmt=".1f"))
     if os.environ.get("VIDSEARCH_PROFILE"):
         import cProfile
 
