@@ -31,6 +31,7 @@ from _common import ClusteredEmbeddings, exact_topk, header, pct, table
 
 from pipeline import schema as S
 from pipeline.config import MaintenanceConfig
+from pipeline.search import RESULT_COLUMNS
 
 DIM = 512
 SEGMENTS_PER_VIDEO = 250  # 1000 s videos at 4 s segments
@@ -104,8 +105,8 @@ def write_table(db: Any, name: str, data: npt.NDArray[np.float32]) -> tuple[Any,
     return tbl, time.perf_counter() - t0
 
 
-#: What stage 1 of a search reads: every segments column but the embedding (``Searcher.stage1``).
-STAGE1_COLUMNS = [c for c in S.segments_schema(DIM).names if c != "embedding"]
+#: What stage 1 of a search reads (``Searcher.stage1``).
+STAGE1_COLUMNS = RESULT_COLUMNS[S.SEGMENTS]
 
 
 def search_ids(

@@ -89,6 +89,23 @@ def parse_filters(filters: Filters | dict[str, Any] | None) -> Filters | None:
         raise SearchError(f"invalid filters: {problems}") from None
 
 
+#: Per level: the columns stage 1 reads, those ``Searcher._result`` builds a result from.
+RESULT_COLUMNS: dict[str, list[str]] = {
+    "segments": ["segment_id", "video_id", "start_s", "end_s", "thumb_id"],
+    "frames": ["frame_id", "video_id", "t", "boxes"],
+    "tracks": [
+        "track_id",
+        "video_id",
+        "t_first",
+        "t_last",
+        "thumb_id",
+        "class_name",
+        "trajectory",
+        "best_box",
+        "conf_mean",
+    ],
+}
+
 #: Per level: the columns a filter may touch.
 _TIME_COLUMNS = {"frames": ("t", "t"), "segments": ("start_s", "end_s"), "tracks": ("t_first", "t_last")}
 
@@ -234,7 +251,7 @@ class Searcher:
 
     def stage1(self, embedding: np.ndarray, level: Level, fetch: int, where: str | None = None) -> Any:
         """The ``fetch`` rows of ``level`` nearest to ``embedding`` (cosine; prefiltered by ``where``) as an Arrow
-        table of every column but the embedding, plus ``_distance``. The vector index parameters are the
+        table of the ``RESULT_COLUMNS`` of ``level`` and ``_distance``. The vector index parameters are the
         configured ones (``maintenance.nprobes``/``ef``/``refine_factor``; exact search ignores them)."""
         m = self.cfg.maintenance
         q = self.store.table(level).search(embedding.tolist(), vector_column_name="embedding").distance_type("cosine")
@@ -245,9 +262,9 @@ class Searcher:
             q = q.refine_factor(m.refine_factor)
         if where:
             q = q.where(where, prefilter=True)
-        # every column but the embedding: 50 rows of 512 floats as Python lists cost more than the ANN itself
-        columns = [c for c in S.table_schema(level, 1).names if c != "embedding"]
-        return q.select([*columns, "_distance"]).limit(fetch).to_arrow()  # named: lance warns when it is implied
+        # only what a result is built from: reading the 50 rows' other columns cost as much CPU as the ANN itself
+        # (BENCHMARKS.md item 4); `_distance` is named because lance warns on every query that implies it
+        return q.select([*RESULT_COLUMNS[level], "_distance"]).limit(fetch).to_arrow()
 
     def _result(self, level: str, r: dict[str, Any], path: str) -> SearchResult:
         score = 1.0 - float(r["_distance"])
