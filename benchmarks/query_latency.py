@@ -188,6 +188,33 @@ def measure(searcher: Any, texts: list[str], warmup: int = 3) -> dict[str, list[
     return out
 
 
+def compare_former(searcher: Any, texts: list[str]) -> list[dict[str, Any]]:
+    """The context lookup of the re-rank on each query's 50 stage-1 candidates: the former one (one query over
+    the span of all candidates, cut in Python; kept in tests/test_search_contexts.py as the test's reference)
+    against ``pipeline.contexts``, on the same candidates, alternating; and that both return the same arrays."""
+    from pipeline.contexts import contexts
+    from tests.test_search_contexts import reference_contexts
+
+    fetch = 10 * searcher.cfg.search.overfetch
+    timing: dict[str, list[tuple[float, float]]] = {"former": [], "new": []}
+    for t in texts:
+        q = searcher.embed_query(t, None)
+        rows = searcher.stage1(q.embedding, S.SEGMENTS, fetch).to_pylist()
+        cands = [searcher._result(S.SEGMENTS, r, "") for r in rows]
+        out = {}
+        for name, fn in (("former", reference_contexts), ("new", contexts)):
+            t0, c0 = time.perf_counter(), time.process_time()
+            out[name] = fn(searcher.store, cands)
+            timing[name].append((time.perf_counter() - t0, time.process_time() - c0))
+        assert out["former"].keys() == out["new"].keys()
+        assert all(np.array_equal(out["former"][k], out["new"][k]) for k in out["former"])
+    return [
+        {"lookup": name, "queries": len(v), "p50_ms": round(1e3 * pct([w for w, _ in v], 50), 1),
+         "p95_ms": round(1e3 * pct([w for w, _ in v], 95), 1), "cpu_p50_ms": round(1e3 * pct([c for _, c in v], 50), 1)}
+        for name, v in timing.items()
+    ]  # fmt: skip
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--quick", action="store_true", help="use the 100k database of vector_search.py --quick")
@@ -196,6 +223,7 @@ def main() -> None:
     ap.add_argument("--queries", type=int, default=40)
     ap.add_argument("--no-scalar-index", action="store_true", help="skip the run with scalar indexes")
     ap.add_argument("--torch-threads", type=int, help="torch threads for the query encoder (default: torch's)")
+    ap.add_argument("--compare-former", type=int, default=0, help="also time the former context lookup on N queries")
     args = ap.parse_args()
     n = args.rows or (100_000 if args.quick else 1_000_000)
     db_dir = Path(args.db or DEFAULT_DB.format(rows=n))
@@ -237,6 +265,9 @@ def main() -> None:
             )  # fmt: skip
             print(rows[-1], flush=True)
     print(table(rows, floatfmt=".1f"))
+    if args.compare_former:
+        print("\nre-rank context lookup, same candidates (identical arrays checked):")
+        print(table(compare_former(searcher, texts[: args.compare_former]), floatfmt=".1f"))
     if os.environ.get("VIDSEARCH_PROFILE"):
         import cProfile
 
