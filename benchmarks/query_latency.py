@@ -7,8 +7,9 @@ adds, once, what the searcher reads besides it: a ``videos`` table (4,000 comple
 ``frames`` table with the 4 frames of every segment (4M rows) and a ``tracks`` table (one track per 2
 segments). The frame and track embeddings sit near their segment's, so re-rank contexts are realistic.
 
-Reported: p50/p95 of the whole ``Searcher.search`` and of its parts (query encoding, stage 1 alone), before
-and after a BTREE scalar index on ``video_id`` of frames and tracks (the re-rank context lookup filters on it).
+Reported: p50/p95 of the whole ``Searcher.search`` (wall and process CPU) and of its parts inside the same
+calls (query encoding, stage 1, re-rank contexts, re-rank scoring, the rest), before and after the scalar
+indexes ``maintain`` builds (BTREE on ``video_id`` and the time columns: the context lookup filters on them).
 
     python benchmarks/vector_search.py && python benchmarks/query_latency.py
     python benchmarks/query_latency.py --quick   # on the --quick (100k) database of vector_search.py
@@ -116,14 +117,16 @@ def add_context_tables(db_dir: Path, n_segments: int) -> None:
 
 
 def scalar_indexes(db_dir: Path) -> float:
+    """The scalar indexes ``maintain`` builds on every table (BTREE on video_id, t, ...), as production has them."""
     import lancedb
+
+    from pipeline.maintenance import build_scalar_indexes
 
     db = lancedb.connect(str(db_dir))
     t0 = time.perf_counter()
-    for name in (S.FRAMES, S.TRACKS, S.SEGMENTS):
+    for name in (S.VIDEOS, S.FRAMES, S.TRACKS, S.SEGMENTS):
         tbl = db.open_table(name)
-        if not any("video_id" in i.columns for i in tbl.list_indices()):
-            tbl.create_scalar_index("video_id", index_type="BTREE")
+        print(name, build_scalar_indexes(tbl, name, {ix.name for ix in tbl.list_indices()}), flush=True)
     return time.perf_counter() - t0
 
 
@@ -133,36 +136,96 @@ def queries() -> list[str]:
     return [f"a video of {w.strip()}" for w in words if w.strip()][:60]
 
 
+PARTS = ("encode", "stage1", "contexts", "rerank")
+
+
 def measure(searcher: Any, texts: list[str], warmup: int = 3) -> dict[str, list[float]]:
-    """Per query: whole search, query encoding alone, stage-1 ANN alone (as the searcher issues it)."""
-    tbl = searcher.store.table(S.SEGMENTS)
-    fetch = 10 * searcher.cfg.search.overfetch
-    for t in texts[:warmup]:
-        searcher.search(text=t, k=10)
-    out: dict[str, list[float]] = {"search": [], "encode": [], "stage1": []}
-    for t in texts:
-        t0 = time.perf_counter()
-        res = searcher.search(text=t, k=10)
-        out["search"].append(time.perf_counter() - t0)
-        assert len(res) == 10
-        t0 = time.perf_counter()
-        q = searcher.embed_query(t, None)
-        out["encode"].append(time.perf_counter() - t0)
-        t0 = time.perf_counter()
-        tbl.search(q.embedding.tolist(), vector_column_name="embedding").distance_type("cosine").limit(fetch).to_arrow()
-        out["stage1"].append(time.perf_counter() - t0)
+    """Per query, inside one ``Searcher.search``: the whole search (wall and process CPU seconds, all threads)
+    and its parts: query encoding, stage 1 (ANN + its rows), re-rank contexts, re-rank scoring; ``rest`` is
+    the remainder (complete-video list, results, keyframe boxes). ``<part> cpu``: process CPU seconds inside
+    the part (on a loaded machine wall time includes waiting for a core; CPU seconds do not)."""
+    import pipeline.search as search_module
+
+    spent: dict[str, float] = {}
+
+    def timed(part: str, fn: Any) -> Any:
+        def run(*a: Any, **kw: Any) -> Any:
+            t0, c0 = time.perf_counter(), time.process_time()
+            try:
+                return fn(*a, **kw)
+            finally:
+                spent[part] = spent.get(part, 0.0) + time.perf_counter() - t0
+                spent[f"{part} cpu"] = spent.get(f"{part} cpu", 0.0) + time.process_time() - c0
+
+        return run
+
+    rr = searcher.reranker(searcher.cfg.search.rerank)
+    searcher.embed_query = timed("encode", searcher.embed_query)
+    searcher.stage1 = timed("stage1", searcher.stage1)
+    rr.score = timed("rerank", rr.score)
+    real_contexts = search_module.span_contexts
+    search_module.span_contexts = timed("contexts", real_contexts)
+    try:
+        for t in texts[:warmup]:
+            searcher.search(text=t, k=10)
+        out: dict[str, list[float]] = {k: [] for k in ("search", "cpu", *PARTS, "rest")}
+        out.update({f"{part} cpu": [] for part in (*PARTS, "rest")})
+        for t in texts:
+            spent.clear()
+            t0, c0 = time.perf_counter(), time.process_time()
+            res = searcher.search(text=t, k=10)
+            out["search"].append(time.perf_counter() - t0)
+            out["cpu"].append(time.process_time() - c0)
+            assert len(res) == 10
+            for part in PARTS:
+                out[part].append(spent.get(part, 0.0))
+                out[f"{part} cpu"].append(spent.get(f"{part} cpu", 0.0))
+            out["rest"].append(out["search"][-1] - sum(out[part][-1] for part in PARTS))
+            out["rest cpu"].append(out["cpu"][-1] - sum(out[f"{part} cpu"][-1] for part in PARTS))
+    finally:
+        search_module.span_contexts = real_contexts
+        del searcher.embed_query, searcher.stage1, rr.score
     return out
+
+
+def compare_former(searcher: Any, texts: list[str]) -> list[dict[str, Any]]:
+    """The context lookup of the re-rank on each query's 50 stage-1 candidates: the former one (one query over
+    the span of all candidates, cut in Python; kept in tests/test_search_contexts.py as the test's reference)
+    against ``pipeline.contexts``, on the same candidates, alternating; and that both return the same arrays."""
+    from pipeline.contexts import contexts
+    from tests.test_search_contexts import reference_contexts
+
+    fetch = 10 * searcher.cfg.search.overfetch
+    timing: dict[str, list[tuple[float, float]]] = {"former": [], "new": []}
+    for t in texts:
+        q = searcher.embed_query(t, None)
+        rows = searcher.stage1(q.embedding, S.SEGMENTS, fetch).to_pylist()
+        cands = [searcher._result(S.SEGMENTS, r, "") for r in rows]
+        out = {}
+        for name, fn in (("former", reference_contexts), ("new", contexts)):
+            t0, c0 = time.perf_counter(), time.process_time()
+            out[name] = fn(searcher.store, cands)
+            timing[name].append((time.perf_counter() - t0, time.process_time() - c0))
+        assert out["former"].keys() == out["new"].keys()
+        assert all(np.array_equal(out["former"][k], out["new"][k]) for k in out["former"])
+    return [
+        {"lookup": name, "queries": len(v), "p50_ms": round(1e3 * pct([w for w, _ in v], 50), 1),
+         "p95_ms": round(1e3 * pct([w for w, _ in v], 95), 1), "cpu_p50_ms": round(1e3 * pct([c for _, c in v], 50), 1)}
+        for name, v in timing.items()
+    ]  # fmt: skip
 
 
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--quick", action="store_true", help="use the 100k database of vector_search.py --quick")
     ap.add_argument("--db", help="database of vector_search.py (default: its default for the row count)")
+    ap.add_argument("--rows", type=int, help="segments in the database (vector_search.py --rows)")
     ap.add_argument("--queries", type=int, default=40)
     ap.add_argument("--no-scalar-index", action="store_true", help="skip the run with scalar indexes")
     ap.add_argument("--torch-threads", type=int, help="torch threads for the query encoder (default: torch's)")
+    ap.add_argument("--compare-former", type=int, default=0, help="also time the former context lookup on N queries")
     args = ap.parse_args()
-    n = 100_000 if args.quick else 1_000_000
+    n = args.rows or (100_000 if args.quick else 1_000_000)
     db_dir = Path(args.db or DEFAULT_DB.format(rows=n))
     if not (db_dir / f"vectors_{n}.npy").exists():
         first = "benchmarks/vector_search.py" + (" --quick" if args.quick else "")
@@ -186,22 +249,25 @@ def main() -> None:
     )
     rows = []
     indexed = any("video_id" in i.columns for i in searcher.store.table(S.FRAMES).list_indices())
-    runs = [("BTREE on video_id" if indexed else "no scalar index", None)]
+    runs = [("maintain's scalar indexes" if indexed else "no scalar index", None)]
     if not (indexed or args.no_scalar_index):
-        runs.append(("BTREE on video_id", scalar_indexes))
+        runs.append(("maintain's scalar indexes", scalar_indexes))
     for label, prepare in runs:
         if prepare is not None:
             print(f"scalar indexes built in {prepare(db_dir):.1f} s", flush=True)
             searcher = Searcher(str(db_dir), cfg, encoder=searcher.encoder)  # reopen tables to see new indexes
         m = measure(searcher, texts)
-        rest = [s - e - a for s, e, a in zip(m["search"], m["encode"], m["stage1"], strict=True)]
-        for part, values in (*m.items(), ("re-rank + rest (search - encode - stage1)", rest)):
+        names = {"search": "whole Searcher.search (wall)", "cpu": "whole Searcher.search (process CPU, all threads)"}
+        for part, values in m.items():
             rows.append(
-                {"setup": label, "part": part, "p50_ms": round(1e3 * pct(values, 50), 1),
-                 "p95_ms": round(1e3 * pct(values, 95), 1)}
+                {"setup": label, "part": names.get(part, part), "p50_ms": round(1e3 * pct(values, 50), 1),
+                 "p95_ms": round(1e3 * pct(values, 95), 1), "mean_ms": round(1e3 * float(np.mean(values)), 1)}
             )  # fmt: skip
             print(rows[-1], flush=True)
-    print(table(rows))
+    print(table(rows, floatfmt=".1f"))
+    if args.compare_former:
+        print("\nre-rank context lookup, same candidates (identical arrays checked):")
+        print(table(compare_former(searcher, texts[: args.compare_former]), floatfmt=".1f"))
     if os.environ.get("VIDSEARCH_PROFILE"):
         import cProfile
 

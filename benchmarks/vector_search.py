@@ -31,9 +31,12 @@ from _common import ClusteredEmbeddings, exact_topk, header, pct, table
 
 from pipeline import schema as S
 from pipeline.config import MaintenanceConfig
+from pipeline.search import RESULT_COLUMNS
 
 DIM = 512
 SEGMENTS_PER_VIDEO = 250  # 1000 s videos at 4 s segments
+#: One class per segment, in turn: a class filter on one of them keeps 10% of the rows.
+CLASSES = ("person", "car", "dog", "cat", "bicycle", "bus", "truck", "horse", "bird", "boat")
 DEFAULT_DB = os.environ.get("VIDSEARCH_BENCH_DB", "/tmp/vidsearch_bench/db_{rows}")
 
 
@@ -57,7 +60,7 @@ def segment_rows(start: int, emb: npt.NDArray[np.float32]) -> pa.Table:
             "n_frames": pa.array(np.full(n, 4, np.int32)),
             "embedding": pa.FixedSizeListArray.from_arrays(flat, DIM),
             "thumb_id": pa.array([f"frame-{i:08d}-1" for i in idx]),
-            "class_names": pa.array([[] for _ in range(n)], pa.list_(pa.string())),
+            "class_names": pa.array([[CLASSES[i % len(CLASSES)]] for i in idx], pa.list_(pa.string())),
         },
         schema=S.segments_schema(DIM),
     )
@@ -102,9 +105,22 @@ def write_table(db: Any, name: str, data: npt.NDArray[np.float32]) -> tuple[Any,
     return tbl, time.perf_counter() - t0
 
 
+#: What stage 1 of a search reads (``Searcher.stage1``).
+STAGE1_COLUMNS = RESULT_COLUMNS[S.SEGMENTS]
+
+
 def search_ids(
-    tbl: Any, q: npt.NDArray[np.float32], k: int, nprobes: int | None, ef: int | None, refine: int | None
+    tbl: Any,
+    q: npt.NDArray[np.float32],
+    k: int,
+    nprobes: int | None,
+    ef: int | None,
+    refine: int | None,
+    fetch: int | None = None,
+    where: str | None = None,
 ) -> Any:
+    """Ids of the ``k`` nearest rows; with ``fetch``, the query fetches that many rows and the columns
+    ``Searcher.stage1`` reads (as a search with re-ranking does) and the first ``k`` ids are returned."""
     s = tbl.search(q.tolist(), vector_column_name="embedding").distance_type("cosine")
     if nprobes:  # None: LanceDB's defaults, which is what a query that sets nothing gets
         s = s.nprobes(nprobes)
@@ -112,7 +128,10 @@ def search_ids(
         s = s.ef(ef)
     if refine:
         s = s.refine_factor(refine)
-    return s.select(["segment_id"]).limit(k).to_arrow().column("segment_id").to_pylist()
+    if where:
+        s = s.where(where, prefilter=True)
+    s = s.select([*(STAGE1_COLUMNS if fetch else ["segment_id"]), "_distance"])
+    return s.limit(fetch or k).to_arrow().column("segment_id").to_pylist()[:k]
 
 
 def measure(
@@ -123,17 +142,26 @@ def measure(
     nprobes: int | None,
     ef: int | None,
     refine: int | None,
+    fetch: int | None = None,
+    where: str | None = None,
 ) -> dict[str, float]:
     for q in qs[:10]:  # warm the index cache
-        search_ids(tbl, q, k, nprobes, ef, refine)
+        search_ids(tbl, q, k, nprobes, ef, refine, fetch, where)
     lat, hits = [], 0
+    c0 = time.process_time()
     for q, t in zip(qs, truth, strict=True):
         t0 = time.perf_counter()
-        ids = search_ids(tbl, q, k, nprobes, ef, refine)
+        ids = search_ids(tbl, q, k, nprobes, ef, refine, fetch, where)
         lat.append(time.perf_counter() - t0)
         got = {int(s[4:]) for s in ids}
         hits += len(got & set(t[:k].tolist()))
-    return {"recall": hits / (k * len(qs)), "p50_ms": 1e3 * pct(lat, 50), "p95_ms": 1e3 * pct(lat, 95)}
+    cpu_ms = 1e3 * (time.process_time() - c0) / len(qs)  # all threads of this process, per query
+    return {
+        "recall": hits / (k * len(qs)),
+        "p50_ms": 1e3 * pct(lat, 50),
+        "p95_ms": 1e3 * pct(lat, 95),
+        "cpu_ms": cpu_ms,
+    }
 
 
 def numpy_latency(data: npt.NDArray[np.float32], qs: npt.NDArray[np.float32], k: int) -> list[float]:
@@ -146,6 +174,65 @@ def numpy_latency(data: npt.NDArray[np.float32], qs: npt.NDArray[np.float32], k:
         top[np.argsort(-sims[top])]
         lat.append(time.perf_counter() - t0)
     return lat
+
+
+def filter_cases(n: int) -> dict[str, tuple[str, npt.NDArray[np.bool_]]]:
+    """Prefilters that keep 10% of the rows, compiled by the search code itself: name -> (where, row mask)."""
+    from pipeline.search import Filters, compile_filters
+
+    idx = np.arange(n)
+    n_videos = (n + SEGMENTS_PER_VIDEO - 1) // SEGMENTS_PER_VIDEO
+    paths = {video_id(i): f"/videos/v{i:05d}.mp4" for i in range(n_videos)}
+    last_start = 4.0 * (SEGMENTS_PER_VIDEO // 10 - 1)  # the first tenth of every video
+    cases = {
+        f"class {CLASSES[0]}": (Filters(classes=[CLASSES[0]]), idx % len(CLASSES) == 0),
+        f"time 0-{last_start:g} s": (
+            Filters(time_range=(0.0, last_start)),
+            (idx % SEGMENTS_PER_VIDEO) * 4.0 <= last_start,
+        ),
+        "path /videos/v*0.mp4": (Filters(path_glob="/videos/v*0.mp4"), (idx // SEGMENTS_PER_VIDEO) % 10 == 0),
+    }
+    out = {}
+    for name, (f, mask) in cases.items():
+        where = compile_filters(f, "segments", paths)
+        assert where is not None
+        out[name] = (where, mask)
+    return out
+
+
+def filtered_recall(
+    tbl: Any,
+    resident: npt.NDArray[np.float32],
+    qs: npt.NDArray[np.float32],
+    k: int,
+    setting: tuple[int | None, int | None, int | None],
+    fetch: int | None,
+) -> list[dict[str, Any]]:
+    """Recall@k and latency of prefiltered searches (each filter keeps 10% of the rows) against exact search
+    over the rows the filter keeps, at one (nprobes, ef, refine) setting."""
+    from pipeline.maintenance import build_scalar_indexes
+
+    t0 = time.perf_counter()
+    built = build_scalar_indexes(tbl, S.SEGMENTS, {ix.name for ix in tbl.list_indices()})
+    if built:
+        print(f"scalar indexes for the filters in {time.perf_counter() - t0:.0f} s: {built}", flush=True)
+    rows = []
+    for name, (where, mask) in filter_cases(len(resident)).items():
+        keep = np.flatnonzero(mask)
+        truth = keep[exact_topk(np.ascontiguousarray(resident[keep]), qs, k)]
+        m = measure(tbl, qs, truth, k, *setting, fetch=fetch, where=where)
+        rows.append(
+            {"filter": name, "kept": f"{mask.mean():.0%}", "nprobes": setting[0], "ef": setting[1] or "default",
+             "refine": setting[2] or "-", f"recall@{k}": round(m["recall"], 3), "p50_ms": round(m["p50_ms"], 2),
+             "p95_ms": round(m["p95_ms"], 2), "cpu_ms": round(m["cpu_ms"], 2)}
+        )  # fmt: skip
+        print(rows[-1], flush=True)
+    return rows
+
+
+def _ints(text: str | None) -> list[int | None] | None:
+    """``"8,16,none"`` -> ``[8, 16, None]``."""
+    return None if text is None else [None if v.strip().lower() == "none" else int(v) for v in text.split(",")]
 
 
 def sweep(index_type: str) -> list[tuple[int | None, int | None, int | None]]:
@@ -167,6 +254,11 @@ def main() -> None:
     )
     ap.add_argument("--set", dest="overrides", action="append", default=[], help="MaintenanceConfig key=value")
     ap.add_argument("--json", help="write all results here")
+    ap.add_argument("--nprobes", help="sweep these nprobes instead of the built-in grid, e.g. 2,4,8")
+    ap.add_argument("--ef", help="with --nprobes: HNSW ef values, e.g. none,40,80")
+    ap.add_argument("--refine", help="with --nprobes: refine factors, e.g. none,5")
+    ap.add_argument("--fetch", type=int, help="fetch this many rows with stage 1's columns (search: k x overfetch)")
+    ap.add_argument("--filters", action="store_true", help="also recall with 10%% prefilters at the default setting")
     args = ap.parse_args()
     n = args.rows or (100_000 if args.quick else 1_000_000)
     nq = args.queries or (50 if args.quick else 200)
@@ -227,13 +319,20 @@ def main() -> None:
             f"[{label}] {c.index_type}: write {write_s:.1f} s, index build {build_s:.1f} s via {how}; {idx}", flush=True
         )
         settings = sweep(c.index_type)
-        default = (cfg.nprobes, None, cfg.refine_factor)
+        if args.nprobes:
+            settings = [
+                (p, e, r)
+                for p in _ints(args.nprobes) or []
+                for e in _ints(args.ef) or [None]
+                for r in _ints(args.refine) or [None]
+            ]
+        default = (cfg.nprobes, cfg.ef, cfg.refine_factor)
         if label == "project" and default not in settings:
             settings.insert(0, default)
         if args.quick:
             settings = [default, *(s for s in settings[::3] if s != default)]
         for nprobes, ef, refine in settings:
-            m = measure(tbl, qs, truth, k, nprobes, ef, refine)
+            m = measure(tbl, qs, truth, k, nprobes, ef, refine, fetch=args.fetch)
             near = 1e3 * pct(numpy_latency(resident, qs[:8], k), 50)  # baseline next to it in time: load drifts
             row = {
                 "index": c.index_type + (" (project)" if label == "project" else ""),
@@ -243,6 +342,7 @@ def main() -> None:
                 f"recall@{k}": round(m["recall"], 3),
                 "p50_ms": round(m["p50_ms"], 2),
                 "p95_ms": round(m["p95_ms"], 2),
+                "cpu_ms": round(m["cpu_ms"], 2),
                 "numpy_p50_ms": round(near, 1),
                 "speedup_vs_numpy": round(near / m["p50_ms"], 1),
             }
@@ -250,10 +350,16 @@ def main() -> None:
                 row["index"] += " DEFAULT"
             rows.append(row)
             print(row, flush=True)
+    filtered = []
+    if args.filters:
+        filtered = filtered_recall(db.open_table(S.SEGMENTS), resident, qs, k, default, args.fetch)
     print(f"\nnumpy brute force p50 {np_p50:.1f} ms (one query at a time, {n:,} rows resident)\n")
     print(table(rows))
+    if filtered:
+        print("\nprefiltered (project index, default setting):\n" + table(filtered))
     if args.json:
-        Path(args.json).write_text(json.dumps({"rows": rows, "builds": builds, "numpy_p50_ms": np_p50}, indent=2))
+        out = {"rows": rows, "filtered": filtered, "builds": builds, "numpy_p50_ms": np_p50}
+        Path(args.json).write_text(json.dumps(out, indent=2))
 
 
 if __name__ == "__main__":

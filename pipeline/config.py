@@ -84,11 +84,13 @@ class MaintenanceConfig(StrictModel):
     num_sub_vectors: int | None = None  # PQ only; None: dim / 8 (a divisor of dim)
     hnsw_m: int = 20  # HNSW graph degree (IVF_HNSW_*)
     hnsw_ef_construction: int = 300
-    # Measured (benchmarks/vector_search.py, BENCHMARKS.md): 1M x 512 clustered vectors, IVF_HNSW_SQ with 1000
-    # partitions, 2 cores: nprobes 16 + refine 5 gives recall@10 0.996 at p50 ~9 ms (23-27x numpy brute force);
-    # the former nprobes 32 + refine 5 gave the same recall (0.997) at twice the latency (13-16x).
-    nprobes: int = 16
-    refine_factor: int | None = 5
+    # Measured (benchmarks/vector_search.py, BENCHMARKS.md item 4): 1M x 512 clustered vectors, IVF_HNSW_SQ with
+    # 1000 partitions, 2 cores, fetching 50 rows as a re-ranked search does: nprobes 8 without refine gives
+    # recall@10 0.987 (0.97-0.98 under a prefilter keeping 10% of rows) at about the per-query floor of LanceDB
+    # (nprobes 1 costs as much CPU); refine 5 adds 0.01 recall for twice the CPU per query.
+    nprobes: int = 8
+    refine_factor: int | None = None
+    ef: int | None = None  # HNSW search breadth per probed partition (IVF_HNSW_*); None: LanceDB's default
     retrain_growth: float = 2.0  # rebuild the vector index when a table grew this many times since it was built
     scalar_index_min_rows: int = 10_000
     fts: bool = True  # full-text indexes on class names and paths

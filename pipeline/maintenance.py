@@ -118,6 +118,18 @@ def build_vector_index(table: Any, cfg: MaintenanceConfig, n_rows: int, force: b
     return built
 
 
+def build_scalar_indexes(table: Any, name: str, existing: Any = ()) -> list[str]:
+    """The scalar indexes of ``SCALAR_INDEXES[name]`` that ``table`` lacks (``existing``: its index names);
+    returns what was built. Search's prefilters and the re-rank context lookup read through them."""
+    built = []
+    for column, kind in SCALAR_INDEXES.get(name, {}).items():
+        ix_name = f"{column}_{kind.lower()}"
+        if ix_name not in existing:
+            table.create_index(column, config=_scalar_config(kind), replace=True, name=ix_name)
+            built.append(f"{kind} index on {column}")
+    return built
+
+
 def _last_builds(store: Store) -> dict[str, dict[str, Any]]:
     """Table -> the most recent vector-index build recorded by a ``maintain`` run."""
     builds: dict[str, dict[str, Any]] = {}
@@ -165,11 +177,7 @@ def _maintain_table(
             built = build_vector_index(table, cfg, n, force=True)
             report["actions"].append(f"vector index {cfg.index_type} on {n} rows")
     if n >= cfg.scalar_index_min_rows:
-        for column, kind in SCALAR_INDEXES.get(name, {}).items():
-            ix_name = f"{column}_{kind.lower()}"
-            if ix_name not in existing:
-                table.create_index(column, config=_scalar_config(kind), replace=True, name=ix_name)
-                report["actions"].append(f"{kind} index on {column}")
+        report["actions"] += build_scalar_indexes(table, name, existing)
     if cfg.fts and n:
         for column in FTS_INDEXES.get(name, []):
             ix_name = f"{column}_fts"

@@ -23,6 +23,7 @@ from operators.encoders import OpenClipEncoder, build_encoder, embedding_dim
 from operators.rerank import RERANKERS, Query, RerankInput, build_reranker
 from pipeline import schema as S
 from pipeline.config import Config
+from pipeline.contexts import contexts as span_contexts
 from pipeline.store import Store, in_list, quote
 
 Level = Literal["segments", "frames", "tracks"]
@@ -87,6 +88,23 @@ def parse_filters(filters: Filters | dict[str, Any] | None) -> Filters | None:
         problems = "; ".join(f"{'.'.join(str(p) for p in e['loc']) or 'filters'}: {e['msg']}" for e in exc.errors())
         raise SearchError(f"invalid filters: {problems}") from None
 
+
+#: Per level: the columns stage 1 reads, those ``Searcher._result`` builds a result from.
+RESULT_COLUMNS: dict[str, list[str]] = {
+    "segments": ["segment_id", "video_id", "start_s", "end_s", "thumb_id"],
+    "frames": ["frame_id", "video_id", "t", "boxes"],
+    "tracks": [
+        "track_id",
+        "video_id",
+        "t_first",
+        "t_last",
+        "thumb_id",
+        "class_name",
+        "trajectory",
+        "best_box",
+        "conf_mean",
+    ],
+}
 
 #: Per level: the columns a filter may touch.
 _TIME_COLUMNS = {"frames": ("t", "t"), "segments": ("start_s", "end_s"), "tracks": ("t_first", "t_last")}
@@ -213,24 +231,13 @@ class Searcher:
         if reranker is not None and (not isinstance(reranker, str) or reranker not in RERANKERS):
             raise SearchError(f"unknown re-ranker '{str(reranker)[:60]}'; choose one of {', '.join(RERANKERS)} or none")
         query = self.embed_query(text, image)
-        videos = {
-            r["video_id"]: r["path"] for r in self.store.complete_videos().select(["video_id", "path"]).to_pylist()
-        }
+        complete = self.store.rows(S.VIDEOS, f"status = {quote(S.STATUS_COMPLETE)}", ["video_id", "path"])
+        videos = dict(zip(complete.column("video_id").to_pylist(), complete.column("path").to_pylist(), strict=True))
         if not videos or not self.store.exists(level):
             return []
         where = compile_filters(filters, level, videos)
         fetch = k * self.cfg.search.overfetch if reranker else k
-        q = (
-            self.store.table(level)
-            .search(query.embedding.tolist(), vector_column_name="embedding")
-            .distance_type("cosine")
-            .nprobes(self.cfg.maintenance.nprobes)  # used once `maintain` built a vector index; exact search ignores it
-        )
-        if self.cfg.maintenance.refine_factor:
-            q = q.refine_factor(self.cfg.maintenance.refine_factor)
-        if where:
-            q = q.where(where, prefilter=True)
-        rows = [r for r in q.limit(fetch).to_arrow().to_pylist() if r["video_id"] in videos]
+        rows = [r for r in self.stage1(query.embedding, level, fetch, where).to_pylist() if r["video_id"] in videos]
         results = [self._result(level, r, videos[r["video_id"]]) for r in rows]
         if reranker and results:
             results = self._rerank(reranker, query, level, results)
@@ -241,6 +248,23 @@ class Searcher:
         for i, r in enumerate(results):
             r.rank = i + 1
         return results
+
+    def stage1(self, embedding: np.ndarray, level: Level, fetch: int, where: str | None = None) -> Any:
+        """The ``fetch`` rows of ``level`` nearest to ``embedding`` (cosine; prefiltered by ``where``) as an Arrow
+        table of the ``RESULT_COLUMNS`` of ``level`` and ``_distance``. The vector index parameters are the
+        configured ones (``maintenance.nprobes``/``ef``/``refine_factor``; exact search ignores them)."""
+        m = self.cfg.maintenance
+        q = self.store.table(level).search(embedding.tolist(), vector_column_name="embedding").distance_type("cosine")
+        q = q.nprobes(m.nprobes)
+        if m.ef:
+            q = q.ef(m.ef)
+        if m.refine_factor:
+            q = q.refine_factor(m.refine_factor)
+        if where:
+            q = q.where(where, prefilter=True)
+        # only what a result is built from: reading the 50 rows' other columns cost as much CPU as the ANN itself
+        # (BENCHMARKS.md item 4); `_distance` is named because lance warns on every query that implies it
+        return q.select([*RESULT_COLUMNS[level], "_distance"]).limit(fetch).to_arrow()
 
     def _result(self, level: str, r: dict[str, Any], path: str) -> SearchResult:
         score = 1.0 - float(r["_distance"])
@@ -298,7 +322,7 @@ class Searcher:
 
     def _rerank(self, name: str, query: Query, level: str, results: list[SearchResult]) -> list[SearchResult]:
         rr = self.reranker(name)
-        contexts = self._contexts(level, results) if getattr(rr, "needs_context", True) else {}
+        contexts = span_contexts(self.store, results) if getattr(rr, "needs_context", True) else {}
         # Image-text re-rankers read every candidate's keyframe: fetch the thumbnails in one query, not one each.
         jpegs = self._thumbnails([r.thumb_id for r in results]) if getattr(rr, "needs_keyframes", False) else None
         inputs = [
@@ -313,38 +337,6 @@ class Searcher:
         for r, s in zip(results, rr.score(query, inputs), strict=True):
             r.score = (1 - w) * r.stage1_score + w * float(s)
         return sorted(results, key=lambda r: -r.score)
-
-    def _contexts(self, level: str, results: list[SearchResult]) -> dict[str, np.ndarray]:
-        """Per candidate: embeddings of its frames (in its span) and of the tracks alive in its span."""
-        # One query per table on the indexed video_id column; the spans are cut here (an OR of per-candidate
-        # span predicates made LanceDB scan the table: 1.7 s at 4M frames, BENCHMARKS.md item 5).
-        ids = in_list("video_id", sorted({r.video_id for r in results}))
-        lo, hi = min(r.start_s for r in results) - 1e-6, max(r.end_s for r in results) + 1e-6
-        frames = self.store.rows(S.FRAMES, f"{ids} AND t >= {lo!r} AND t <= {hi!r}", ["video_id", "t", "embedding"])
-        frames = frames.to_pylist()
-        tracks = (
-            self.store.rows(
-                S.TRACKS,
-                f"{ids} AND t_last >= {lo!r} AND t_first <= {hi!r}",
-                ["video_id", "t_first", "t_last", "embedding"],
-            ).to_pylist()
-            if self.store.exists(S.TRACKS)
-            else []
-        )
-        out = {}
-        for r in results:
-            embs = [
-                f["embedding"]
-                for f in frames
-                if f["video_id"] == r.video_id and r.start_s - 1e-6 <= f["t"] <= r.end_s + 1e-6
-            ]
-            embs += [
-                t["embedding"]
-                for t in tracks
-                if t["video_id"] == r.video_id and t["t_last"] >= r.start_s and t["t_first"] <= r.end_s
-            ]
-            out[r.id] = np.asarray(embs, dtype=np.float32).reshape(-1, self.store.dim)
-        return out
 
     def _keyframe_loader(self, thumb_id: str, jpegs: dict[str, bytes] | None = None) -> Any:
         def load() -> Any:
