@@ -115,11 +115,15 @@ class Config(StrictModel):
 
     def pipeline_version(self) -> str:
         """Hash of everything that changes the rows a video produces (models, sampling, segmenting, regions)."""
+        # The fp32 runtimes (encoder/detect ``backend``) give the torch outputs to parity tolerance
+        # (tests/test_backends.py), so switching backend keeps the version and the stored rows.
+        runtime = {"backend", "export_cache"}
         parts = {
-            "encoder": self.encoder.model_dump(exclude={"device", "batch_size", "cache_dir"}),
-            "decode": self.decode.model_dump(include={"fps", "max_side"}),
+            "encoder": self.encoder.model_dump(exclude={"device", "batch_size", "cache_dir", *runtime}),
+            "decode": self.decode.model_dump(include={"fps", "max_side"})
+            | ({"mode": "keyframes"} if self.decode.mode == "keyframes" else {}),
             "segments": self.segments.model_dump(),
-            "detect": self.detect.model_dump(exclude={"device", "half"}) if self.detect.enabled else None,
+            "detect": self.detect.model_dump(exclude={"device", "half", *runtime}) if self.detect.enabled else None,
             "regions": self.regions.model_dump() if self.detect.enabled else None,
         }
         return hashlib.sha256(json.dumps(parts, sort_keys=True, default=str).encode()).hexdigest()[:16]
