@@ -105,7 +105,7 @@ def main() -> None:
         pixels = models[args.backends[0]][1].preprocess_frames(frames)
         stages = {
             "detect": lambda m: m[0](frames),
-            "embed": lambda m: m[1].encode_pixels(pixels)[0],
+            "embed": lambda m, px=pixels: m[1].encode_pixels(px)[0],
             "text": lambda m: m[1].encode_text_query("a red car parked next to a tree")[1],
         }
         for stage, fn in stages.items():
@@ -116,7 +116,7 @@ def main() -> None:
                 fn(models[b])  # warm-up
             for _ in range(repeat):
                 for b in args.backends:  # interleaved so drift of the shared machine hits every backend alike
-                    w, c, outs[b] = timed(lambda b=b: fn(models[b]))
+                    w, c, outs[b] = timed(lambda fn=fn, m=models[b]: fn(m))
                     if w < best[b][0]:
                         best[b] = (w, c)
             ref = outs.get("torch")
