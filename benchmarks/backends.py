@@ -21,8 +21,10 @@ Exports are built first (cache in a temporary folder unless ``--cache``); build 
 from __future__ import annotations
 
 import argparse
+import functools
 import tempfile
 import time
+from collections.abc import Callable
 from typing import Any
 
 import numpy as np
@@ -103,9 +105,9 @@ def main() -> None:
     for threads in args.threads:
         models = {b: build(b, threads, cache) for b in args.backends}  # cache hits
         pixels = models[args.backends[0]][1].preprocess_frames(frames)
-        stages = {
+        stages: dict[str, Callable[[Any], Any]] = {
             "detect": lambda m: m[0](frames),
-            "embed": lambda m, px=pixels: m[1].encode_pixels(px)[0],
+            "embed": functools.partial(lambda px, m: m[1].encode_pixels(px)[0], pixels),
             "text": lambda m: m[1].encode_text_query("a red car parked next to a tree")[1],
         }
         for stage, fn in stages.items():

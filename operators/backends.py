@@ -202,7 +202,7 @@ def versions() -> dict[str, str]:
     """Library versions that shape an exported graph (part of every cache key)."""
     import torch
 
-    out = {"torch": torch.__version__}
+    out: dict[str, str] = {"torch": str(torch.__version__)}
     for name in ("onnx", "onnxruntime", "openvino"):
         try:
             out[name] = __import__(name).__version__
@@ -257,6 +257,7 @@ def yolo_export(model: Any, backend: Backend, cache: ExportCache, imgsz: int, th
         yolo = YOLO(str(path), task=task)
         # The first predict builds ultralytics' predictor and loads the runtime (and fails on a bad file).
         yolo.predict(np.zeros((32, 32, 3), np.uint8), imgsz=imgsz, device="cpu", verbose=False)
+        assert yolo.predictor is not None
         _pin_runtime(yolo.predictor.model.backend, backend, path, threads)
         return yolo
 

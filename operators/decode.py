@@ -117,7 +117,7 @@ class _PyAVReader:
     """Decodes in presentation order and keeps the frames whose time is a sampled one."""
 
     name = "pyav"
-    skip_frame = "DEFAULT"  # "NONKEY" in keyframe mode: the decoder skips every other frame
+    skip_frame: Literal["DEFAULT", "NONKEY"] = "DEFAULT"  # "NONKEY" in keyframe mode: others are skipped
 
     def __init__(self, path: str, header: Header, out_w: int, out_h: int) -> None:
         self.path, self.header, self.out_w, self.out_h = path, header, out_w, out_h
@@ -164,7 +164,7 @@ class _PyAVReader:
 class _KeyframeReader(_PyAVReader):
     """PyAV decoding keyframes only; the wanted indices are the keyframes' (``keyframe_indices``)."""
 
-    skip_frame = "NONKEY"
+    skip_frame: Literal["DEFAULT", "NONKEY"] = "NONKEY"
 
 
 def keyframe_indices(path: str, header: Header, deadline: float) -> npt.NDArray[np.int64]:
@@ -174,7 +174,7 @@ def keyframe_indices(path: str, header: Header, deadline: float) -> npt.NDArray[
     times = []
     with av.open(path, metadata_errors="ignore") as container:
         stream = container.streams.video[0]
-        tb = float(stream.time_base)
+        tb = float(stream.time_base or 0.0)
         for packet in container.demux(stream):
             if time.monotonic() > deadline:
                 raise TimeoutError
