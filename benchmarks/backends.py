@@ -13,6 +13,8 @@ per frame and the CPU ms per frame of that best round (process CPU time: all run
 ratio against torch in the same run. Parity against torch is measured on the same frames: minimum cosine for
 embeddings, and for detection the fraction of torch boxes matched at IoU >= 0.99 with |score diff| <= 1e-3.
 Exports are built first (cache in a temporary folder unless ``--cache``); build time is reported separately.
+``--backends torch openvino-bf16`` adds OpenVINO computing in bfloat16 (``precision: bf16``; not fp32, so
+its parity column is informative, not a pass).
 
     python benchmarks/backends.py --quick
     python benchmarks/backends.py
@@ -46,15 +48,16 @@ def real_frames(n: int) -> list[np.ndarray]:
     return out[:: max(1, len(out) // n)][:n]
 
 
-def build(backend: str, threads: int, cache: str) -> tuple[Any, Any]:
+def build(name: str, threads: int, cache: str) -> tuple[Any, Any]:
+    """Detector and encoder for ``name``: a backend, or ``openvino-bf16`` (OpenVINO with precision bf16)."""
     import torch
 
     torch.set_num_threads(threads)  # runtimes take torch's thread count, as pipeline workers set it
+    backend, _, precision = name.partition("-")
+    runtime = {"backend": backend, "precision": precision or "fp32", "export_cache": cache}
     det_cfg = DetectConfig(model="yolo11n.yaml", imgsz=640, conf=1e-4, max_det=20, device="cpu")
-    det = YoloPredictor(det_cfg.model_copy(update={"backend": backend, "export_cache": cache}), "yolo11n.yaml")
-    enc = build_encoder(
-        EncoderConfig(model="ViT-B-32", pretrained=None, device="cpu", backend=backend, export_cache=cache)  # type: ignore[arg-type]
-    )
+    det = YoloPredictor(det_cfg.model_copy(update=runtime), "yolo11n.yaml")
+    enc = build_encoder(EncoderConfig(model="ViT-B-32", pretrained=None, device="cpu").model_copy(update=runtime))
     enc.setup()
     return det, enc
 

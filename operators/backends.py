@@ -9,7 +9,9 @@ building the same entry never see half a file.
 
 Runtimes run in fp32 (OpenVINO is pinned to f32: on CPUs with bf16 support it would otherwise pick bf16) with
 ``threads`` intra-op threads, by default torch's own thread count, which the pipeline caps at each worker's
-CPU share.
+CPU share. ``precision="bf16"`` (OpenVINO only) lets OpenVINO compute in bfloat16 where the CPU has it
+(AVX512_BF16 / AMX; elsewhere it stays fp32): faster, but outputs differ from torch beyond fp32 parity, so
+the pipeline version changes with it. The exported files are fp32 either way (the hint is a compile option).
 """
 
 from __future__ import annotations
@@ -28,6 +30,7 @@ import numpy as np
 import numpy.typing as npt
 
 Backend = Literal["torch", "onnx", "openvino"]
+Precision = Literal["fp32", "bf16"]
 CACHE_ENV = "VIDSEARCH_EXPORT_CACHE"
 MANIFEST = "manifest.json"
 
@@ -130,21 +133,26 @@ def onnx_runtime(path: Path, threads: int | None = None) -> Runtime:
     return lambda inputs: session.run(names, inputs)
 
 
-def openvino_config(threads: int | None = None) -> dict[str, Any]:
+def check_precision(backend: Backend, precision: Precision) -> None:
+    if precision != "fp32" and backend != "openvino":
+        raise ValueError(f"precision {precision} needs backend openvino (backend is {backend})")
+
+
+def openvino_config(threads: int | None = None, precision: Precision = "fp32") -> dict[str, Any]:
     import openvino as ov
 
     return {
         "INFERENCE_NUM_THREADS": threads or default_threads(),
-        "INFERENCE_PRECISION_HINT": ov.Type.f32,
+        "INFERENCE_PRECISION_HINT": ov.Type.bf16 if precision == "bf16" else ov.Type.f32,
         "PERFORMANCE_HINT": "LATENCY",
     }
 
 
-def openvino_runtime(path: Path, threads: int | None = None) -> Runtime:
-    """An OpenVINO CPU compiled model (fp32) as ``run(inputs) -> outputs`` in graph output order."""
+def openvino_runtime(path: Path, threads: int | None = None, precision: Precision = "fp32") -> Runtime:
+    """An OpenVINO CPU compiled model as ``run(inputs) -> outputs`` in graph output order."""
     import openvino as ov
 
-    compiled = ov.Core().compile_model(str(path), "CPU", openvino_config(threads))
+    compiled = ov.Core().compile_model(str(path), "CPU", openvino_config(threads, precision))
     request = compiled.create_infer_request()
     lock = threading.Lock()  # one infer request: a server's worker threads take turns
 
@@ -219,7 +227,9 @@ def no_autoinstall() -> None:
     checks.AUTOINSTALL = False  # already imported: its module constant
 
 
-def yolo_export(model: Any, backend: Backend, cache: ExportCache, imgsz: int, threads: int | None) -> Any:
+def yolo_export(
+    model: Any, backend: Backend, cache: ExportCache, imgsz: int, threads: int | None, precision: Precision = "fp32"
+) -> Any:
     """An ultralytics ``YOLO`` on ``backend``'s export of ``model`` (ultralytics' own exporter, dynamic shapes so
     that letterboxing matches the torch path), cached by weights and settings; fp32, ``threads`` threads."""
     import ultralytics
@@ -258,14 +268,15 @@ def yolo_export(model: Any, backend: Backend, cache: ExportCache, imgsz: int, th
         # The first predict builds ultralytics' predictor and loads the runtime (and fails on a bad file).
         yolo.predict(np.zeros((32, 32, 3), np.uint8), imgsz=imgsz, device="cpu", verbose=False)
         assert yolo.predictor is not None
-        _pin_runtime(yolo.predictor.model.backend, backend, path, threads)
+        _pin_runtime(yolo.predictor.model.backend, backend, path, threads, precision)
         return yolo
 
     return cache.get(f"yolo-{backend}-{key}", build, load)
 
 
-def _pin_runtime(runner: Any, backend: Backend, path: Path, threads: int | None) -> None:
-    """Replace the session ultralytics opened (all cores, default precision) by one with our threads and fp32."""
+def _pin_runtime(runner: Any, backend: Backend, path: Path, threads: int | None, precision: Precision) -> None:
+    """Replace the session ultralytics opened (all cores, default precision) by one with our threads and
+    precision."""
     if backend == "onnx":
         import onnxruntime as ort
 
@@ -278,4 +289,6 @@ def _pin_runtime(runner: Any, backend: Backend, path: Path, threads: int | None)
 
         core = ov.Core()
         xml = next(path.glob("*.xml"))
-        runner.ov_compiled_model = core.compile_model(core.read_model(str(xml)), "CPU", openvino_config(threads))
+        runner.ov_compiled_model = core.compile_model(
+            core.read_model(str(xml)), "CPU", openvino_config(threads, precision)
+        )

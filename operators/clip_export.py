@@ -19,6 +19,7 @@ import numpy.typing as npt
 from operators.backends import (
     Backend,
     ExportCache,
+    Precision,
     Runtime,
     export_onnx,
     onnx_runtime,
@@ -65,7 +66,15 @@ def _towers(model: Any) -> tuple[Any, Any]:
 class ClipRuntime:
     """The exported image and text towers of one open_clip model, loaded in ``backend``'s runtime."""
 
-    def __init__(self, model: Any, model_name: str, backend: Backend, cache: ExportCache, threads: int | None) -> None:
+    def __init__(
+        self,
+        model: Any,
+        model_name: str,
+        backend: Backend,
+        cache: ExportCache,
+        threads: int | None,
+        precision: Precision = "fp32",
+    ) -> None:
         if not model.visual.output_tokens:
             raise ValueError("the image tower must return its patch tokens (model.visual.output_tokens = True)")
         size = model.visual.image_size
@@ -81,7 +90,7 @@ class ClipRuntime:
             versions=versions(),
         )
         self.key = f"open_clip-{backend}-{key}"
-        self.threads = threads
+        self.threads, self.precision = threads, precision
         self.image, self.text = cache.get(self.key, lambda folder: self._build(model, folder), self._load)
 
     def _build(self, model: Any, folder: Path) -> None:
@@ -104,8 +113,8 @@ class ClipRuntime:
         if self.backend == "onnx":
             return onnx_runtime(folder / "image.onnx", self.threads), onnx_runtime(folder / "text.onnx", self.threads)
         return (
-            openvino_runtime(folder / "image.xml", self.threads),
-            openvino_runtime(folder / "text.xml", self.threads),
+            openvino_runtime(folder / "image.xml", self.threads, self.precision),
+            openvino_runtime(folder / "text.xml", self.threads, self.precision),
         )
 
     def encode_pixels(self, pixels: npt.NDArray[np.float32]) -> tuple[npt.NDArray[np.float32], npt.NDArray[np.float32]]:

@@ -22,7 +22,7 @@ from typing import Any, Literal
 import numpy as np
 import numpy.typing as npt
 
-from operators.backends import Backend, ExportCache, yolo_export
+from operators.backends import Backend, ExportCache, Precision, check_precision, yolo_export
 from operators.base import Batch, Operator, StrictModel
 from operators.encoders import MissingCheckpointError
 
@@ -42,6 +42,7 @@ class DetectConfig(StrictModel):
     #: Inference runtime on CPU, through ultralytics' own export (fp32, dynamic shapes), built at setup() from
     #: the loaded weights and cached (operators/backends.py); parity with torch is tested (tests/test_backends.py).
     backend: Backend = "torch"
+    precision: Precision = "fp32"  # bf16: OpenVINO only, faster on CPUs with bf16, outputs differ (new version)
     export_cache: str | None = None  # folder of cached exports; default $VIDSEARCH_EXPORT_CACHE or ~/.cache/vidsearch
     mask_downscale: int = 4  # masks travel at 1/k of the working frame size
     tracker: Literal["bytetrack", "botsort"] = "bytetrack"
@@ -110,7 +111,9 @@ class YoloPredictor:
             else ("cpu" if cfg.device == "auto" else cfg.device)
         )
         if cfg.backend != "torch" and self.device == "cpu":
-            self.model = yolo_export(self.model, cfg.backend, ExportCache(cfg.export_cache), cfg.imgsz, None)
+            check_precision(cfg.backend, cfg.precision)
+            cache = ExportCache(cfg.export_cache)
+            self.model = yolo_export(self.model, cfg.backend, cache, cfg.imgsz, None, cfg.precision)
         names = self.model.names
         self.names = [names[i] for i in range(len(names))] if isinstance(names, dict) else list(names)
         self.class_ids = [self.names.index(c) for c in cfg.classes if c in self.names] if cfg.classes else None

@@ -16,7 +16,7 @@ from typing import TYPE_CHECKING, Any, Literal
 import numpy as np
 import numpy.typing as npt
 
-from operators.backends import Backend, ExportCache
+from operators.backends import Backend, ExportCache, Precision, check_precision
 from operators.base import StrictModel
 
 if TYPE_CHECKING:
@@ -45,6 +45,7 @@ class EncoderConfig(StrictModel):
     #: operators/backends.py). fp32 everywhere; parity with torch is tested (tests/test_backends.py). On CUDA
     #: the torch model runs whatever is set here.
     backend: Backend = "torch"
+    precision: Precision = "fp32"  # bf16: OpenVINO only, faster on CPUs with bf16, outputs differ (new version)
     export_cache: str | None = None  # folder of cached exports; default $VIDSEARCH_EXPORT_CACHE or ~/.cache/vidsearch
 
 
@@ -177,9 +178,9 @@ class OpenClipEncoder:
         if self.cfg.backend != "torch" and self.device == "cpu":
             from operators.clip_export import ClipRuntime
 
-            self.runtime = ClipRuntime(
-                model, self.cfg.model, self.cfg.backend, ExportCache(self.cfg.export_cache), None
-            )
+            check_precision(self.cfg.backend, self.cfg.precision)
+            cache = ExportCache(self.cfg.export_cache)
+            self.runtime = ClipRuntime(model, self.cfg.model, self.cfg.backend, cache, None, self.cfg.precision)
 
     def _autocast(self) -> Any:
         import torch

@@ -116,8 +116,8 @@ class Config(StrictModel):
     def pipeline_version(self) -> str:
         """Hash of everything that changes the rows a video produces (models, sampling, segmenting, regions)."""
         # The fp32 runtimes (encoder/detect ``backend``) give the torch outputs to parity tolerance
-        # (tests/test_backends.py), so switching backend keeps the version and the stored rows.
-        runtime = {"backend", "export_cache"}
+        # (tests/test_backends.py), so switching backend keeps the version and the stored rows; bf16 does not.
+        runtime = {"backend", "export_cache", "precision"}
         parts = {
             "encoder": self.encoder.model_dump(exclude={"device", "batch_size", "cache_dir", *runtime}),
             "decode": self.decode.model_dump(include={"fps", "max_side"})
@@ -126,6 +126,9 @@ class Config(StrictModel):
             "detect": self.detect.model_dump(exclude={"device", "half", *runtime}) if self.detect.enabled else None,
             "regions": self.regions.model_dump() if self.detect.enabled else None,
         }
+        bf16 = [s for s in ("encoder", "detect") if getattr(self, s).precision == "bf16"]
+        if bf16:
+            parts["bf16"] = bf16
         return hashlib.sha256(json.dumps(parts, sort_keys=True, default=str).encode()).hexdigest()[:16]
 
 

@@ -194,3 +194,15 @@ def test_backend_keeps_the_pipeline_version_keyframes_change_it(tmp_path) -> Non
     assert same.pipeline_version() == base.pipeline_version()
     assert tiny_config(tmp_path, "decode.mode=keyframes").pipeline_version() != base.pipeline_version()
     assert tiny_config(tmp_path, "decode.mode=sample").pipeline_version() == base.pipeline_version()
+
+
+def test_bf16_is_openvino_only_and_changes_the_pipeline_version(frames, torch_encoder, cache_dir, tmp_path) -> None:
+    base = tiny_config(tmp_path)
+    bf16 = tiny_config(tmp_path, "encoder.backend=openvino", "encoder.precision=bf16")
+    assert bf16.pipeline_version() != base.pipeline_version()
+    with pytest.raises(ValueError, match="needs backend openvino"):
+        build_encoder(base.encoder.model_copy(update={"backend": "onnx", "precision": "bf16"})).setup()
+    # bf16 where the CPU has it (fp32 elsewhere): close to torch, though not to fp32 parity.
+    enc = runtime_encoder("openvino", cache_dir, precision="bf16")
+    pixels = torch_encoder.preprocess_frames(frames)
+    assert cosines(enc.encode_pixels(pixels)[0], torch_encoder.encode_pixels(pixels)[0]).min() >= 0.99
