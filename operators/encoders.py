@@ -3,6 +3,8 @@
 ``EncoderConfig.pretrained`` is an open_clip pretrained tag (fetched into the cache on first use where a
 network exists), a local checkpoint path, or ``null`` for random weights (tests and offline smoke runs).
 ``resolve_checkpoint`` runs before any work and stops with one sentence when a checkpoint is missing.
+On CPU, ``EncoderConfig.backend`` (onnx / openvino) serves the image and text towers from exports of the loaded
+weights (operators/clip_export.py); the torch model stays for the visual projection RoIAlign regions use.
 """
 
 from __future__ import annotations
