@@ -118,7 +118,7 @@ class Config(StrictModel):
         # The fp32 runtimes (encoder/detect ``backend``) give the torch outputs to parity tolerance
         # (tests/test_backends.py), so switching backend keeps the version and the stored rows; bf16 does not.
         runtime = {"backend", "export_cache", "precision"}
-        parts = {
+        parts: dict[str, Any] = {
             "encoder": self.encoder.model_dump(exclude={"device", "batch_size", "cache_dir", *runtime}),
             "decode": self.decode.model_dump(include={"fps", "max_side"})
             | ({"mode": "keyframes"} if self.decode.mode == "keyframes" else {}),
