@@ -183,6 +183,9 @@ class OpenClipEncoder:
             check_precision(self.cfg.backend, self.cfg.precision)
             cache = ExportCache(self.cfg.export_cache)
             self.runtime = ClipRuntime(model, self.cfg.model, self.cfg.backend, cache, None, self.cfg.precision)
+            # The runtime holds the towers now; keep only the visual projection (region features) in torch.
+            self.visual_proj = model.visual.proj.detach().clone() if model.visual.proj is not None else None
+            self.model = None
 
     def _autocast(self) -> Any:
         import torch
@@ -222,7 +225,7 @@ class OpenClipEncoder:
 
     def project_tokens(self, tokens: Any) -> Any:
         """Project visual token features (torch, [..., width]) into the joint space (unnormalised)."""
-        proj = self.model.visual.proj
+        proj = self.visual_proj if self.runtime is not None else self.model.visual.proj
         return tokens @ proj.to(tokens.dtype) if proj is not None else tokens
 
     def encode_images(self, frames: Sequence[npt.NDArray[np.uint8]]) -> npt.NDArray[np.float32]:
