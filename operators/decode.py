@@ -40,6 +40,10 @@ class DecodeConfig(StrictModel):
     max_side: int = 640  # frames are resized in the decoder so their longest side is at most this
     chunk_frames: int = 16  # frames per output batch; bounds the memory of one decode task
     backend: Literal["auto", "decord", "pyav"] = "auto"
+    #: "sample": the frames nearest the ``fps`` grid. "keyframes": one frame per GOP, only keyframes are decoded
+    #: (PyAV, ``skip_frame=NONKEY``; ``fps`` and ``backend`` are then unused); each row's ``t`` is the
+    #: keyframe's own presentation time, so the sampling follows the encoder's GOP length, not a fixed rate.
+    mode: Literal["sample", "keyframes"] = "sample"
     thumb_side: int = 320
     thumb_quality: int = 80
     # Resource limits, enforced by the probe before any frame is decoded (see operators/media_probe.py).
@@ -114,6 +118,7 @@ class _PyAVReader:
     """Decodes in presentation order and keeps the frames whose time is a sampled one."""
 
     name = "pyav"
+    skip_frame: Literal["DEFAULT", "NONKEY"] = "DEFAULT"  # "NONKEY" in keyframe mode: others are skipped
 
     def __init__(self, path: str, header: Header, out_w: int, out_h: int) -> None:
         self.path, self.header, self.out_w, self.out_h = path, header, out_w, out_h
@@ -131,6 +136,7 @@ class _PyAVReader:
         with av.open(self.path, metadata_errors="ignore") as container:
             stream = container.streams.video[0]
             stream.codec_context.thread_count = 1  # frames in flight (each full size) do not grow with cores
+            stream.codec_context.skip_frame = self.skip_frame
             tb = float(stream.time_base)
             for packet in container.demux(stream):
                 if time.monotonic() > deadline:
@@ -154,6 +160,34 @@ class _PyAVReader:
                     break
         if out:
             yield np.stack(out)
+
+
+class _KeyframeReader(_PyAVReader):
+    """PyAV decoding keyframes only; the wanted indices are the keyframes' (``keyframe_indices``)."""
+
+    skip_frame: Literal["DEFAULT", "NONKEY"] = "NONKEY"
+
+
+def keyframe_indices(path: str, header: Header, deadline: float) -> npt.NDArray[np.int64]:
+    """Indices (into ``header.times``) of the frames whose packets are keyframes; demuxed, not decoded."""
+    import av
+
+    times = []
+    with av.open(path, metadata_errors="ignore") as container:
+        stream = container.streams.video[0]
+        tb = float(stream.time_base or 0.0)
+        for packet in container.demux(stream):
+            if time.monotonic() > deadline:
+                raise TimeoutError
+            if packet.is_keyframe and packet.pts is not None:
+                times.append(packet.pts * tb - header.t0)
+    if not times:
+        raise DecodeError("no keyframe found in the video stream (decode.mode: keyframes)")
+    t = np.asarray(times)
+    pos = np.clip(np.searchsorted(header.times, t), 0, len(header.times) - 1)
+    left = np.clip(pos - 1, 0, len(header.times) - 1)
+    nearest = np.where(np.abs(header.times[left] - t) < np.abs(header.times[pos] - t), left, pos)
+    return np.unique(nearest[np.abs(header.times[nearest] - t) <= 1e-6]).astype(np.int64)
 
 
 def encode_jpeg(frame: npt.NDArray[np.uint8], max_side: int, quality: int) -> bytes:
@@ -211,6 +245,9 @@ class Decode(Operator):
     def _readers(self, path: str, header: Header) -> Iterator[_DecordReader | _PyAVReader]:
         """The readers to try in order: decord (when allowed and consistent with the probe), then PyAV."""
         out_w, out_h = target_size(header.width, header.height, self.cfg.max_side)
+        if self.cfg.mode == "keyframes":
+            yield _KeyframeReader(path, header, out_w, out_h)
+            return
         if self.cfg.backend in ("auto", "decord"):
             try:
                 yield _DecordReader(path, header, out_w, out_h)
@@ -234,7 +271,10 @@ class Decode(Operator):
             if fingerprint and _fingerprint(path) != fingerprint:
                 raise DecodeError(_CHANGED)
             header, info = self.open(path, deadline)
-            indices = sample_indices(header.times, self.cfg.fps)
+            if self.cfg.mode == "keyframes":
+                indices = keyframe_indices(path, header, deadline)
+            else:
+                indices = sample_indices(header.times, self.cfg.fps)
             if len(indices) > self.cfg.max_samples:
                 raise DecodeError(
                     f"{len(indices)} sampled frames exceed the limit of {self.cfg.max_samples} (decode.max_samples)"

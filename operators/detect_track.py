@@ -22,6 +22,7 @@ from typing import Any, Literal
 import numpy as np
 import numpy.typing as npt
 
+from operators.backends import Backend, ExportCache, Precision, check_precision, yolo_export
 from operators.base import Batch, Operator, StrictModel
 from operators.encoders import MissingCheckpointError
 
@@ -38,6 +39,11 @@ class DetectConfig(StrictModel):
     classes: list[str] | None = None  # keep only these class names
     device: Literal["auto", "cpu", "cuda"] = "auto"
     half: bool = True  # fp16 on CUDA
+    #: Inference runtime on CPU, through ultralytics' own export (fp32, dynamic shapes), built at setup() from
+    #: the loaded weights and cached (operators/backends.py); parity with torch is tested (tests/test_backends.py).
+    backend: Backend = "torch"
+    precision: Precision = "fp32"  # bf16: OpenVINO only, faster on CPUs with bf16, outputs differ (new version)
+    export_cache: str | None = None  # folder of cached exports; default $VIDSEARCH_EXPORT_CACHE or ~/.cache/vidsearch
     mask_downscale: int = 4  # masks travel at 1/k of the working frame size
     tracker: Literal["bytetrack", "botsort"] = "bytetrack"
     tracker_config: str | None = None  # a YAML in ultralytics' tracker format; default configs/trackers/<tracker>.yaml
@@ -88,6 +94,9 @@ class YoloPredictor:
     def __init__(self, cfg: DetectConfig, path: str) -> None:
         if path.endswith((".yaml", ".yml")):
             os.environ.setdefault("YOLO_OFFLINE", "1")  # random weights: nothing to fetch, never reach out
+        from operators.backends import no_autoinstall
+
+        no_autoinstall()  # a missing requirement is an error here, never a pip install inside a worker
         import torch
         from ultralytics import YOLO
 
@@ -101,6 +110,10 @@ class YoloPredictor:
             if cfg.device == "auto" and torch.cuda.is_available()
             else ("cpu" if cfg.device == "auto" else cfg.device)
         )
+        if cfg.backend != "torch" and self.device == "cpu":
+            check_precision(cfg.backend, cfg.precision)
+            cache = ExportCache(cfg.export_cache)
+            self.model = yolo_export(self.model, cfg.backend, cache, cfg.imgsz, None, cfg.precision)
         names = self.model.names
         self.names = [names[i] for i in range(len(names))] if isinstance(names, dict) else list(names)
         self.class_ids = [self.names.index(c) for c in cfg.classes if c in self.names] if cfg.classes else None

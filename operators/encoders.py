@@ -3,6 +3,8 @@
 ``EncoderConfig.pretrained`` is an open_clip pretrained tag (fetched into the cache on first use where a
 network exists), a local checkpoint path, or ``null`` for random weights (tests and offline smoke runs).
 ``resolve_checkpoint`` runs before any work and stops with one sentence when a checkpoint is missing.
+On CPU, ``EncoderConfig.backend`` (onnx / openvino) serves the image and text towers from exports of the loaded
+weights (operators/clip_export.py); the torch model stays for the visual projection RoIAlign regions use.
 """
 
 from __future__ import annotations
@@ -11,12 +13,16 @@ import json
 import os
 import tempfile
 from collections.abc import Callable, Sequence
-from typing import Any, Literal
+from typing import TYPE_CHECKING, Any, Literal
 
 import numpy as np
 import numpy.typing as npt
 
+from operators.backends import Backend, ExportCache, Precision, check_precision
 from operators.base import StrictModel
+
+if TYPE_CHECKING:
+    from operators.clip_export import ClipRuntime
 
 Device = Literal["auto", "cpu", "cuda"]
 
@@ -37,6 +43,12 @@ class EncoderConfig(StrictModel):
     resize_mode: Literal["squash", "shortest", "longest"] = "squash"  # squash keeps the whole frame for regions
     cache_dir: str | None = None
     seed: int = 0  # random weights (pretrained: null) are drawn from this seed, identical in every process
+    #: Inference runtime on CPU: the towers are exported from the loaded weights at setup() and cached (see
+    #: operators/backends.py). fp32 everywhere; parity with torch is tested (tests/test_backends.py). On CUDA
+    #: the torch model runs whatever is set here.
+    backend: Backend = "torch"
+    precision: Precision = "fp32"  # bf16: OpenVINO only, faster on CPUs with bf16, outputs differ (new version)
+    export_cache: str | None = None  # folder of cached exports; default $VIDSEARCH_EXPORT_CACHE or ~/.cache/vidsearch
 
 
 def pick_device(device: Device) -> str:
@@ -164,6 +176,16 @@ class OpenClipEncoder:
         self.dim = int(model.text_projection.shape[1] if model.text_projection is not None else model.visual.output_dim)
         for p in model.parameters():
             p.requires_grad_(False)  # inference only; also keeps outputs grad-free in any worker thread
+        self.runtime: ClipRuntime | None = None
+        if self.cfg.backend != "torch" and self.device == "cpu":
+            from operators.clip_export import ClipRuntime
+
+            check_precision(self.cfg.backend, self.cfg.precision)
+            cache = ExportCache(self.cfg.export_cache)
+            self.runtime = ClipRuntime(model, self.cfg.model, self.cfg.backend, cache, None, self.cfg.precision)
+            # The runtime holds the towers now; keep only the visual projection (region features) in torch.
+            self.visual_proj = model.visual.proj.detach().clone() if model.visual.proj is not None else None
+            self.model = None
 
     def _autocast(self) -> Any:
         import torch
@@ -183,21 +205,27 @@ class OpenClipEncoder:
         """Preprocessed pixels -> (normalised embeddings [N, D], patch-token grid [N, gh, gw, width])."""
         import torch
 
+        from operators.clip_export import l2_normalize
+
         outs, grids = [], []
         for start in range(0, len(pixels), self.cfg.batch_size):
-            x = torch.from_numpy(np.ascontiguousarray(pixels[start : start + self.cfg.batch_size])).to(self.device)
-            with self._autocast():
-                pooled, tokens = self.model.visual(x)
-            pooled = torch.nn.functional.normalize(pooled.float(), dim=-1)
-            n, t, w = tokens.shape
+            chunk = np.ascontiguousarray(pixels[start : start + self.cfg.batch_size])
+            if self.runtime is not None:
+                pooled_np, tokens_np = self.runtime.encode_pixels(chunk)
+                outs.append(l2_normalize(pooled_np))
+            else:
+                with self._autocast():
+                    pooled, tokens = self.model.visual(torch.from_numpy(chunk).to(self.device))
+                outs.append(torch.nn.functional.normalize(pooled.float(), dim=-1).cpu().numpy())
+                tokens_np = tokens.float().cpu().numpy()
+            n, t, w = tokens_np.shape
             side = int(round(t**0.5))
-            outs.append(pooled.cpu().numpy())
-            grids.append(tokens.float().reshape(n, side, side, w).cpu().numpy())
+            grids.append(tokens_np.reshape(n, side, side, w))
         return np.concatenate(outs).astype(np.float32), np.concatenate(grids).astype(np.float32)
 
     def project_tokens(self, tokens: Any) -> Any:
         """Project visual token features (torch, [..., width]) into the joint space (unnormalised)."""
-        proj = self.model.visual.proj
+        proj = self.visual_proj if self.runtime is not None else self.model.visual.proj
         return tokens @ proj.to(tokens.dtype) if proj is not None else tokens
 
     def encode_images(self, frames: Sequence[npt.NDArray[np.uint8]]) -> npt.NDArray[np.float32]:
@@ -206,6 +234,10 @@ class OpenClipEncoder:
     def encode_text(self, texts: Sequence[str]) -> npt.NDArray[np.float32]:
         import torch
 
+        if self.runtime is not None:
+            from operators.clip_export import l2_normalize
+
+            return l2_normalize(self.runtime.encode_ids(self.tokenizer(list(texts)).numpy())[0])
         tokens = self.tokenizer(list(texts)).to(self.device)
         with self._autocast():
             emb = self.model.encode_text(tokens)
@@ -222,6 +254,13 @@ class OpenClipEncoder:
         import torch
         from open_clip.transformer import text_global_pool
 
+        if self.runtime is not None:
+            from operators.clip_export import l2_normalize
+
+            ids_np = self.tokenizer([text]).numpy()
+            pooled_np, tokens_np = self.runtime.encode_ids(ids_np)
+            real = int((ids_np[0] != 0).sum())  # real tokens incl. start/end; padding is id 0
+            return l2_normalize(pooled_np[0]), l2_normalize(tokens_np[0, :real])
         m = self.model
         ids = self.tokenizer([text]).to(self.device)
         with self._autocast():

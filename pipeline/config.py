@@ -130,15 +130,22 @@ class Config(StrictModel):
 
     def pipeline_version(self) -> str:
         """Hash of everything that changes the rows a video produces (models, sampling, segmenting, regions)."""
-        parts = {
-            "encoder": self.encoder.model_dump(exclude={"device", "batch_size", "cache_dir"}),
-            "decode": self.decode.model_dump(include={"fps", "max_side"}),
+        # The fp32 runtimes (encoder/detect ``backend``) give the torch outputs to parity tolerance
+        # (tests/test_backends.py), so switching backend keeps the version and the stored rows; bf16 does not.
+        runtime = {"backend", "export_cache", "precision"}
+        parts: dict[str, Any] = {
+            "encoder": self.encoder.model_dump(exclude={"device", "batch_size", "cache_dir", *runtime}),
+            "decode": self.decode.model_dump(include={"fps", "max_side"})
+            | ({"mode": "keyframes"} if self.decode.mode == "keyframes" else {}),
             "segments": self.segments.model_dump(),
-            "detect": self.detect.model_dump(exclude={"device", "half"}) if self.detect.enabled else None,
+            "detect": self.detect.model_dump(exclude={"device", "half", *runtime}) if self.detect.enabled else None,
             "regions": self.regions.model_dump() if self.detect.enabled else None,
         }
         if self.ocr.engine != "none":  # absent otherwise, so databases indexed before OCR existed keep their version
             parts["ocr"] = {**self.ocr.model_dump(exclude={"device", "threads"}), "spans": self.spans.model_dump()}
+        bf16 = [s for s in ("encoder", "detect") if getattr(self, s).precision == "bf16"]
+        if bf16:
+            parts["bf16"] = bf16
         return hashlib.sha256(json.dumps(parts, sort_keys=True, default=str).encode()).hexdigest()[:16]
 
 

@@ -113,3 +113,48 @@ def test_thumbnails_are_jpegs_of_the_frame() -> None:
     out = decode_all(clip("mdn/flower.webm"), thumb_side=160)
     img = Image.open(io.BytesIO(out["thumb"][0]))
     assert img.format == "JPEG" and max(img.size) == 160
+
+
+KEYFRAME_CLIPS = [
+    "decord/flipping_a_pancake.mkv",  # H.264, keyframes every 5 s
+    "mdn/flower.webm",  # VP8, irregular keyframes
+    "intel_sample_videos/car-detection.mp4",  # H.264 at 12.5 fps
+    "moviepy/fire2.mp4",  # rotated, variable frame rate
+]
+
+
+@pytest.mark.parametrize("rel", KEYFRAME_CLIPS)
+def test_keyframe_mode_gives_one_frame_per_gop_at_its_own_time(rel: str) -> None:
+    path = clip(rel)
+    ref_t, ref_img = pyav_frames(path)
+    key_t = []  # the keyframes' times, read independently (every frame decoded, key_frame flag)
+    with av.open(path) as c:
+        stream = c.streams.video[0]
+        times = [(float(f.pts * stream.time_base), bool(f.key_frame)) for f in c.decode(video=0)]
+    t0 = min(t for t, _ in times)
+    key_t = sorted(t - t0 for t, key in times if key)
+    out = decode_all(path, mode="keyframes", max_side=10_000)
+    np.testing.assert_allclose(out["t"], key_t, atol=1e-6)
+    assert (out["n_samples"] == len(key_t)).all() and out["sample_idx"].tolist() == list(range(len(key_t)))
+    for t, idx, frame in zip(out["t"], out["frame_idx"], out["frame"], strict=True):
+        assert abs(ref_t[idx] - t) < 1e-6  # frame_idx indexes the video's frames, as in sampling mode
+        ref = ref_img[idx]
+        assert frame.shape == ref.shape and np.abs(frame.astype(float) - ref.astype(float)).mean() < 6.0
+
+
+def test_keyframe_mode_rows_have_the_sampling_columns(tmp_path) -> None:
+    path = clip("intel_sample_videos/car-detection.mp4")
+    sampled = list(Decode(DecodeConfig(max_side=320)).iter_video("vid", path))
+    keyed = list(Decode(DecodeConfig(max_side=320, mode="keyframes")).iter_video("vid", path))
+    assert len(keyed[0]["t"]) < len(sampled[0]["t"]) or len(keyed) < len(sampled)  # fewer frames than 1 fps here
+    for chunk in keyed:
+        assert list(chunk) == list(sampled[0])
+        for k, v in chunk.items():
+            ref = np.asarray(sampled[0][k]).dtype
+            assert np.asarray(v).dtype == ref or np.asarray(v).dtype.kind == ref.kind == "U", k  # str width varies
+            assert np.asarray(v).shape[1:] == np.asarray(sampled[0][k]).shape[1:], k
+    # A file that is no video is still one failure row in keyframe mode.
+    junk = tmp_path / "junk.mp4"
+    junk.write_bytes(b"\x00\x01 not a video " * 500)
+    (row,) = list(Decode(DecodeConfig(mode="keyframes")).iter_video("vid", str(junk)))
+    assert row["error"][0].startswith("cannot decode video")
