@@ -2,11 +2,26 @@
 
 from __future__ import annotations
 
-from typing import Any, ClassVar
+from collections.abc import Iterable
+from typing import Any
 
+import numpy as np
 from pydantic import BaseModel, ConfigDict
 
 Batch = dict[str, Any]
+
+
+class MissingCheckpointError(RuntimeError):
+    """A configured checkpoint is neither on disk nor downloadable; the message says how to supply it."""
+
+
+def objects(items: Iterable[Any]) -> np.ndarray:
+    """A 1-D object column (ragged per-row values: boxes, embeddings per box, JPEG bytes); ``np.array`` would
+    try to stack equal-shaped items into one n-D array."""
+    items = list(items)
+    out = np.empty(len(items), dtype=object)
+    out[:] = items
+    return out
 
 
 class StrictModel(BaseModel):
@@ -26,9 +41,6 @@ class StageResources(StrictModel):
 
 class Operator:
     """A pipeline stage. ``setup`` runs once inside the worker; ``__call__`` maps a columnar batch."""
-
-    #: "task" for stateless stages, "actor" for stages that hold a model.
-    kind: ClassVar[str] = "task"
 
     def setup(self) -> None:  # noqa: B027 - optional hook
         """Load weights or open resources; called once per worker before the first batch."""

@@ -206,8 +206,6 @@ class Decode(Operator):
     upright, working size), ``thumb`` (JPEG bytes), ``error`` ("" when fine) and the video's metadata columns.
     """
 
-    kind = "task"
-
     def __init__(self, cfg: DecodeConfig) -> None:
         self.cfg = cfg
 

@@ -23,8 +23,7 @@ import numpy as np
 import numpy.typing as npt
 
 from operators.backends import Backend, ExportCache, Precision, check_precision, yolo_export
-from operators.base import Batch, Operator, StrictModel
-from operators.encoders import MissingCheckpointError
+from operators.base import Batch, MissingCheckpointError, Operator, StrictModel, objects
 
 TRACKER_DIR = Path(__file__).resolve().parent.parent / "configs" / "trackers"
 
@@ -149,19 +148,11 @@ class YoloPredictor:
         return out
 
 
-def _ragged(items: list[Any]) -> np.ndarray:
-    out = np.empty(len(items), dtype=object)
-    out[:] = items
-    return out
-
-
 class Detector(Operator):
     """Detection stage (actor). Reads ``frame``, ``error``; writes ``det_boxes`` (float32 [K, 4] normalised
     xyxy), ``det_conf`` ([K]), ``det_names`` (JSON list of K class names) and, for segmentation models,
     ``det_masks`` (uint8 [K, mh, mw]). 1:1.
     """
-
-    kind = "actor"
 
     def __init__(self, cfg: DetectConfig, predictor: Predictor | None = None) -> None:
         self.cfg = cfg
@@ -180,12 +171,12 @@ class Detector(Operator):
         per_frame = [next(dets) if good else empty for good in ok]
         if self.cfg.classes:
             per_frame = [_keep(d, self.cfg.classes) for d in per_frame]
-        batch["det_boxes"] = _ragged([d.boxes.astype(np.float32).reshape(-1, 4) for d in per_frame])
-        batch["det_conf"] = _ragged([d.conf.astype(np.float32) for d in per_frame])
+        batch["det_boxes"] = objects([d.boxes.astype(np.float32).reshape(-1, 4) for d in per_frame])
+        batch["det_conf"] = objects([d.conf.astype(np.float32) for d in per_frame])
         batch["det_names"] = np.array([json.dumps(d.names) for d in per_frame])
         if any(d.masks is not None for d in per_frame):
             shape = next(d.masks.shape[1:] for d in per_frame if d.masks is not None)
-            batch["det_masks"] = _ragged(
+            batch["det_masks"] = objects(
                 [d.masks if d.masks is not None else np.zeros((len(d.boxes), *shape), np.uint8) for d in per_frame]
             )
         return batch

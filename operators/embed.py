@@ -8,21 +8,13 @@ from __future__ import annotations
 
 import numpy as np
 
-from operators.base import Batch, Operator
+from operators.base import Batch, Operator, objects
 from operators.encoders import EncoderConfig, OpenClipEncoder, build_encoder
 from operators.regions import RegionConfig, crop_embeddings, roi_embeddings
 
 
-def _ragged(items: list[np.ndarray]) -> np.ndarray:
-    out = np.empty(len(items), dtype=object)
-    out[:] = items
-    return out
-
-
 class Preprocess(Operator):
     """Reads ``frame``; writes ``pixels`` (float32 [3, S, S], the encoder's eval transform). 1:1."""
-
-    kind = "task"
 
     def __init__(self, cfg: EncoderConfig, checkpoint: str | None = None) -> None:
         self.cfg = cfg
@@ -65,8 +57,6 @@ class Embed(Operator):
     box); drops ``pixels`` and ``frame`` so pixels never travel past this stage. 1:1.
     """
 
-    kind = "actor"
-
     def __init__(self, cfg: EncoderConfig, regions: RegionConfig, checkpoint: str | None = None) -> None:
         self.cfg = cfg
         self.regions = regions
@@ -104,7 +94,7 @@ class Embed(Operator):
                     regions.append(roi_embeddings(enc, grids[i], boxes, size, masks, self.regions.roi_output))
                 else:
                     regions.append(crop_embeddings(enc, frame, boxes, self.regions, masks))
-            batch["region_emb"] = _ragged(regions)
+            batch["region_emb"] = objects(regions)
         batch["embedding"] = emb
         del batch["pixels"], batch["frame"]
         return batch

@@ -19,16 +19,12 @@ import numpy as np
 import numpy.typing as npt
 
 from operators.backends import Backend, ExportCache, Precision, check_precision
-from operators.base import StrictModel
+from operators.base import MissingCheckpointError, StrictModel
 
 if TYPE_CHECKING:
     from operators.clip_export import ClipRuntime
 
 Device = Literal["auto", "cpu", "cuda"]
-
-
-class MissingCheckpointError(RuntimeError):
-    """A configured checkpoint is neither on disk nor downloadable; the message says how to supply it."""
 
 
 class EncoderConfig(StrictModel):

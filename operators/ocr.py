@@ -17,7 +17,7 @@ Frame selection, measured in ``benchmarks/ocr.py`` (see BENCHMARKS.md, "On-scree
 
 from __future__ import annotations
 
-from typing import Any, ClassVar, Literal, Protocol
+from typing import Any, Literal, Protocol
 
 import numpy as np
 import numpy.typing as npt
@@ -164,8 +164,6 @@ class OcrFrames(Operator):
     ``ocr_reused`` (bool: the result was carried over from an earlier frame of the same video). Failure rows
     get no text.
     """
-
-    kind: ClassVar[str] = "actor"
 
     def __init__(self, cfg: OcrConfig, engine: OcrEngine | None = None) -> None:
         self.cfg = cfg

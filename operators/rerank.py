@@ -19,7 +19,7 @@ from __future__ import annotations
 
 import os
 from collections.abc import Callable
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import Any, ClassVar, Protocol
 
 import numpy as np
@@ -58,7 +58,6 @@ class RerankInput:
     stage1_score: float
     context: npt.NDArray[np.float32]  # [n, D] frame, region and track embeddings of the candidate
     keyframe: Callable[[], Any] | None = None  # lazily loaded RGB keyframe (from the stored thumbnail)
-    extra: dict[str, Any] = field(default_factory=dict)
 
 
 class Reranker(Protocol):

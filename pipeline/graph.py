@@ -18,7 +18,7 @@ from typing import Any, Literal
 
 import numpy as np
 
-from operators.base import Batch, Operator, StageResources
+from operators.base import Batch, Operator, StageResources, objects
 from operators.decode import Decode
 from operators.detect_track import Detector
 from operators.embed import Embed, Preprocess
@@ -82,14 +82,8 @@ def by_video(op: Callable[[Batch], Batch], batch: Batch) -> Batch:
     for k in dict.fromkeys(k for p in parts for k in p):
         cols = [p[k] if k in p else np.full(len(p["video_id"]), None, dtype=object) for p in parts]
         if any(c.dtype == object for c in cols) and not all(c.dtype == object for c in cols):
-            cols = [_as_objects(c) for c in cols]
+            cols = [objects(c) for c in cols]
         out[k] = np.concatenate(cols)[back]
-    return out
-
-
-def _as_objects(col: np.ndarray) -> np.ndarray:
-    out = np.empty(len(col), dtype=object)
-    out[:] = list(col)
     return out
 
 

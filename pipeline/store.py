@@ -66,18 +66,32 @@ class Store:
     (the search server) sees each commit of a concurrent index run as soon as it lands.
     """
 
-    def __init__(self, uri: str, dim: int, read_consistency_s: float | None = 0.0) -> None:
+    def __init__(self, uri: str, dim: int | None = None, read_consistency_s: float | None = 0.0) -> None:
         self.uri = uri
-        self.dim = dim
+        self._dim = dim
         interval = None if read_consistency_s is None else dt.timedelta(seconds=read_consistency_s)
         self.db = lancedb.connect(uri, read_consistency_interval=interval)
         self._tables: dict[str, Any] = {}
 
+    @property
+    def dim(self) -> int:
+        """The embedding width: as given, else read from a vector table of the database."""
+        if self._dim is None:
+            for name in S.LEVELS:
+                try:
+                    self._dim = int(self.db.open_table(name).schema.field("embedding").type.list_size)
+                    break
+                except (ValueError, FileNotFoundError):  # no such table, or one without a committed version
+                    continue
+            else:
+                raise ValueError(f"{self.uri} has no vector table yet: give the embedding dimension to create one")
+        return self._dim
+
     # -- tables -------------------------------------------------------------------------------------------
     def table(self, name: str) -> Any:
         if name not in self._tables:
-            schema = S.table_schema(name, self.dim)
             if not self.exists(name):
+                schema = S.table_schema(name, self.dim)
                 self._tables[name] = self.db.create_table(name, schema=schema, exist_ok=True)
                 return self._tables[name]
             try:
@@ -87,7 +101,7 @@ class Store:
                 # rows, so create it afresh (otherwise every later run fails to open it).
                 if "not found" not in str(exc):
                     raise
-                self._tables[name] = self.db.create_table(name, schema=schema, mode="overwrite")
+                self._tables[name] = self.db.create_table(name, schema=S.table_schema(name, self.dim), mode="overwrite")
         return self._tables[name]
 
     def exists(self, name: str) -> bool:
@@ -262,9 +276,6 @@ class Store:
         for r in self.rows(S.FAILURES, "quarantined = true", ["path", "video_id"]).to_pylist():
             out.setdefault(r["path"], set()).add(r["video_id"] or "")
         return out
-
-    def quarantined_paths(self) -> set[str]:
-        return set(self.quarantined())
 
     def record_run(
         self, run_id: str, started: dt.datetime, version: str, summary: dict[str, Any], finished: bool = True

@@ -116,7 +116,7 @@ class TextSearcher:
     """Search the ``texts`` table of the database at ``db`` by words."""
 
     def __init__(self, db: str | Store, cfg: TextSearchConfig | None = None) -> None:
-        self.store = db if isinstance(db, Store) else Store(db, dim=1)  # no vectors are read here
+        self.store = db if isinstance(db, Store) else Store(db)
         self.cfg = cfg or TextSearchConfig()
 
     def search(self, text: str, k: int = 10, filters: Filters | dict[str, Any] | None = None) -> list[TextHit]:

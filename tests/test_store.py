@@ -109,7 +109,7 @@ def content(vid: str, times: list[float], seed: int = 0, classes: tuple[str, ...
 
 
 def tables_of(*groups: dict) -> dict[str, list[pa.Table]]:
-    return {name: [g[name] for g in groups] for name in S.CONTENT_TABLES}
+    return {name: [g[name] for g in groups if name in g] for name in S.CONTENT_TABLES}
 
 
 def keys(store: Store, name: str, where: str | None = None) -> list[str]:
@@ -123,7 +123,7 @@ def test_commit_then_crash_leftovers_are_recovered_and_a_retried_commit_adds_not
     a, b = content("a", [0.0, 1.0, 2.0]), content("b", [0.0, 1.0], seed=1)
     store.commit([video_row("a", "/v/a.mp4")], tables_of(a))
     # "b" dies half-written: its rows are in every table but it never became complete.
-    for name in S.CONTENT_TABLES:
+    for name in b:
         store._upsert(name, b[name])
     assert store.count(S.FRAMES, "video_id = 'b'") == 2
     assert store.complete_ids() == {"a"}
@@ -134,7 +134,7 @@ def test_commit_then_crash_leftovers_are_recovered_and_a_retried_commit_adds_not
     assert store.count(S.FRAMES, "video_id = 'a'") == 3
 
     store.commit([video_row("a", "/v/a.mp4")], tables_of(a))  # a retried commit of the same group
-    for name in S.CONTENT_TABLES:
+    for name in a:
         ids = keys(store, name)
         assert len(ids) == len(set(ids)) == 3, name
     assert store.count(S.VIDEOS) == 1 and store.complete_ids() == {"a"}
@@ -249,10 +249,11 @@ def test_lock_refuses_a_second_writer_names_the_holder_and_dies_with_it(tmp_path
 
 
 def test_object_store_databases_lock_a_local_file_keyed_by_uri(tmp_path) -> None:
-    a = lock_path("s3://bucket/a", str(tmp_path))
-    assert a.parent == tmp_path and a != lock_path("s3://bucket/b", str(tmp_path))
+    """Stores other than S3 (whose lease lives in the bucket: tests/test_object_store.py)."""
+    a = lock_path("gs://bucket/a", str(tmp_path))
+    assert a.parent == tmp_path and a != lock_path("gs://bucket/b", str(tmp_path))
     assert lock_path(str(tmp_path / "db")) == tmp_path / "db" / ".vidsearch.lock"
-    with DatabaseLock("s3://bucket/a", "index", str(tmp_path)):
+    with DatabaseLock("gs://bucket/a", "index", str(tmp_path)):
         assert a.exists()
 
 
@@ -269,3 +270,11 @@ def test_cli_second_writer_exits_75_with_a_message(tmp_path) -> None:
     assert proc.returncode == EXIT_LOCKED, proc.stderr
     assert "another vidsearch run is writing to" in proc.stderr and f"pid {os.getpid()}" in proc.stderr
     assert "Traceback" not in proc.stderr
+
+
+def test_store_opens_without_the_embedding_width_and_reads_it_from_the_tables(tmp_path) -> None:
+    db = str(tmp_path / "db")
+    with pytest.raises(ValueError, match="no vector table"):
+        Store(db).table(S.FRAMES)  # nothing to read the width from, and none given
+    Store(db, DIM).begin([video_row("a")])
+    assert Store(db).dim == DIM
