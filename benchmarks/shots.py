@@ -14,6 +14,7 @@ clips without a cut, tIoU of segments) for every detector variant, in the same r
 
     python benchmarks/shots.py --quick          # two clips, no F1
     python benchmarks/shots.py                  # all clips + F1 on eval/shots.yaml
+    python benchmarks/shots.py --batches        # TransNetV2 on CPU: 1, 4 or 8 windows per forward pass
 """
 
 from __future__ import annotations
@@ -117,17 +118,40 @@ def share_rows(total: dict[str, object]) -> list[dict[str, object]]:
     return [{"detector": k, "CPU ms per video s": v, "share of pipeline CPU": share[k]} for k, v in combos.items()]
 
 
+def batch_rows(rel: str = "mmaction2/test.mp4", repeat: int = 2) -> list[dict[str, object]]:
+    """TransNetV2 CPU ms per frame at 1, 4 and 8 windows per forward pass, interleaved on one clip."""
+    from operators.shots import TransNetV2Shots
+
+    cfg = ShotConfig(detector="transnetv2", device="cpu")
+    chunks = list(read_small_frames(clip(rel), cfg))
+    n = sum(len(f) for f, _ in chunks)
+    dets = {bw: TransNetV2Shots(cfg.model_copy(update={"batch_windows": bw})) for bw in (1, 4, 8)}
+    for d in dets.values():
+        d.setup()
+    best = dict.fromkeys(dets, float("inf"))
+    for _ in range(repeat):
+        for bw, d in dets.items():
+            t0 = time.process_time()
+            d.probabilities(chunks)
+            best[bw] = min(best[bw], 1000 * (time.process_time() - t0) / n)
+    return [{"clip": rel, "windows per pass": bw, "CPU ms per frame": ms} for bw, ms in best.items()]
+
+
 def main() -> None:
     ap = argparse.ArgumentParser()
     ap.add_argument("--quick", action="store_true", help="two clips, no F1")
     ap.add_argument("--manifest", default=str(ROOT / "eval" / "shots.yaml"))
     ap.add_argument("--work-dir", default=str(Path(tempfile.gettempdir()) / "vidsearch-eval"))
     ap.add_argument("--json", help="also write the results as JSON here")
+    ap.add_argument("--batches", action="store_true", help="only TransNetV2 windows per pass on CPU: 1 vs 4 vs 8")
     args = ap.parse_args()
     import torch
 
     torch.set_num_threads(1)
     header("Shot detection: CPU cost per video second (torch 1 thread) and F1 per detector")
+    if args.batches:
+        print(table(batch_rows(), ".1f"))
+        return
     rows = cost_rows(QUICK_CLIPS if args.quick else CLIPS)
     print("\n## CPU ms per video second (decode at 48x27 and model, measured separately)\n")
     print(table(rows, ".1f"))

@@ -52,7 +52,7 @@ class ShotConfig(StrictModel):
     min_shot_s: float = 0.5  # a cut closer than this to the previous shot start is dropped (flashes)
     device: Literal["auto", "cpu", "cuda"] = "auto"  # transnetv2; auto: CUDA when present
     # transnetv2: 100-frame windows per forward pass; None: 8 on CUDA, 1 on CPU (measured on 2 cores, one torch
-    # thread: 16 ms per frame at 1 window, 21 at 4, 26 at 8; larger batches fall out of cache)
+    # thread: 15.7 ms per frame at 1 window, 21.3 at 4, 25.3 at 8; benchmarks/shots.py --batches)
     batch_windows: int | None = None
     decode_threads: int = 1  # FFmpeg threads for the 48x27 read (0: FFmpeg decides)
     max_frames: int = 1_000_000

@@ -66,7 +66,7 @@ class ShotClip(StrictModel):
             else:
                 t += p.duration - self.transition_s
                 out.append((t, t + self.transition_s))
-        return out
+        return [(round(a, 6), round(b, 6)) for a, b in out]  # 7.2, not 7.199999999999999
 
 
 class ShotManifest(StrictModel):
