@@ -77,6 +77,12 @@ def parser() -> argparse.ArgumentParser:
     p.add_argument("-k", type=int, default=10)
     p.add_argument("--address", default=os.environ.get("RAY_ADDRESS"), help="Ray cluster address (default: local Ray)")
     p.add_argument("--json", help="also write the results as JSON to this file")
+    p.add_argument(
+        "--detector",
+        dest="detectors",
+        action="append",
+        help="shots manifests: a shot detector to score, as YAML: a name or {detector: ..., stride: ...} (repeatable)",
+    )
 
     p = sub.add_parser("status", help="videos by state, rows, indexes, pipeline versions, runs, quarantined files")
     _common(p)
@@ -272,8 +278,15 @@ def cmd_search(args: argparse.Namespace) -> int:
 
 
 def cmd_evaluate(args: argparse.Namespace) -> int:
-    from pipeline.evaluate import comparison_table, run_configs
+    from pipeline.evaluate import comparison_table, manifest_kind, run_configs, run_shots
 
+    if manifest_kind(args.manifest) == "shots":  # shot boundaries: no index, no Ray
+        results = run_shots(args.manifest, args.detectors, args.media_root, args.work_dir)
+        print(comparison_table(results))
+        if args.json:
+            with open(args.json, "w") as f:
+                json.dump(results, f, indent=2, default=str)
+        return 0
     results, notices = run_configs(
         args.manifest,
         args.configs or ["default"],

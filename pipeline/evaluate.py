@@ -236,6 +236,26 @@ def comparison_table(results: dict[str, dict[str, Any]]) -> str:
     return "\n".join(lines)
 
 
+def manifest_kind(path: str | Path) -> str:
+    """``shots`` for a shot-boundary manifest (``kind: shots``, pipeline/evaluate_shots.py), else ``retrieval``."""
+    if str(path).endswith(".jsonl"):
+        return "retrieval"
+    data = yaml.safe_load(Path(path).read_text())
+    return str(data.get("kind", "retrieval")) if isinstance(data, dict) else "retrieval"
+
+
+def run_shots(
+    manifest_path: str | Path, detectors: list[str] | None, media_root: str | Path | None, work_dir: str | Path
+) -> dict[str, dict[str, Any]]:
+    """Shot-boundary evaluation of a ``kind: shots`` manifest, one result per detector. ``detectors`` are YAML
+    strings (a name, or a mapping of ``segments.shots`` options); None: the manifest's own list."""
+    from pipeline.evaluate_shots import evaluate_shots, load_shot_manifest
+
+    specs = [yaml.safe_load(d) for d in detectors] if detectors else None
+    root = Path(media_root) if media_root else default_media_root()
+    return evaluate_shots(load_shot_manifest(manifest_path), root, work_dir, specs)
+
+
 def default_media_root() -> Path:
     return Path(__file__).resolve().parent.parent.parent / "shared" / "testdata"
 
