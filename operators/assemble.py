@@ -24,6 +24,7 @@ import numpy.typing as npt
 from operators.base import Batch, StrictModel
 from operators.contract import FRAMES, SEGMENTS, TEXTS, THUMBNAILS, TRACKS, make_id
 from operators.detect_track import DetectConfig, VideoTracker
+from operators.shots import ShotConfig, shot_windows
 from operators.text_spans import SpanConfig, text_spans
 
 Row = dict[str, Any]
@@ -31,7 +32,10 @@ Emit = Callable[[str, list[Row]], None]
 
 
 class SegmentConfig(StrictModel):
-    window_s: float = 4.0  # fixed segment length
+    window_s: float = 4.0  # segment length: fixed windows, or the longest window inside a shot
+    # The shot detector (operators/shots.py); with one, segments follow the video's cuts (one per shot, long shots
+    # split inside the shot) and the tracker restarts at every cut. ``none``: fixed windows over the whole video.
+    shots: ShotConfig = ShotConfig(detector="none")
 
 
 def normalise(x: npt.NDArray[np.float32]) -> npt.NDArray[np.float32]:
@@ -103,6 +107,9 @@ class VideoAssembler:
         self.duration_s = 0.0
         self.meta: Row = {}
         self.window: _Window | None = None
+        # With shots: the segment windows (start, end, shot) known from the cuts; the shot being tracked.
+        self.windows: npt.NDArray[np.float64] | None = None
+        self.shot = 0
         self.tubes: dict[int, _Tube] = {}
         self.counts = {FRAMES: 0, SEGMENTS: 0, TRACKS: 0, THUMBNAILS: 0, TEXTS: 0}
 
@@ -128,9 +135,22 @@ class VideoAssembler:
             self.duration_s = float(row["duration_s"])
             self.meta = {k: row[k] for k in ("duration_s", "source_fps", "n_frames", "width", "height", "rotation")}
             self.meta["backend"] = str(row["backend"])
+            if row.get("shot_bounds") is not None:
+                starts = np.asarray(row["shot_bounds"], np.float64)
+                self.meta["shot_starts"] = [float(s) for s in starts]
+                end = self.duration_s if self.duration_s > 0 else float(starts[-1]) + self.window_s
+                win = np.asarray(shot_windows(starts, end, self.window_s), np.float64).reshape(-1, 3)
+                self.windows = win[:, [1, 2, 0]]  # (start, end, shot) per segment window
         t = float(row["t"])
         fid = make_id(self.video_id, "frame", int(row["frame_idx"]))
         emb = np.asarray(row["embedding"], dtype=np.float32)
+        k = self._window_of(t)
+        if self.windows is not None and int(self.windows[k, 2]) != self.shot:  # a cut: no track crosses it
+            if self.tracker is not None and self.detect is not None:
+                for tid in sorted(self.tubes):  # closed under the shot they belong to
+                    self._close_tube(tid)
+                self.tracker = VideoTracker(self.detect, self.sample_fps)
+            self.shot = int(self.windows[k, 2])
         boxes = self._track(row, fid) if self.tracker is not None else []
         classes = sorted({b["class_name"] for b in boxes})
         self.emit(
@@ -156,7 +176,6 @@ class VideoAssembler:
         self.counts[THUMBNAILS] += 1
         if row.get("ocr_text") is not None:  # every frame, read or empty: a span's gaps count sampled frames
             self.readings.append((t, int(row["frame_idx"]), list(row["ocr_text"]), row["ocr_boxes"], row["ocr_conf"]))
-        k = int(np.floor(t / self.window_s))
         if self.window is not None and self.window.k != k:
             self._close_window()
         if self.window is None:
@@ -181,7 +200,7 @@ class VideoAssembler:
             x1, y1, x2, y2 = (float(v) for v in boxes[j])
             out.append(
                 {
-                    "track_id": make_id(self.video_id, "track", int(tid)) if tid >= 0 else "",
+                    "track_id": self._track_id(int(tid)) if tid >= 0 else "",
                     "class_name": names[j],
                     "conf": float(conf[j]),
                     "x1": x1,
@@ -217,6 +236,18 @@ class VideoAssembler:
             self._close_tube(tid)
         return out
 
+    def _window_of(self, t: float) -> int:
+        """The segment window of time ``t``: fixed ``window_s`` windows, or the shot-aligned ones."""
+        if self.windows is None:
+            return int(np.floor(t / self.window_s))
+        return max(int(np.searchsorted(self.windows[:, 0], t, side="right")) - 1, 0)
+
+    def _track_id(self, tid: int) -> str:
+        """Tracker ids restart with the tracker at each cut, so with shots the shot is part of the id."""
+        if self.windows is None:
+            return make_id(self.video_id, "track", tid)
+        return make_id(self.video_id, "track", self.shot, tid)
+
     # -- closing rows ---------------------------------------------------------------------------------------
     def _close_window(self) -> None:
         win, self.window = self.window, None
@@ -224,9 +255,12 @@ class VideoAssembler:
             return
         w = self.window_s
         t = np.asarray(win.t)
-        start = float(win.k * w)
         video_end = self.duration_s if self.duration_s > 0 else t[-1] + 1.0 / self.sample_fps
-        end = float(max(min((win.k + 1) * w, video_end), t[-1]))  # never past the video's end
+        if self.windows is not None:  # the window inside its shot
+            start, end = float(self.windows[win.k, 0]), float(max(min(self.windows[win.k, 1], video_end), t[-1]))
+        else:
+            start = float(win.k * w)
+            end = float(max(min((win.k + 1) * w, video_end), t[-1]))  # never past the video's end
         middle = int(np.argmin(np.abs(t - (start + end) / 2)))
         self.emit(
             SEGMENTS,
@@ -257,7 +291,7 @@ class VideoAssembler:
             TRACKS,
             [
                 {
-                    "track_id": make_id(self.video_id, "track", tid),
+                    "track_id": self._track_id(tid),
                     "video_id": self.video_id,
                     "tracker_id": tid,
                     "class_name": max(set(tube.names), key=tube.names.count),

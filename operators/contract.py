@@ -67,6 +67,9 @@ DECODE_COLUMNS = (
     "error",  # "" when fine; a failed video is one row with its reason
     *VIDEO_META_COLUMNS,
 )
+#: Written by the shot detector on the video row, repeated by decode on each of its frames: the shots' start
+#: times (float64 array, first 0.0). Absent without a shot detector.
+SHOT_COLUMNS = ("shot_bounds",)
 #: Written by the detector: per frame, boxes (K x 4, normalised xyxy), confidences (K), class names (JSON list)
 #: and, for segmentation models, masks (K x h x w).
 DETECT_COLUMNS = ("det_boxes", "det_conf", "det_names", "det_masks")
@@ -89,4 +92,5 @@ ASSEMBLY_COLUMNS = (
     *DETECT_COLUMNS,
     *EMBED_COLUMNS,
     *OCR_COLUMNS,
+    *SHOT_COLUMNS,
 )

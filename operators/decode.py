@@ -28,7 +28,7 @@ import numpy as np
 import numpy.typing as npt
 from PIL import Image
 
-from operators.base import Batch, Operator, StrictModel
+from operators.base import Batch, Operator, StrictModel, objects
 from operators.contract import fingerprint
 from operators.media_probe import DecodeError, Header, container_hint, probe, short_error
 
@@ -359,9 +359,14 @@ class Decode(Operator):
     def __call__(self, batch: Batch) -> Iterator[Batch]:  # type: ignore[override]
         """Reads ``video_id``, ``path`` and, when present, ``fingerprint``; yields frame chunks (see class
         docstring)."""
-        prints = batch.get("fingerprint", [None] * len(batch["video_id"]))
-        for video_id, path, fp in zip(batch["video_id"], batch["path"], prints, strict=True):
-            yield from self.iter_video(str(video_id), str(path), str(fp) if fp else None)
+        n = len(batch["video_id"])
+        prints = batch.get("fingerprint", [None] * n)
+        shots = batch.get("shot_bounds")  # from the shot detector, when it ran: repeated on each frame row
+        for i, (video_id, path, fp) in enumerate(zip(batch["video_id"], batch["path"], prints, strict=True)):
+            for chunk in self.iter_video(str(video_id), str(path), str(fp) if fp else None):
+                if shots is not None:
+                    chunk["shot_bounds"] = objects([shots[i]] * len(chunk["video_id"]))
+                yield chunk
 
 
 def _meta_columns(info: VideoInfo, n: int) -> Batch:

@@ -244,8 +244,6 @@ class ShotDetect(Operator):
     and ``error`` (empty, or why shots could not be found: the video then counts as one shot). Other columns
     pass through."""
 
-    kind = "actor"
-
     def __init__(self, cfg: ShotConfig, detector: Detector | None = None) -> None:
         self.cfg = cfg
         self.detector = detector if detector is not None else DETECTORS[cfg.detector](cfg)

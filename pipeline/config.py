@@ -44,6 +44,7 @@ class RayConfig(StrictModel):
     preprocess: StageResources = StageResources(num_cpus=0.5, concurrency=1, batch_size=16)
     embed: StageResources = StageResources(num_cpus=0.5, concurrency=1, batch_size=16)
     ocr: StageResources = StageResources(num_cpus=0.25, concurrency=1, batch_size=8)  # when ocr.engine is not none
+    shots: StageResources = StageResources(num_cpus=0.25, concurrency=1, batch_size=1)  # when segments.shots is set
     # Routing is a hand-off (a few ms per batch) and assembly + fragment writes cost ~1-2 ms per frame, so both
     # ask little; give a cluster one assembler per few nodes' worth of frames (see BENCHMARKS.md, driver).
     route: StageResources = StageResources(num_cpus=0.05, concurrency=1, batch_size=0)
@@ -137,7 +138,7 @@ class Config(StrictModel):
             "encoder": self.encoder.model_dump(exclude={"device", "batch_size", "cache_dir", *runtime}),
             "decode": self.decode.model_dump(include={"fps", "max_side"})
             | ({"mode": "keyframes"} if self.decode.mode == "keyframes" else {}),
-            "segments": self.segments.model_dump(),
+            "segments": self._segments_version(),
             "detect": self.detect.model_dump(exclude={"device", "half", *runtime}) if self.detect.enabled else None,
             "regions": self.regions.model_dump() if self.detect.enabled else None,
         }
@@ -147,6 +148,12 @@ class Config(StrictModel):
         if bf16:
             parts["bf16"] = bf16
         return hashlib.sha256(json.dumps(parts, sort_keys=True, default=str).encode()).hexdigest()[:16]
+
+    def _segments_version(self) -> dict[str, Any]:
+        if self.segments.shots.detector == "none":  # as before shots existed: fixed windows keep their version
+            return self.segments.model_dump(exclude={"shots"})
+        shots = self.segments.shots.model_dump(exclude={"device", "batch_windows", "decode_threads", "timeout_s"})
+        return {**self.segments.model_dump(exclude={"shots"}), "shots": shots}
 
 
 class ConfigError(ValueError):

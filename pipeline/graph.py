@@ -23,6 +23,7 @@ from operators.decode import Decode
 from operators.detect_track import Detector
 from operators.embed import Embed, Preprocess
 from operators.ocr import OcrFrames
+from operators.shots import ShotDetect
 from pipeline.assembly import Route
 from pipeline.config import Config
 
@@ -133,6 +134,8 @@ class Stage:
 
 
 STAGES = (
+    # every frame at 48x27 -> the video's shot starts, before decode repeats them on its frame rows
+    Stage("shots", "actor", lambda cfg, ck: ShotDetect(cfg.segments.shots), "1:1", False, lambda cfg: _shots(cfg)),
     Stage("decode", "task", lambda cfg, ck: Decode(cfg.decode), "1 video : N frames"),
     # per video so that a frame's boxes never depend on its batch-mates (see by_video)
     Stage("detect", "actor", lambda cfg, ck: Detector(cfg.detect), "1:1", True, lambda cfg: cfg.detect.enabled),
@@ -142,6 +145,10 @@ STAGES = (
     Stage("embed", "actor", lambda cfg, ck: Embed(cfg.encoder, cfg.regions, ck), "1:1"),
     Stage("route", "actor", None, "N frames : one result per finished video"),
 )
+
+
+def _shots(cfg: Config) -> bool:
+    return cfg.segments.shots.detector != "none"
 
 
 def frame_dataset(cfg: Config, videos: list[dict[str, str]], checkpoint: str | None) -> Any:
