@@ -12,7 +12,7 @@ from operators.decode import Decode, DecodeConfig
 from operators.detect_track import DetectConfig, Detector, FrameDetections
 from operators.embed import Embed, Preprocess
 from operators.regions import RegionConfig
-from tests.conftest import clip, tiny_config
+from tests.helpers import clip, tiny_config
 
 
 @pytest.fixture(scope="module")

@@ -19,7 +19,7 @@ from operators.decode import Decode, DecodeConfig
 from operators.detect_track import DetectConfig, Detector, FrameDetections
 from operators.embed import Embed, Preprocess
 from operators.regions import RegionConfig
-from tests.conftest import clip, tiny_config
+from tests.helpers import clip, tiny_config
 
 W, H = 1920, 1080
 DROP = 0.10  # fraction of ground-truth detections removed
