@@ -88,7 +88,26 @@ def quiet_ray(verbose: bool = False) -> dict[str, Any]:
     if not verbose:
         filters = [f for f in os.environ.get("PYTHONWARNINGS", "").split(",") if f]
         os.environ["PYTHONWARNINGS"] = ",".join([*filters, *WORKER_WARNING_FILTERS])
+        _raylet_messages_to_log()
     return {"log_to_driver": verbose, "configure_logging": False}
+
+
+def _raylet_messages_to_log() -> None:
+    """The driver prints the cluster's error messages (a worker killed for lack of memory, one line per task and
+    retry; a crashed worker) straight to stdout through ``ray._private.worker.print_to_stdstream``, whatever
+    ``log_to_driver`` says. Send them to the ``ray.errors`` logger instead (the log file). Private API, so only
+    when it is there."""
+    from ray._private import worker
+
+    if not callable(getattr(worker, "print_to_stdstream", None)):
+        return
+    errors = logging.getLogger("ray.errors")
+
+    def to_log(data: dict[str, Any], ignore_prefix: bool = False) -> None:
+        for line in data.get("lines", []):
+            errors.warning("(%s) %s", data.get("pid", "ray"), line)
+
+    worker.print_to_stdstream = to_log  # type: ignore[assignment]
 
 
 def ray_log_dir() -> str | None:
