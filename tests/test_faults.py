@@ -125,7 +125,8 @@ def decode_worker_reading(name: str) -> Callable[[], int | None]:
 
 
 def encoder_actor_busy() -> int | None:
-    """The encoder's actor (Ray Data's MapWorker around StageAdapter) once it has left ``__init__``."""
+    """The encoder's actor (Ray Data's MapWorker around StageAdapter) once it runs a method other than
+    ``__init__``."""
     import ray
     from ray._private import state
 
@@ -141,7 +142,9 @@ def encoder_actor_busy() -> int | None:
                 title = psutil.Process(actor["Pid"]).cmdline()[0]
             except (psutil.Error, IndexError):
                 continue
-            if "__init__" not in title and title.startswith("ray::MapWorker(MapBatches(StageAdapter))."):
+            # ray::MapWorker(MapBatches(StageAdapter)).submit, or with a CPU stage fused in front of it:
+            # ray::MapWorker(MapBatches(run)->MapBatches(StageAdapter)).submit
+            if title.startswith("ray::MapWorker(") and "StageAdapter))." in title and "__init__" not in title:
                 return int(actor["Pid"])
     return None
 
