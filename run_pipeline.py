@@ -10,6 +10,8 @@ import sys
 import tempfile
 from typing import Any
 
+VERBOSE_HELP = "also show Ray's, Ray Data's and LanceDB's logs on the terminal (they always go to the log file)"
+
 
 def _common(p: argparse.ArgumentParser) -> None:
     p.add_argument("--config", default="default", help="YAML path, or a name in configs/ (default, tiny, ...)")
@@ -19,6 +21,7 @@ def _common(p: argparse.ArgumentParser) -> None:
 
 def parser() -> argparse.ArgumentParser:
     ap = argparse.ArgumentParser(prog="vidsearch", description="Index videos into LanceDB and search them.")
+    ap.add_argument("-v", "--verbose", action="store_true", help=VERBOSE_HELP)
     sub = ap.add_subparsers(dest="command", required=True)
 
     p = sub.add_parser("index", help="index files, folders (recursive) or globs")
@@ -110,6 +113,8 @@ def parser() -> argparse.ArgumentParser:
         action="append",
         help="also answer requests for this Host name (repeatable; default: loopback names and --host; '*': any)",
     )
+    for p in sub.choices.values():  # -v after the command as well; SUPPRESS keeps a -v given before it
+        p.add_argument("-v", "--verbose", action="store_true", default=argparse.SUPPRESS, help=VERBOSE_HELP)
     return ap
 
 
@@ -122,18 +127,22 @@ def _config(args: argparse.Namespace) -> Any:
     return load_config(args.config, overrides)
 
 
-def start_ray(cfg: Any, address: str | None) -> None:
+def start_ray(cfg: Any, address: str | None, verbose: bool = False) -> None:
     import ray
 
     from pipeline.fragments import job_runtime_env
+    from pipeline.logs import quiet_ray, ray_log_dir
 
     if ray.is_initialized():
         return
+    quiet = quiet_ray(verbose)
     address = address or cfg.ray.address
     if address:
         ray.init(address=address, log_to_driver=False, runtime_env=job_runtime_env(cfg.ray.runtime_env, cfg.db.path))
+        ray.init(address=address, runtime_env=cfg.ray.runtime_env, **quiet)
     else:
-        ray.init(num_cpus=cfg.ray.num_cpus, include_dashboard=False, log_to_driver=False)
+        ray.init(num_cpus=cfg.ray.num_cpus, include_dashboard=False, **quiet)
+    logging.getLogger(__name__).info("Ray session logs (workers, raylet, Ray Data): %s", ray_log_dir())
 
 
 def cmd_index(args: argparse.Namespace) -> int:
@@ -142,12 +151,11 @@ def cmd_index(args: argparse.Namespace) -> int:
     cfg = _config(args)
     # The lock first, before the heavy imports: a scheduled run that finds another one going leaves at once.
     with DatabaseLock(cfg.db.path, "index", cfg.db.lock_dir):
-        from pipeline.runner import RANDOM_WEIGHTS_NOTICE, preflight, run_index
+        from pipeline.runner import preflight, run_index
 
-        if cfg.random_weights:
-            print(RANDOM_WEIGHTS_NOTICE, file=sys.stderr)
+        # The random-weights notice comes from run_index (a logged warning, shown on the terminal).
         preflight(cfg)  # a missing checkpoint stops the run here, before Ray starts or anything is written
-        start_ray(cfg, args.address)
+        start_ray(cfg, args.address, args.verbose)
         summary = run_index(
             cfg,
             args.paths,
@@ -294,7 +302,7 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
         args.media_root,
         args.work_dir,
         k=args.k,
-        start_ray=lambda cfg: start_ray(cfg, args.address),
+        start_ray=lambda cfg: start_ray(cfg, args.address, args.verbose),
     )
     for n in notices:
         print(n)
@@ -341,8 +349,22 @@ COMMANDS = {
 
 
 def main(argv: list[str] | None = None) -> int:
-    logging.basicConfig(level=logging.WARNING, format="%(levelname)s %(message)s")
     args = parser().parse_args(argv)
+    from pipeline.lock import EXIT_LOCKED
+    from pipeline.logs import setup_logging
+
+    log_file = setup_logging(args.command, args.verbose)
+    try:
+        code = _run(args)
+    except Exception:
+        print(f"vidsearch: the log is in {log_file}", file=sys.stderr)
+        raise
+    if code not in (0, EXIT_LOCKED):
+        print(f"vidsearch: the log is in {log_file}", file=sys.stderr)
+    return code
+
+
+def _run(args: argparse.Namespace) -> int:
     from pipeline.config import ConfigError
     from pipeline.lock import EXIT_LOCKED, LockBusy
 
@@ -352,6 +374,7 @@ def main(argv: list[str] | None = None) -> int:
         print(f"vidsearch: {exc}; exiting without doing anything (exit code {EXIT_LOCKED})", file=sys.stderr)
         return EXIT_LOCKED
     except Exception as exc:
+        logging.getLogger(__name__).info("%s failed", args.command, exc_info=True)  # the log file only
         # Imported only now: pipeline.search pulls in LanceDB (seconds), which a run refused by the lock never needs.
         from operators.encoders import MissingCheckpointError
         from pipeline.search import SearchError

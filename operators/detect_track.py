@@ -22,10 +22,9 @@ from typing import Any, Literal
 import numpy as np
 import numpy.typing as npt
 
+from configs import shipped
 from operators.backends import Backend, ExportCache, Precision, check_precision, yolo_export
 from operators.base import Batch, MissingCheckpointError, Operator, StrictModel, objects
-
-TRACKER_DIR = Path(__file__).resolve().parent.parent / "configs" / "trackers"
 
 
 class DetectConfig(StrictModel):
@@ -206,9 +205,9 @@ def tracker_args(cfg: DetectConfig, sample_fps: float) -> Any:
     import yaml
     from ultralytics.utils import IterableSimpleNamespace
 
-    path = cfg.tracker_config or str(TRACKER_DIR / f"{cfg.tracker}.yaml")
-    if not os.path.isabs(path) and not os.path.exists(path):
-        path = str(TRACKER_DIR.parent.parent / path)  # relative to the project root
+    path = cfg.tracker_config or f"configs/trackers/{cfg.tracker}.yaml"
+    if cfg.tracker_config is None or (not os.path.exists(path) and path.startswith("configs/")):
+        path = str(shipped(path.removeprefix("configs/")) or path)  # a shipped one, from the installed package
     with open(path) as f:
         args = yaml.safe_load(f)
     # track_buffer counts frames; the tracker sees sampled frames, so convert from seconds at the sampling rate.

@@ -14,6 +14,7 @@ from typing import Any, Literal
 import yaml
 from pydantic import Field, ValidationError, model_validator
 
+from configs import names, shipped
 from operators.assemble import SegmentConfig
 from operators.base import StageResources, StrictModel
 from operators.decode import DecodeConfig
@@ -22,8 +23,6 @@ from operators.encoders import EncoderConfig
 from operators.ocr import OcrConfig
 from operators.regions import RegionConfig
 from operators.text_spans import SpanConfig
-
-CONFIG_DIR = Path(__file__).resolve().parent.parent / "configs"
 
 
 class RayConfig(StrictModel):
@@ -171,11 +170,12 @@ def _set(tree: dict[str, Any], dotted: str, value: Any) -> None:
 
 
 def resolve_config_path(name: str | Path) -> Path:
+    """A YAML path as given, else a shipped config by name (``tiny``), read from the installed package."""
     path = Path(name)
-    if not path.exists() and (CONFIG_DIR / f"{name}.yaml").exists():
-        path = CONFIG_DIR / f"{name}.yaml"
     if not path.exists():
-        raise ConfigError(f"config file '{name}' not found (give a path or a name from {CONFIG_DIR})")
+        path = shipped(f"{name}.yaml") or path
+    if not path.exists():
+        raise ConfigError(f"config file '{name}' not found (give a path or one of: {', '.join(names())})")
     return path
 
 

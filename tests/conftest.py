@@ -8,18 +8,10 @@ from pathlib import Path
 
 import pytest
 
+from tests.helpers import TESTDATA, tiny_config
+
 os.environ.setdefault("YOLO_OFFLINE", "1")  # never reach for the network from ultralytics in tests
 os.environ.setdefault("RAY_ENABLE_UV_RUN_RUNTIME_ENV", "0")
-
-ROOT = Path(__file__).resolve().parent.parent
-TESTDATA = Path(os.environ.get("VIDSEARCH_TESTDATA", ROOT.parent / "shared" / "testdata")).resolve()
-
-
-def clip(rel: str) -> str:
-    path = TESTDATA / rel
-    if not path.exists():
-        pytest.skip(f"test media {rel} is not available under {TESTDATA}")
-    return str(path)
 
 
 @pytest.fixture(scope="session")
@@ -40,10 +32,23 @@ def ray_session():
     ray.shutdown()
 
 
-def tiny_config(db_path: str | Path, *overrides: str):
-    from pipeline.config import load_config
+@pytest.fixture(autouse=True)
+def _session_ray_talks_to_its_own_gcs():
+    """After each test, the session's driver still sends its internal-KV calls to its own GCS. Ray's state API
+    given another cluster's GCS address re-points them there (see tests/test_cluster.py); once that cluster
+    stopped, the driver terminated the whole test process 60 s later with no report."""
+    yield
+    import sys
 
-    return load_config("tiny", [f"db.path={db_path}", *overrides])
+    ray = sys.modules.get("ray")
+    if ray is None or not ray.is_initialized():
+        return
+    from ray.experimental import internal_kv
+
+    own, client = ray.get_runtime_context().gcs_address, internal_kv.internal_kv_get_gcs_client()
+    if client is not None and client.address != own:
+        internal_kv._initialize_internal_kv(ray._private.worker.global_worker.gcs_client)  # keep the session alive
+        pytest.fail(f"this test pointed the session driver's internal KV at another Ray cluster ({client.address})")
 
 
 @pytest.fixture(scope="session")
@@ -65,9 +70,3 @@ def indexed_db(tmp_path_factory, sample_folder, ray_session):
     summary = run_index(cfg, [str(sample_folder)], progress=False)
     assert summary.failed == 0, summary.failures
     return cfg, summary
-
-
-def pytest_collection_modifyitems(config, items) -> None:  # type: ignore[no-untyped-def]
-    """Fault-injection tests run first, on a fresh Ray session: after the multi-node and browser tests they took
-    the whole test process down (exit 1, no report); first in the run they pass, as they do on their own."""
-    items.sort(key=lambda item: 0 if item.nodeid.startswith("tests/test_faults.py") else 1)

@@ -13,7 +13,7 @@ from operators.decode import Decode, DecodeConfig
 from operators.detect_track import DetectConfig, YoloPredictor
 from operators.encoders import build_encoder
 from operators.regions import roi_embeddings
-from tests.conftest import clip, tiny_config
+from tests.helpers import clip, tiny_config
 
 BACKENDS = ["onnx", "openvino"]
 

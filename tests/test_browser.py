@@ -13,7 +13,7 @@ import pytest
 from pipeline import schema as S
 from pipeline.search import Searcher
 from pipeline.server import create_app
-from tests.test_server import TOKEN, running
+from tests.helpers import TOKEN, running
 
 CHROMIUM = "/usr/bin/chromium"
 pytestmark = pytest.mark.browser

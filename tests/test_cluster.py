@@ -4,6 +4,13 @@ worker process killed mid-run (found through the state API, killed by pid) loses
 
 The cluster lives in a subprocess with its own ``RAY_TMPDIR``: the test session already holds an in-process
 local Ray, and the cluster's address file must not redirect anybody's ``ray.init()`` on this machine.
+
+This process queries the cluster only through its dashboard's HTTP address, never its GCS address: given a GCS
+address, Ray's state API looks the dashboard up with a new GCS client and installs that client as the process's
+internal-KV client (``ray.experimental.internal_kv._initialize_internal_kv``). The test session's driver then sent
+its own internal-KV calls (exporting remote functions, Ray Data's state) to the second cluster and, 60 s after that
+cluster stopped, terminated the whole test process (exit 1, no report: "Failed to connect to GCS within 60
+seconds"). ``conftest.py`` checks after every test that the session's internal-KV client still is its own.
 """
 
 from __future__ import annotations
@@ -24,13 +31,10 @@ import pytest
 from pipeline import schema as S
 from pipeline.config import load_config
 from pipeline.store import Store
-from tests.test_resume import DIM, assert_same_tables
+from tests.helpers import TINY_DIM as DIM
+from tests.helpers import assert_same_tables
 
 ROOT = Path(__file__).resolve().parent.parent
-
-# Deselected by default (run with -m slow): inside the full suite, minutes after these tests started and stopped
-# their second Ray cluster on the same machine, the shared test session's driver exited (code 1, no report).
-pytestmark = pytest.mark.slow
 
 CLUSTER = r"""
 import json, sys
@@ -42,7 +46,7 @@ cluster = Cluster(
 )
 cluster.add_node(num_cpus=1, resources={"worker_node": 1})
 cluster.wait_for_nodes()
-print(json.dumps({"address": cluster.address}), flush=True)
+print(json.dumps({"address": cluster.address, "dashboard": "http://" + cluster.webui_url}), flush=True)
 sys.stdin.read()  # until the test closes our stdin
 cluster.shutdown()
 """
@@ -61,7 +65,8 @@ PLACEMENT = [
 
 @pytest.fixture(scope="module")
 def cluster(ray_session):
-    """(address, env) of a running two-node cluster; env makes a subprocess a driver of it."""
+    """(address, dashboard, env) of a running two-node cluster: the GCS address for the CLI (a subprocess, with env),
+    the dashboard's HTTP address for this process's state-API queries."""
     if importlib.util.find_spec("aiohttp") is None:
         pytest.skip("Ray's state API needs the dashboard: install ray[default]")
     tmp = tempfile.mkdtemp(prefix="vsr", dir="/tmp")  # short: Ray's socket paths live under it
@@ -73,7 +78,8 @@ def cluster(ray_session):
         line = proc.stdout.readline()
         if not line:
             pytest.fail(f"the two-node cluster did not start (exit code {proc.wait()})")
-        yield json.loads(line)["address"], env
+        info = json.loads(line)
+        yield info["address"], info["dashboard"], env
     finally:
         proc.stdin.close()
         try:
@@ -91,10 +97,10 @@ def index_cmd(db: Path, folder: Path, address: str, summary: Path, *extra: str) 
     return cmd
 
 
-def stage_actors(address: str, **filters: str) -> list:
+def stage_actors(dashboard: str, **filters: str) -> list:
     from ray.util.state import list_actors
 
-    actors = list_actors(address=address, filters=[(k, "=", v) for k, v in filters.items()], detail=True, limit=1000)
+    actors = list_actors(address=dashboard, filters=[(k, "=", v) for k, v in filters.items()], detail=True, limit=1000)
     return [a for a in actors if a.class_name.startswith("MapWorker") and "Route" not in a.class_name]
 
 
@@ -103,7 +109,7 @@ def test_index_job_runs_on_both_nodes_and_indexes_every_video_once(
 ) -> None:
     from ray.util.state import list_nodes, list_tasks
 
-    address, env = cluster
+    address, dashboard, env = cluster
     ref_cfg, _ = indexed_db
     summary_path = tmp_path / "summary.json"
     run = subprocess.run(
@@ -117,12 +123,12 @@ def test_index_job_runs_on_both_nodes_and_indexes_every_video_once(
     summary = json.loads(summary_path.read_text())
     assert (summary["indexed"], summary["failed"], summary["ray_nodes"]) == (3, 0, 2)
 
-    nodes = {n.node_id: n for n in list_nodes(address=address) if n.state == "ALIVE"}
+    nodes = {n.node_id: n for n in list_nodes(address=dashboard) if n.state == "ALIVE"}
     assert len(nodes) == 2 and sum(n.is_head_node for n in nodes.values()) == 1
     job = summary["ray_job_id"]
-    actors = stage_actors(address, job_id=job)
+    actors = stage_actors(dashboard, job_id=job)
     assert len(actors) == 2 and {a.node_id for a in actors} == set(nodes)  # one model pool on each node
-    tasks = list_tasks(address=address, filters=[("job_id", "=", job)], detail=True, limit=10_000)
+    tasks = list_tasks(address=dashboard, filters=[("job_id", "=", job)], detail=True, limit=10_000)
     work = [t for t in tasks if t.state == "FINISHED" and t.node_id and t.name.startswith(("MapBatches", "MapWorker"))]
     by_node = {node: sum(t.node_id == node for t in work) for node in nodes}
     assert all(by_node.values()), by_node  # stage tasks finished on both nodes
@@ -142,7 +148,7 @@ def test_index_job_runs_on_both_nodes_and_indexes_every_video_once(
 def test_worker_killed_mid_run_loses_and_duplicates_nothing(cluster, tmp_path, sample_folder, indexed_db) -> None:
     from ray.util.state import list_actors, list_tasks
 
-    address, env = cluster
+    address, dashboard, env = cluster
     ref_cfg, _ = indexed_db
     db, summary_path = tmp_path / "db", tmp_path / "summary.json"
     cmd = index_cmd(db, sample_folder, address, summary_path, "db.commit_every_videos=1")
@@ -154,11 +160,11 @@ def test_worker_killed_mid_run_loses_and_duplicates_nothing(cluster, tmp_path, s
         # Kill the encoder's worker once frames are flowing (the detector has taken a task): every frame still has
         # to pass through the encoder, so the run can only finish through the actor Ray restarts.
         while proc.poll() is None and victim is None:
-            actors = stage_actors(address, state="ALIVE")
+            actors = stage_actors(dashboard, state="ALIVE")
             encoder = [a for a in actors if a.required_resources.get("CPU") == 0.45 and a.pid]
             detector = [a.actor_id for a in actors if a.required_resources.get("CPU") == 0.6]
             if encoder and detector:
-                tasks = list_tasks(address=address, filters=[("job_id", "=", encoder[0].job_id)], detail=True)
+                tasks = list_tasks(address=dashboard, filters=[("job_id", "=", encoder[0].job_id)], detail=True)
                 if any(t.actor_id == detector[0] and t.name.endswith(".submit") for t in tasks):
                     victim = encoder[0]
                     complete_at_kill = len(store.complete_ids()) if store.exists(S.VIDEOS) else 0
@@ -172,7 +178,7 @@ def test_worker_killed_mid_run_loses_and_duplicates_nothing(cluster, tmp_path, s
     assert victim is not None, "the run ended before frames reached the detector"
     assert proc.returncode == 0, (tmp_path / "index.log").read_text()[-3000:]
     assert complete_at_kill < 3  # killed while videos were still in flight
-    restarted = list_actors(address=address, filters=[("actor_id", "=", victim.actor_id)], detail=True)
+    restarted = list_actors(address=dashboard, filters=[("actor_id", "=", victim.actor_id)], detail=True)
     assert restarted[0].num_restarts >= 1  # Ray restarted the actor; its lost batches were retried
     print(f"killed encoder pid {victim.pid} ({victim.actor_id[:8]}), {complete_at_kill} videos complete at the kill;"
           f" restarts {restarted[0].num_restarts}")  # fmt: skip

@@ -8,7 +8,7 @@ import pytest
 from PIL import Image
 
 from operators.decode import Decode, DecodeConfig, sample_indices
-from tests.conftest import clip
+from tests.helpers import clip
 
 CLIPS = [
     "imageio_test_images/test.webm",  # H.264 in WebM, variable frame rate, no container duration

@@ -30,10 +30,10 @@ import pytest
 
 from pipeline import schema as S
 from pipeline.store import Store, quote
-from tests.conftest import tiny_config
+from tests.helpers import TINY_DIM, tiny_config
 
 ROOT = Path(__file__).resolve().parent.parent
-DIM = 64  # the tiny config's embedding width
+DIM = TINY_DIM
 CLIPS = [
     "mdn/friday.mp4",  # 6 s, 185 frames at 640x480: its decode task runs long enough to be caught
     "imageio_test_images/realshort.mp4",
@@ -125,7 +125,8 @@ def decode_worker_reading(name: str) -> Callable[[], int | None]:
 
 
 def encoder_actor_busy() -> int | None:
-    """The encoder's actor (Ray Data's MapWorker around StageAdapter) once it has left ``__init__``."""
+    """The encoder's actor (Ray Data's MapWorker around StageAdapter) once it runs a method other than
+    ``__init__``."""
     import ray
     from ray._private import state
 
@@ -141,7 +142,9 @@ def encoder_actor_busy() -> int | None:
                 title = psutil.Process(actor["Pid"]).cmdline()[0]
             except (psutil.Error, IndexError):
                 continue
-            if "__init__" not in title and title.startswith("ray::MapWorker(MapBatches(StageAdapter))."):
+            # ray::MapWorker(MapBatches(StageAdapter)).submit, or with a CPU stage fused in front of it:
+            # ray::MapWorker(MapBatches(run)->MapBatches(StageAdapter)).submit
+            if title.startswith("ray::MapWorker(") and "StageAdapter))." in title and "__init__" not in title:
                 return int(actor["Pid"])
     return None
 
@@ -155,9 +158,6 @@ def rerun(db: Path, folder: Path) -> Any:
     return summary
 
 
-# Deselected by default (run with -m slow): inside the full suite, SIGKILLing workers of the shared Ray session
-# proved disruptive to the session itself; tests/test_cluster.py covers a killed encoder worker in the default run.
-@pytest.mark.slow
 @pytest.mark.parametrize("target", ["decode worker", "encoder actor"])
 def test_killed_ray_worker_is_retried_and_the_run_finishes(target, folder, ray_session, tmp_path) -> None:  # type: ignore[no-untyped-def]
     db = tmp_path / "db"
@@ -174,10 +174,6 @@ def test_killed_ray_worker_is_retried_and_the_run_finishes(target, folder, ray_s
     assert (again.indexed, again.skipped) == (0, len(CLIPS))
 
 
-# Deselected by default (run with -m slow): passes on its own, but inside the full suite the test process exited
-# (code 1, no report) while this test killed its CLI. tests/test_resume.py keeps a driver SIGKILL + rerun-equals-
-# clean-run check in the default suite.
-@pytest.mark.slow
 def test_writer_killed_mid_run_then_rerun_indexes_each_video_once(folder, ray_session, tmp_path) -> None:  # type: ignore[no-untyped-def]
     """The driver is the single writer: SIGKILL it (by pid, from outside) as soon as its first content rows land."""
     db = tmp_path / "db"

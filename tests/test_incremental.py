@@ -18,7 +18,7 @@ from pipeline.catalog import fingerprint, list_videos
 from pipeline.runner import Runner, RunSummary, run_index
 from pipeline.status import collect
 from pipeline.store import Store
-from tests.conftest import tiny_config
+from tests.helpers import tiny_config
 
 CLIPS = {
     "a.mov": "decord/video_0.mov",

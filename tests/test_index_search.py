@@ -16,7 +16,7 @@ from pipeline import schema as S
 from pipeline.runner import run_index
 from pipeline.search import Searcher
 from pipeline.store import Store
-from tests.conftest import ROOT, tiny_config
+from tests.helpers import ROOT, tiny_config
 
 
 def _store(cfg) -> Store:

@@ -22,7 +22,8 @@ from pipeline.maintenance import (
 )
 from pipeline.status import collect, format_status
 from pipeline.store import Store
-from tests.test_store import DIM, content, tables_of, video_row
+from tests.helpers import SYNTHETIC_DIM as DIM
+from tests.helpers import content, tables_of, video_row
 
 SMALL = {"scalar_index_min_rows": 0, "compact_min_fragments": 4, "index_type": "IVF_PQ", "num_partitions": 4}
 

@@ -23,7 +23,7 @@ import pytest
 from operators.encoders import embedding_dim
 from pipeline import schema as S
 from pipeline.store import Store, quote
-from tests.conftest import tiny_config
+from tests.helpers import tiny_config
 from tests.media_corpus import Case, build_corpus, decode_peak_rss, remove_corpus, replace_file
 
 GOOD = ["intel_sample_videos/asl_gestures/book.mkv", "mdn/flower.webm", "moviepy/fire2.mp4"]

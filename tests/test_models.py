@@ -12,7 +12,7 @@ import torch
 from operators.detect_track import DetectConfig, YoloPredictor, resolve_yolo
 from operators.encoders import EncoderConfig, MissingCheckpointError, build_encoder, resolve_checkpoint
 from pipeline.config import ConfigError, load_config
-from tests.conftest import ROOT, clip, tiny_config
+from tests.helpers import ROOT, clip, tiny_config
 
 
 def test_unknown_key_is_an_error_naming_it(tmp_path) -> None:

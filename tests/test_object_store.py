@@ -20,7 +20,7 @@ import pytest
 from pipeline import schema as S
 from pipeline.lock import EXIT_LOCKED, DatabaseLock, LockBusy
 from pipeline.store import FAULT_ENV, Store
-from tests.test_resume import assert_same_tables
+from tests.helpers import assert_same_tables
 
 ROOT = Path(__file__).resolve().parent.parent
 DIM = 64

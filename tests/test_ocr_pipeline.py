@@ -13,7 +13,7 @@ from pipeline import schema as S
 from pipeline.ocr_clips import FONT_DIR, ClipSpec, DrawnText, build_clip
 from pipeline.store import Store
 from pipeline.text_search import TextSearcher
-from tests.conftest import tiny_config
+from tests.helpers import tiny_config
 
 GATE = DrawnText(text="GATE 7 CLOSED", start=1.4, end=4.6, font="DejaVuSans-Bold.ttf", size=36, x=0.08, y=0.72)
 

@@ -11,7 +11,7 @@ from PIL import Image, ImageDraw
 
 from operators.encoders import build_encoder
 from operators.regions import RegionConfig, crop_boxes, crop_embeddings, grid_boxes, roi_embeddings
-from tests.conftest import clip, tiny_config
+from tests.helpers import clip, tiny_config
 
 
 @pytest.fixture(scope="module")

@@ -22,7 +22,7 @@ from operators.rerank import (
     scaled_dot_product_attention,
 )
 from pipeline.search import Searcher, load_image
-from tests.conftest import tiny_config
+from tests.helpers import tiny_config
 
 VOCAB = ["[PAD]", "[UNK]", "[CLS]", "[SEP]", "[MASK]", *"a the of person dog cat flower book car red on in".split()]
 

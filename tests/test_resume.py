@@ -17,16 +17,15 @@ import sys
 import time
 from pathlib import Path
 
-import numpy as np
-import pyarrow as pa
 import pytest
 
 from pipeline import schema as S
 from pipeline.lock import EXIT_LOCKED, lock_path
 from pipeline.store import FAULT_ENV, Store
+from tests.helpers import TINY_DIM, assert_same_tables
 
 ROOT = Path(__file__).resolve().parent.parent
-DIM = 64  # the tiny config's embedding width
+DIM = TINY_DIM
 
 
 def cli(db: Path, inputs: list[str], address: str, *extra: str) -> list[str]:
@@ -46,28 +45,6 @@ def cli(db: Path, inputs: list[str], address: str, *extra: str) -> list[str]:
         "db.commit_every_videos=1",  # one commit per video, so a run has several
         *extra,
     ]
-
-
-def table(store: Store, name: str) -> pa.Table:
-    return store.rows(name).sort_by(S.KEYS[name])
-
-
-def assert_same_tables(got: Store, want: Store) -> None:
-    """Same ids in every table, no duplicates, nothing missing, same content (embeddings up to float noise)."""
-    for name in (S.VIDEOS, *S.CONTENT_TABLES):
-        a, b = table(got, name), table(want, name)
-        key = S.KEYS[name]
-        ids = a.column(key).to_pylist()
-        assert len(ids) == len(set(ids)), f"duplicate keys in {name}"
-        assert ids == b.column(key).to_pylist(), f"{name}: different ids"
-        if name == S.VIDEOS:
-            assert set(a.column("status").to_pylist()) == {S.STATUS_COMPLETE}
-            for col in ("fingerprint", "path", "n_samples", "pipeline_version"):
-                assert a.column(col).to_pylist() == b.column(col).to_pylist(), col
-        if "embedding" in a.column_names:
-            ea = np.asarray(a.column("embedding").to_pylist(), np.float32)
-            eb = np.asarray(b.column("embedding").to_pylist(), np.float32)
-            np.testing.assert_allclose(ea, eb, atol=2e-4, err_msg=name)
 
 
 def test_driver_sigkilled_mid_commit_then_rerun_equals_uninterrupted_run(

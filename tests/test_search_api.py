@@ -17,8 +17,7 @@ import pytest
 
 from pipeline import schema as S
 from pipeline.search import Searcher
-from tests.conftest import ROOT
-from tests.test_server import AUTH, TOKEN, free_port
+from tests.helpers import AUTH, ROOT, TOKEN, free_port
 
 
 @pytest.fixture(scope="module")

@@ -19,7 +19,7 @@ from pipeline import contexts as C
 from pipeline import schema as S
 from pipeline.search import Searcher, SearchResult
 from pipeline.store import Store, in_list
-from tests.conftest import tiny_config
+from tests.helpers import tiny_config
 
 DIM = 8
 N_VIDEOS = 5

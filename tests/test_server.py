@@ -4,13 +4,10 @@ text and by uploaded image, videos and thumbnails, media with HTTP Range, traver
 
 from __future__ import annotations
 
-import contextlib
 import http.client
 import os
 import shutil
-import socket
 import threading
-import time
 from collections.abc import Iterator
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
@@ -23,37 +20,9 @@ from pipeline import schema as S
 from pipeline.search import Searcher
 from pipeline.server import create_app
 from pipeline.store import Store
+from tests.helpers import AUTH, TOKEN, running
 
-TOKEN = "s3cret-token-for-tests"
-AUTH = {"Authorization": f"Bearer {TOKEN}"}
 JSON = {"content-type": "application/json"}
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
-
-
-@contextlib.contextmanager
-def running(app) -> Iterator[str]:
-    """``app`` served by uvicorn on 127.0.0.1 in a thread; yields its base URL."""
-    import uvicorn
-
-    port = free_port()
-    server = uvicorn.Server(uvicorn.Config(app, host="127.0.0.1", port=port, log_level="warning"))
-    thread = threading.Thread(target=server.run, daemon=True)
-    thread.start()
-    deadline = time.monotonic() + 60
-    while not server.started:
-        if time.monotonic() > deadline or not thread.is_alive():
-            raise RuntimeError("uvicorn did not start")
-        time.sleep(0.05)
-    try:
-        yield f"http://127.0.0.1:{port}"
-    finally:
-        server.should_exit = True
-        thread.join(timeout=10)
 
 
 def raw_get(base: str, target: str, headers: dict[str, str] | None = None) -> tuple[int, bytes]:

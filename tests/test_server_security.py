@@ -21,8 +21,7 @@ import pytest
 from pipeline import schema as S
 from pipeline.catalog import fingerprint
 from pipeline.server import create_app
-from tests.conftest import TESTDATA, tiny_config
-from tests.test_server import running
+from tests.helpers import TESTDATA, running, tiny_config
 
 TOKEN = "pässwörd-✓-τ"  # non-ASCII on purpose: compared as UTF-8 bytes
 AUTH = {"Authorization": b"Bearer " + TOKEN.encode()}

@@ -33,7 +33,7 @@ from pipeline.evaluate_shots import (
     prf,
     segment_tious,
 )
-from tests.conftest import ROOT, clip
+from tests.helpers import ROOT, clip
 
 TOL = 3 / 25
 HARD = {

@@ -12,7 +12,7 @@ import pytest
 from pipeline import schema as S
 from pipeline.evaluate_shots import ShotManifest, build_clip
 from pipeline.store import Store
-from tests.conftest import TESTDATA, tiny_config
+from tests.helpers import TESTDATA, tiny_config
 
 PARTS = ["mmaction2/test.mp4", "mmaction2/demo.mp4", "decord/flipping_a_pancake.mkv"]
 CUTS = [2.0, 4.0]

@@ -9,107 +9,16 @@ import subprocess
 import sys
 from pathlib import Path
 
-import numpy as np
-import pyarrow as pa
 import pytest
 
 from pipeline import schema as S
 from pipeline.lock import EXIT_LOCKED, DatabaseLock, LockBusy, lock_path
 from pipeline.maintenance import prune
 from pipeline.store import Store
+from tests.helpers import SYNTHETIC_DIM, content, tables_of, video_row
 
-DIM = 8
+DIM = SYNTHETIC_DIM
 ROOT = Path(__file__).resolve().parent.parent
-
-
-def video_row(vid: str, path: str = "/videos/x.mp4", version: str = "v1") -> dict:
-    return {
-        "video_id": vid,
-        "fingerprint": f"fp-{vid}",
-        "path": path,
-        "size_bytes": 1,
-        "duration_s": 4.0,
-        "fps": 25.0,
-        "n_frames": 100,
-        "width": 64,
-        "height": 48,
-        "rotation": 0,
-        "backend": "test",
-        "n_samples": 4,
-        "status": S.STATUS_STARTED,
-        "pipeline_version": version,
-        "run_id": "",
-        "indexed_at": None,
-    }
-
-
-def content(vid: str, times: list[float], seed: int = 0, classes: tuple[str, ...] = ("person", "dog")) -> dict:
-    """One video's rows for every content table; keys derive from (video, t) like the assembler's."""
-    rng = np.random.default_rng(seed)
-    n = len(times)
-    emb = pa.FixedSizeListArray.from_arrays(pa.array(rng.normal(size=n * DIM).astype(np.float32)), DIM)
-    fid = [S.make_id("frame", vid, t) for t in times]
-    names = [[classes[i % len(classes)]] for i in range(n)]
-    frames = pa.table(
-        {
-            "frame_id": fid,
-            "video_id": [vid] * n,
-            "t": pa.array(times, pa.float64()),
-            "frame_idx": pa.array([int(t * 25) for t in times], pa.int64()),
-            "embedding": emb,
-            "boxes": pa.array([[] for _ in times], pa.list_(S.BOX)),
-            "class_names": pa.array(names, pa.list_(pa.string())),
-        },
-        schema=S.frames_schema(DIM),
-    )
-    segments = pa.table(
-        {
-            "segment_id": [S.make_id("segment", vid, t) for t in times],
-            "video_id": [vid] * n,
-            "start_s": pa.array(times, pa.float64()),
-            "end_s": pa.array([t + 1 for t in times], pa.float64()),
-            "n_frames": pa.array([1] * n, pa.int32()),
-            "embedding": emb,
-            "thumb_id": fid,
-            "class_names": pa.array(names, pa.list_(pa.string())),
-        },
-        schema=S.segments_schema(DIM),
-    )
-    tracks = pa.table(
-        {
-            "track_id": [S.make_id("track", vid, i) for i in range(n)],
-            "video_id": [vid] * n,
-            "tracker_id": pa.array(range(n), pa.int64()),
-            "class_name": [classes[i % len(classes)] for i in range(n)],
-            "conf_mean": pa.array([0.5] * n, pa.float32()),
-            "t_first": pa.array(times, pa.float64()),
-            "t_last": pa.array(times, pa.float64()),
-            "duration_s": pa.array([0.0] * n, pa.float64()),
-            "n_obs": pa.array([1] * n, pa.int32()),
-            "trajectory": pa.array([[] for _ in times], pa.list_(S.OBSERVATION)),
-            "embedding": emb,
-            "best_t": pa.array(times, pa.float64()),
-            "best_box": pa.array([[0.1, 0.1, 0.5, 0.5]] * n, pa.list_(pa.float32(), 4)),
-            "thumb_id": fid,
-        },
-        schema=S.tracks_schema(DIM),
-    )
-    thumbs = pa.table(
-        {
-            "thumb_id": fid,
-            "video_id": [vid] * n,
-            "t": pa.array(times, pa.float64()),
-            "width": pa.array([4] * n, pa.int32()),
-            "height": pa.array([3] * n, pa.int32()),
-            "jpeg": pa.array([b"jpeg"] * n, pa.binary()),
-        },
-        schema=S.thumbnails_schema(),
-    )
-    return {S.FRAMES: frames, S.SEGMENTS: segments, S.TRACKS: tracks, S.THUMBNAILS: thumbs}
-
-
-def tables_of(*groups: dict) -> dict[str, list[pa.Table]]:
-    return {name: [g[name] for g in groups if name in g] for name in S.CONTENT_TABLES}
 
 
 def keys(store: Store, name: str, where: str | None = None) -> list[str]:

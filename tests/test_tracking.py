@@ -20,7 +20,7 @@ from operators.detect_track import DetectConfig, Detector, FrameDetections
 from operators.embed import Embed, Preprocess
 from operators.regions import RegionConfig
 from pipeline.assembly import assemble_tables
-from tests.conftest import clip, tiny_config
+from tests.helpers import clip, tiny_config
 
 W, H = 1920, 1080
 DROP = 0.10  # fraction of ground-truth detections removed

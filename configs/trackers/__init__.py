@@ -1,0 +1,1 @@
+"""Tracker settings in ultralytics' own format (package data of ``configs``)."""

@@ -1,0 +1,184 @@
+"""What several test modules share: paths and test media, the tiny config, synthetic store rows, table
+comparison, and a live server. Test modules import from here, never from each other or from ``conftest.py``."""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import socket
+import threading
+import time
+from collections.abc import Iterator
+from pathlib import Path
+
+import numpy as np
+import pyarrow as pa
+import pytest
+
+from pipeline import schema as S
+from pipeline.store import Store
+
+ROOT = Path(__file__).resolve().parent.parent
+TESTDATA = Path(os.environ.get("VIDSEARCH_TESTDATA", ROOT.parent / "shared" / "testdata")).resolve()
+
+
+def clip(rel: str) -> str:
+    path = TESTDATA / rel
+    if not path.exists():
+        pytest.skip(f"test media {rel} is not available under {TESTDATA}")
+    return str(path)
+
+
+TINY_DIM = 64  # the tiny config's embedding width
+SYNTHETIC_DIM = 8  # the width of the synthetic rows below
+
+
+def tiny_config(db_path: str | Path, *overrides: str):
+    from pipeline.config import load_config
+
+    return load_config("tiny", [f"db.path={db_path}", *overrides])
+
+
+def video_row(vid: str, path: str = "/videos/x.mp4", version: str = "v1") -> dict:
+    return {
+        "video_id": vid,
+        "fingerprint": f"fp-{vid}",
+        "path": path,
+        "size_bytes": 1,
+        "duration_s": 4.0,
+        "fps": 25.0,
+        "n_frames": 100,
+        "width": 64,
+        "height": 48,
+        "rotation": 0,
+        "backend": "test",
+        "n_samples": 4,
+        "status": S.STATUS_STARTED,
+        "pipeline_version": version,
+        "run_id": "",
+        "indexed_at": None,
+    }
+
+
+def content(vid: str, times: list[float], seed: int = 0, classes: tuple[str, ...] = ("person", "dog")) -> dict:
+    """One video's rows for every content table; keys derive from (video, t) like the assembler's."""
+    rng = np.random.default_rng(seed)
+    n = len(times)
+    emb = pa.FixedSizeListArray.from_arrays(
+        pa.array(rng.normal(size=n * SYNTHETIC_DIM).astype(np.float32)), SYNTHETIC_DIM
+    )
+    fid = [S.make_id("frame", vid, t) for t in times]
+    names = [[classes[i % len(classes)]] for i in range(n)]
+    frames = pa.table(
+        {
+            "frame_id": fid,
+            "video_id": [vid] * n,
+            "t": pa.array(times, pa.float64()),
+            "frame_idx": pa.array([int(t * 25) for t in times], pa.int64()),
+            "embedding": emb,
+            "boxes": pa.array([[] for _ in times], pa.list_(S.BOX)),
+            "class_names": pa.array(names, pa.list_(pa.string())),
+        },
+        schema=S.frames_schema(SYNTHETIC_DIM),
+    )
+    segments = pa.table(
+        {
+            "segment_id": [S.make_id("segment", vid, t) for t in times],
+            "video_id": [vid] * n,
+            "start_s": pa.array(times, pa.float64()),
+            "end_s": pa.array([t + 1 for t in times], pa.float64()),
+            "n_frames": pa.array([1] * n, pa.int32()),
+            "embedding": emb,
+            "thumb_id": fid,
+            "class_names": pa.array(names, pa.list_(pa.string())),
+        },
+        schema=S.segments_schema(SYNTHETIC_DIM),
+    )
+    tracks = pa.table(
+        {
+            "track_id": [S.make_id("track", vid, i) for i in range(n)],
+            "video_id": [vid] * n,
+            "tracker_id": pa.array(range(n), pa.int64()),
+            "class_name": [classes[i % len(classes)] for i in range(n)],
+            "conf_mean": pa.array([0.5] * n, pa.float32()),
+            "t_first": pa.array(times, pa.float64()),
+            "t_last": pa.array(times, pa.float64()),
+            "duration_s": pa.array([0.0] * n, pa.float64()),
+            "n_obs": pa.array([1] * n, pa.int32()),
+            "trajectory": pa.array([[] for _ in times], pa.list_(S.OBSERVATION)),
+            "embedding": emb,
+            "best_t": pa.array(times, pa.float64()),
+            "best_box": pa.array([[0.1, 0.1, 0.5, 0.5]] * n, pa.list_(pa.float32(), 4)),
+            "thumb_id": fid,
+        },
+        schema=S.tracks_schema(SYNTHETIC_DIM),
+    )
+    thumbs = pa.table(
+        {
+            "thumb_id": fid,
+            "video_id": [vid] * n,
+            "t": pa.array(times, pa.float64()),
+            "width": pa.array([4] * n, pa.int32()),
+            "height": pa.array([3] * n, pa.int32()),
+            "jpeg": pa.array([b"jpeg"] * n, pa.binary()),
+        },
+        schema=S.thumbnails_schema(),
+    )
+    return {S.FRAMES: frames, S.SEGMENTS: segments, S.TRACKS: tracks, S.THUMBNAILS: thumbs}
+
+
+def tables_of(*groups: dict) -> dict[str, list[pa.Table]]:
+    return {name: [g[name] for g in groups if name in g] for name in S.CONTENT_TABLES}
+
+
+def table(store: Store, name: str) -> pa.Table:
+    return store.rows(name).sort_by(S.KEYS[name])
+
+
+def assert_same_tables(got: Store, want: Store) -> None:
+    """Same ids in every table, no duplicates, nothing missing, same content (embeddings up to float noise)."""
+    for name in (S.VIDEOS, *S.CONTENT_TABLES):
+        a, b = table(got, name), table(want, name)
+        key = S.KEYS[name]
+        ids = a.column(key).to_pylist()
+        assert len(ids) == len(set(ids)), f"duplicate keys in {name}"
+        assert ids == b.column(key).to_pylist(), f"{name}: different ids"
+        if name == S.VIDEOS:
+            assert set(a.column("status").to_pylist()) == {S.STATUS_COMPLETE}
+            for col in ("fingerprint", "path", "n_samples", "pipeline_version"):
+                assert a.column(col).to_pylist() == b.column(col).to_pylist(), col
+        if "embedding" in a.column_names:
+            ea = np.asarray(a.column("embedding").to_pylist(), np.float32)
+            eb = np.asarray(b.column("embedding").to_pylist(), np.float32)
+            np.testing.assert_allclose(ea, eb, atol=2e-4, err_msg=name)
+
+
+TOKEN = "s3cret-token-for-tests"
+AUTH = {"Authorization": f"Bearer {TOKEN}"}
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+@contextlib.contextmanager
+def running(app) -> Iterator[str]:
+    """``app`` served by uvicorn on 127.0.0.1 in a thread; yields its base URL."""
+    import uvicorn
+
+    port = free_port()
+    server = uvicorn.Server(uvicorn.Config(app, host="127.0.0.1", port=port, log_level="warning"))
+    thread = threading.Thread(target=server.run, daemon=True)
+    thread.start()
+    deadline = time.monotonic() + 60
+    while not server.started:
+        if time.monotonic() > deadline or not thread.is_alive():
+            raise RuntimeError("uvicorn did not start")
+        time.sleep(0.05)
+    try:
+        yield f"http://127.0.0.1:{port}"
+    finally:
+        server.should_exit = True
+        thread.join(timeout=10)
