@@ -138,8 +138,7 @@ def start_ray(cfg: Any, address: str | None, verbose: bool = False) -> None:
     quiet = quiet_ray(verbose)
     address = address or cfg.ray.address
     if address:
-        ray.init(address=address, log_to_driver=False, runtime_env=job_runtime_env(cfg.ray.runtime_env, cfg.db.path))
-        ray.init(address=address, runtime_env=cfg.ray.runtime_env, **quiet)
+        ray.init(address=address, runtime_env=job_runtime_env(cfg.ray.runtime_env, cfg.db.path), **quiet)
     else:
         ray.init(num_cpus=cfg.ray.num_cpus, include_dashboard=False, **quiet)
     logging.getLogger(__name__).info("Ray session logs (workers, raylet, Ray Data): %s", ray_log_dir())
