@@ -5,9 +5,9 @@ conditional writes, so it excludes runs started from any machine.
 - keep: a thread re-writes it every ``lease_s / 3`` with ``If-Match: <etag it wrote>``; a 412 there means the
   lease was lost (the run went silent longer than the lease and another run took over);
 - release: ``DeleteObject(If-Match: <etag>)``;
-- a holder that died (SIGKILL, node loss) stops renewing: once its expiry has passed, the next run deletes
-  the object with ``If-Match`` on the etag it read (two runs racing for a stale lease: one delete wins) and
-  takes it.
+- a holder that died (SIGKILL, node loss) stops renewing: once its expiry has passed (at once when it ran
+  on this machine and its process is gone), the next run deletes the object with ``If-Match`` on the etag it
+  read (two runs racing for a stale lease: one delete wins) and takes it.
 Endpoint and credentials come from the standard variables (``pipeline/fragments.storage_options``).
 """
 
@@ -42,6 +42,20 @@ def _client() -> Any:
 
 def _status(exc: Exception) -> int:
     return int(getattr(exc, "response", {}).get("ResponseMetadata", {}).get("HTTPStatusCode", 0))
+
+
+def _dead_here(holder: dict[str, Any]) -> bool:
+    """Whether the holder ran on this machine and its process is gone (killed): no need to wait for its lease
+    to expire. A holder on another machine is only known dead by its expiry."""
+    if holder.get("host") != socket.gethostname():
+        return False
+    try:
+        os.kill(int(holder.get("pid", 0)), 0)
+    except ProcessLookupError:
+        return True
+    except (OSError, ValueError):
+        return False
+    return False
 
 
 class S3Lease:
@@ -87,7 +101,7 @@ class S3Lease:
             holder, etag = self._read()
             if holder is None:
                 continue  # released meanwhile: try again
-            if float(holder.get("expires", 0)) > time.time():
+            if float(holder.get("expires", 0)) > time.time() and not _dead_here(holder):
                 return holder
             log.warning("taking over the expired lock %s of %s", self.path, holder)
             try:
