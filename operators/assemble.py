@@ -151,7 +151,8 @@ class VideoAssembler:
                     self._close_tube(tid)
                 self.tracker = VideoTracker(self.detect, self.sample_fps)
             self.shot = int(self.windows[k, 2])
-        boxes = self._track(row, fid) if self.tracker is not None else []
+        w, h = _jpeg_size(row["thumb"])
+        boxes = self._track(row, fid, w, h) if self.tracker is not None else []
         classes = sorted({b["class_name"] for b in boxes})
         self.emit(
             FRAMES,
@@ -167,7 +168,6 @@ class VideoAssembler:
                 }
             ],
         )
-        w, h = _jpeg_size(row["thumb"])
         self.emit(
             THUMBNAILS,
             [{"thumb_id": fid, "video_id": self.video_id, "t": t, "width": w, "height": h, "jpeg": row["thumb"]}],
@@ -185,13 +185,12 @@ class VideoAssembler:
         self.window.frame_ids.append(fid)
         self.window.classes.update(classes)
 
-    def _track(self, row: Row, fid: str) -> list[Row]:
+    def _track(self, row: Row, fid: str, w: int, h: int) -> list[Row]:
         assert self.tracker is not None and self.detect is not None
         boxes = np.asarray(row["det_boxes"], dtype=np.float32).reshape(-1, 4)
         conf = np.asarray(row["det_conf"], dtype=np.float32)
         names = json.loads(row["det_names"])
-        image = _thumb_image(row["thumb"])
-        h, w = image.shape[:2]
+        image = _thumb_image(row["thumb"]) if self.tracker.needs_image else None  # decoding costs ~1.5 ms
         ids = self.tracker.update(boxes * np.array([w, h, w, h], np.float32), conf, names, image)
         masks = row.get("det_masks")
         regions = row.get("region_emb")

@@ -224,6 +224,8 @@ class VideoTracker:
 
         args = tracker_args(cfg, sample_fps)
         self.tracker = TRACKER_MAP[args.tracker_type](args)
+        # Only BoT-SORT's camera-motion compensation looks at the picture; ByteTrack needs boxes alone.
+        self.needs_image = args.tracker_type == "botsort" and str(getattr(args, "gmc_method", "none")) != "none"
         self.classes: dict[str, int] = {}
 
     def update(
