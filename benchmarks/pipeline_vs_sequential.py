@@ -184,17 +184,18 @@ def _commit(store: Any, pending: list[tuple[dict[str, Any], dict[str, Any]]]) ->
 # -- the Ray pipeline ------------------------------------------------------------------------------------------
 def run_ray(cfg: Any, paths: list[str]) -> dict[str, Any]:
     """``run_index`` on the already started local Ray; captures the dataset to read its stats afterwards."""
+    import pipeline.ingest as ingest_mod
     import pipeline.runner as runner_mod
 
     captured: list[Any] = []
-    original = runner_mod.build_dataset
+    original = ingest_mod.build_dataset
 
     def capture(*a: Any, **kw: Any) -> Any:
         ds = original(*a, **kw)
         captured.append(ds)
         return ds
 
-    runner_mod.build_dataset = capture
+    ingest_mod.build_dataset = capture
     try:
         _, cpu0 = cpu_seconds()
         t0 = time.perf_counter()
@@ -202,7 +203,7 @@ def run_ray(cfg: Any, paths: list[str]) -> dict[str, Any]:
         wall = time.perf_counter() - t0
         cpu = cpu_seconds(cpu0)[0]
     finally:
-        runner_mod.build_dataset = original
+        ingest_mod.build_dataset = original
     assert summary.failed == 0, summary.failures
     ds = captured[0] if captured else None
     return {"wall_s": wall, "frames": summary.frames, "summary": summary, "ds": ds, "cpu_s": cpu}
