@@ -20,8 +20,6 @@ from __future__ import annotations
 
 import datetime as dt
 import json
-import os
-import signal
 from collections.abc import Iterable
 from typing import Any
 
@@ -45,18 +43,6 @@ def quote(value: str) -> str:
 
 def in_list(column: str, values: Iterable[str]) -> str:
     return f"{column} IN ({', '.join(quote(v) for v in values)})"
-
-
-#: Test hook: ``VIDSEARCH_FAULT=after-rows:N`` makes the process SIGKILL itself in its N-th commit, after the
-#: content rows are written and before the videos are marked complete (the worst moment for a crash).
-FAULT_ENV = "VIDSEARCH_FAULT"
-_commits = 0
-
-
-def _fault_point(point: str) -> None:
-    spec = os.environ.get(FAULT_ENV, "")
-    if spec.partition(":")[0] == point and str(_commits) == spec.partition(":")[2]:
-        os.kill(os.getpid(), signal.SIGKILL)
 
 
 class Store:
@@ -166,14 +152,11 @@ class Store:
         ``replaces``: new id -> ids of the videos whose file it replaced (same path, new content), deleted once
         the new video is complete.
         """
-        global _commits
-        _commits += 1
         ids = [v["video_id"] for v in videos]
         again = sorted((set(reindexed) & set(ids)) | self._complete_among(ids))
         for name in S.CONTENT_TABLES:
             self.table(name)  # exists before the first commit
             commit_table(self.uri, name, fragments.get(name, []), in_list("video_id", again) if again else None)
-        _fault_point("after-rows")
         rows = [{**v, "status": S.STATUS_COMPLETE, "indexed_at": now()} for v in videos]
         self._upsert(S.VIDEOS, pa.Table.from_pylist(rows, schema=S.videos_schema()))
         old_ids = sorted({o for i in ids for o in (replaces or {}).get(i, []) if o not in ids})

@@ -182,3 +182,11 @@ def running(app) -> Iterator[str]:
     finally:
         server.should_exit = True
         thread.join(timeout=10)
+
+
+def killed_mid_commit_env(nth: int) -> dict[str, str]:
+    """The environment of a CLI run that SIGKILLs itself in its ``nth`` commit, after the content tables are
+    committed and before the videos are marked complete (see ``tests/faultinject/sitecustomize.py``)."""
+    hooks = str(ROOT / "tests" / "faultinject")
+    path = os.pathsep.join(p for p in (hooks, os.environ.get("PYTHONPATH", "")) if p)
+    return {**os.environ, "PYTHONPATH": path, "VIDSEARCH_FAULT": f"after-rows:{nth}"}

@@ -19,8 +19,8 @@ import pytest
 
 from pipeline import schema as S
 from pipeline.lock import EXIT_LOCKED, DatabaseLock, LockBusy
-from pipeline.store import FAULT_ENV, Store
-from tests.helpers import assert_same_tables
+from pipeline.store import Store
+from tests.helpers import assert_same_tables, killed_mid_commit_env
 
 ROOT = Path(__file__).resolve().parent.parent
 DIM = 64
@@ -68,9 +68,7 @@ def test_index_search_rerun_and_resume_on_an_s3_database(s3_env, sample_folder, 
     )
 
     # Killed in its 2nd commit (rows of a video committed, the video not complete), then the same command.
-    first = subprocess.run(
-        index, cwd=ROOT, env={**os.environ, FAULT_ENV: "after-rows:2"}, capture_output=True, text=True
-    )
+    first = subprocess.run(index, cwd=ROOT, env=killed_mid_commit_env(2), capture_output=True, text=True)
     assert first.returncode == -signal.SIGKILL, first.stderr[-3000:]
     store = Store(db, DIM)
     assert store.status_counts().get(S.STATUS_STARTED) == 2

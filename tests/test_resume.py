@@ -9,7 +9,6 @@ The uninterrupted reference is the session's ``indexed_db`` (the same folder and
 from __future__ import annotations
 
 import json
-import os
 import shutil
 import signal
 import subprocess
@@ -21,8 +20,8 @@ import pytest
 
 from pipeline import schema as S
 from pipeline.lock import EXIT_LOCKED, lock_path
-from pipeline.store import FAULT_ENV, Store
-from tests.helpers import TINY_DIM, assert_same_tables
+from pipeline.store import Store
+from tests.helpers import TINY_DIM, assert_same_tables, killed_mid_commit_env
 
 ROOT = Path(__file__).resolve().parent.parent
 DIM = TINY_DIM
@@ -58,7 +57,7 @@ def test_driver_sigkilled_mid_commit_then_rerun_equals_uninterrupted_run(
 
     # Run 1: the driver SIGKILLs itself in its 2nd commit, after that video's rows are written to every
     # table and before it is marked complete.
-    first = subprocess.run(cmd, cwd=ROOT, env={**os.environ, FAULT_ENV: "after-rows:2"}, capture_output=True, text=True)
+    first = subprocess.run(cmd, cwd=ROOT, env=killed_mid_commit_env(2), capture_output=True, text=True)
     assert first.returncode == -signal.SIGKILL, first.stderr[-3000:]
     store = Store(str(db), DIM)
     status = store.status_counts()

@@ -1,0 +1,58 @@
+"""Fault injection for tests, loaded only by processes a test starts with this folder on PYTHONPATH
+(``tests.helpers.killed_mid_commit_env``): ``VIDSEARCH_FAULT=after-rows:N`` makes the process SIGKILL itself
+in its N-th commit, after the content tables are committed and before the videos are marked complete (the
+worst moment for a crash). Production code carries no hook: ``pipeline.store`` is patched as it is imported.
+"""
+
+from __future__ import annotations
+
+import importlib.abc
+import importlib.util
+import os
+import signal
+import sys
+from typing import Any
+
+SPEC = os.environ.get("VIDSEARCH_FAULT", "")
+
+
+def _patch(store_module: Any) -> None:
+    point, _, nth = SPEC.partition(":")
+    if point != "after-rows":
+        return
+    original = store_module.Store._upsert
+    seen = {"commits": 0}
+
+    def upsert(self: Any, name: str, rows: Any) -> None:
+        # The flip of a group's videos to complete is the one videos upsert whose rows are all complete.
+        if name == "videos" and set(rows.column("status").to_pylist()) == {"complete"}:
+            seen["commits"] += 1
+            if str(seen["commits"]) == nth:
+                os.kill(os.getpid(), signal.SIGKILL)
+        original(self, name, rows)
+
+    store_module.Store._upsert = upsert
+
+
+class _Finder(importlib.abc.MetaPathFinder):
+    def find_spec(self, name: str, path: Any, target: Any = None) -> Any:
+        if name != "pipeline.store":
+            return None
+        sys.meta_path.remove(self)
+        spec = importlib.util.find_spec(name)
+        sys.meta_path.insert(0, self)
+        if spec is None or spec.loader is None:
+            return spec
+        loader = spec.loader
+        exec_module = loader.exec_module
+
+        def patched(module: Any) -> None:
+            exec_module(module)
+            _patch(module)
+
+        loader.exec_module = patched  # type: ignore[method-assign]
+        return spec
+
+
+if SPEC:
+    sys.meta_path.insert(0, _Finder())
