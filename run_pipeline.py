@@ -10,6 +10,8 @@ import sys
 import tempfile
 from typing import Any
 
+from operators.contract import LEVELS, RERANK_NONE
+
 VERBOSE_HELP = "also show Ray's, Ray Data's and LanceDB's logs on the terminal (they always go to the log file)"
 
 
@@ -46,9 +48,7 @@ def parser() -> argparse.ArgumentParser:
     p.add_argument("--image", help="query by example image file")
     _common(p)
     p.add_argument("-k", type=int, default=10)
-    p.add_argument(
-        "--level", default="segments", choices=["segments", "frames", "tracks", "texts"], help="texts: on-screen text"
-    )
+    p.add_argument("--level", default="segments", choices=[*LEVELS, "texts"], help="texts: on-screen text")
     p.add_argument("--class", dest="classes", action="append", help="keep hits with this object class (repeatable)")
     p.add_argument("--video-id", dest="video_ids", action="append")
     p.add_argument("--path-glob")
@@ -273,7 +273,7 @@ def cmd_search(args: argparse.Namespace) -> int:
             )
         return 0
     image = _read_image_arg(args.image) if args.image else None
-    rerank = None if args.rerank == "none" else args.rerank
+    rerank = None if args.rerank == RERANK_NONE else args.rerank
     results = Searcher(cfg.db.path, cfg).search(
         text=args.text, image=image, k=args.k, level=args.level, filters=_filters(args), rerank=rerank
     )

@@ -10,6 +10,7 @@ from __future__ import annotations
 import hashlib
 import os
 import uuid
+from typing import Literal, get_args
 
 NAMESPACE = uuid.UUID("6f1d2f1c-3a57-4a38-9c1e-5b1c0f7d2a90")
 
@@ -22,6 +23,22 @@ TEXTS = "texts"  # on-screen text spans
 
 #: Tables that hold a video's indexed rows; all of them are written before the video is marked complete.
 CONTENT_TABLES = (FRAMES, SEGMENTS, TRACKS, THUMBNAILS, TEXTS)
+
+#: Tables searchable by vector, and so valid search ``level`` values.
+Level = Literal["segments", "frames", "tracks"]
+LEVELS: tuple[str, ...] = get_args(Level)
+assert LEVELS == (SEGMENTS, FRAMES, TRACKS)
+
+#: The ``rerank`` argument's sentinels: the config's re-ranker, or none at all (stage-1 order).
+RERANK_DEFAULT = "default"
+RERANK_NONE = "none"
+
+
+def rerank_choice(value: str | None, configured: str | None) -> str | None:
+    """The re-ranker a request names: ``None`` / "none" -> no re-ranking; "default" -> ``configured``."""
+    if value is None or value == RERANK_NONE:
+        return None
+    return configured if value == RERANK_DEFAULT else value
 
 
 def make_id(*parts: object) -> str:

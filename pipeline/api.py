@@ -14,7 +14,7 @@ import os
 import re
 import threading
 import time
-from typing import Any, Literal
+from typing import Any
 
 import numpy as np
 from fastapi.encoders import jsonable_encoder
@@ -23,6 +23,7 @@ from pydantic import BaseModel, ConfigDict
 from pipeline import schema as S
 from pipeline.config import Config
 from pipeline.media import Verifier, media_type
+from pipeline.schema import Level
 from pipeline.search import Filters, Searcher
 from pipeline.store import Store, quote
 
@@ -38,7 +39,7 @@ class SearchRequest(BaseModel):
 
     text: str | None = None
     k: int = 10
-    level: Literal["segments", "frames", "tracks"] = "segments"
+    level: Level = "segments"
     filters: Filters | None = None
     rerank: str | None = "default"  # a re-ranker name, "default" (the config's), or null / "none"
 
@@ -69,8 +70,8 @@ class Api:
 
     def search(self, req: SearchRequest, image: np.ndarray | None) -> dict[str, Any]:
         """``image``: the upload, already decoded (once, by the route, outside any lock)."""
-        rerank = None if req.rerank in (None, "none") else req.rerank
-        name = self.cfg.search.rerank if rerank == "default" else rerank
+        rerank = None if req.rerank in (None, S.RERANK_NONE) else req.rerank
+        name = S.rerank_choice(rerank, self.cfg.search.rerank)
         t0 = time.perf_counter()
         self.store()
         serial = self.serial or name not in THREAD_SAFE_RERANKERS or name not in self._warm

@@ -25,12 +25,13 @@ import os
 import statistics
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Literal
+from typing import Any
 
 import numpy as np
 import yaml
 
 from operators.base import StrictModel
+from operators.contract import Level
 
 Span = tuple[float, float]
 Box4 = tuple[float, float, float, float]
@@ -67,7 +68,7 @@ class QuerySpec(StrictModel):
 class Manifest(StrictModel):
     name: str = ""
     description: str = ""
-    level: Literal["segments", "frames", "tracks"] = "segments"
+    level: Level = "segments"
     videos: list[str] = []  # indexed besides the queries' videos (distractors)
     queries: list[QuerySpec]
 

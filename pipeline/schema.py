@@ -12,14 +12,42 @@ from __future__ import annotations
 
 import pyarrow as pa
 
-from operators.contract import CONTENT_TABLES, FRAMES, SEGMENTS, TEXTS, THUMBNAILS, TRACKS, VIDEOS, make_id
+from operators.contract import (
+    CONTENT_TABLES,
+    FRAMES,
+    LEVELS,
+    RERANK_DEFAULT,
+    RERANK_NONE,
+    SEGMENTS,
+    TEXTS,
+    THUMBNAILS,
+    TRACKS,
+    VIDEOS,
+    Level,
+    make_id,
+    rerank_choice,
+)
 
-__all__ = ["CONTENT_TABLES", "FRAMES", "SEGMENTS", "TEXTS", "THUMBNAILS", "TRACKS", "VIDEOS", "make_id"]
+__all__ = [
+    "CONTENT_TABLES",
+    "FRAMES",
+    "LEVELS",
+    "RERANK_DEFAULT",
+    "RERANK_NONE",
+    "SEGMENTS",
+    "TEXTS",
+    "THUMBNAILS",
+    "TRACKS",
+    "VIDEOS",
+    "Level",
+    "make_id",
+    "rerank_choice",
+]
 
 FAILURES = "failures"
 RUNS = "runs"
 #: Tables searchable by vector, and so valid ``level`` values.
-LEVELS = (SEGMENTS, FRAMES, TRACKS)
+
 
 STATUS_STARTED = "started"
 STATUS_COMPLETE = "complete"

@@ -24,9 +24,9 @@ from operators.rerank import RERANKERS, Query, RerankInput, build_reranker
 from pipeline import schema as S
 from pipeline.config import Config
 from pipeline.contexts import contexts as span_contexts
+from pipeline.schema import Level
 from pipeline.store import Store, in_list, quote
 
-Level = Literal["segments", "frames", "tracks"]
 MAX_LIST = 1000  # values in one list filter
 MAX_VALUE_CHARS = 1000
 
@@ -227,7 +227,7 @@ class Searcher:
         if not isinstance(k, int) or isinstance(k, bool) or not 1 <= k <= self.cfg.search.max_k:
             raise SearchError(f"k must be an integer from 1 to {self.cfg.search.max_k}")
         filters = parse_filters(filters)
-        reranker = self.cfg.search.rerank if rerank == "default" else rerank
+        reranker = S.rerank_choice(rerank, self.cfg.search.rerank)
         if reranker is not None and (not isinstance(reranker, str) or reranker not in RERANKERS):
             raise SearchError(f"unknown re-ranker '{str(reranker)[:60]}'; choose one of {', '.join(RERANKERS)} or none")
         query = self.embed_query(text, image)

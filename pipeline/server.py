@@ -21,7 +21,7 @@ import hashlib
 import json
 import os
 import re
-from typing import Annotated, Any, Literal
+from typing import Annotated, Any
 
 from fastapi import FastAPI, Query, Request
 from fastapi.exceptions import RequestValidationError
@@ -39,6 +39,7 @@ from pipeline.api import Api, SearchRequest
 from pipeline.config import Config
 from pipeline.http_guard import LOOPBACK_HOSTS, Guard, LoginLimiter, Scope, Sessions, same_secret
 from pipeline.media import MediaResponse
+from pipeline.schema import Level
 from pipeline.search import Searcher, SearchError, load_image
 
 STATIC = os.path.join(os.path.dirname(os.path.abspath(__file__)), "static")
@@ -216,7 +217,7 @@ def create_app(
     def search_get(
         text: str | None = None,
         k: int = 10,
-        level: Literal["segments", "frames", "tracks"] = "segments",
+        level: Level = "segments",
         rerank: str | None = "default",
         video_ids: Annotated[list[str] | None, Query()] = None,
         path_glob: str | None = None,
