@@ -62,6 +62,10 @@ SCALAR_INDEXES: dict[str, dict[str, str]] = {
     S.THUMBNAILS: {"thumb_id": "BTREE", "video_id": "BTREE"},
 }
 #: Per table: columns with a full-text index.
+SCALAR_INDEXES[S.TEXTS] = {"text_id": "BTREE", "video_id": "BTREE"}
+#: The on-screen text's own full-text index (n-gram tokens, tolerant of OCR errors: pipeline/text_search.py).
+TEXT_FTS = "texts_fts"
+
 FTS_INDEXES: dict[str, list[str]] = {
     S.VIDEOS: ["path"],
     S.TRACKS: ["class_name"],
@@ -184,6 +188,11 @@ def _maintain_table(
             if ix_name not in existing:
                 table.create_index(column, config=FTS(), replace=True, name=ix_name)
                 report["actions"].append(f"FTS index on {column}")
+        if name == S.TEXTS and TEXT_FTS not in existing:
+            from pipeline.text_search import ensure_text_index
+
+            ensure_text_index(table)
+            report["actions"].append("FTS index (n-grams) on text")
     small = int(table.stats()["fragment_stats"]["num_small_fragments"])
     unindexed = sum(int(ix["unindexed_rows"] or 0) for ix in existing.values())
     if force or small >= cfg.compact_min_fragments or unindexed:
@@ -213,6 +222,8 @@ def needs_maintenance(store: Store, cfg: MaintenanceConfig) -> bool:
         ):
             return True
         if cfg.fts and n and any(f"{c}_fts" not in names for c in FTS_INDEXES.get(name, [])):
+            return True
+        if cfg.fts and n and name == S.TEXTS and TEXT_FTS not in names:
             return True
         if any((table.index_stats(ix) or _Empty).num_unindexed_rows for ix in names):
             return True

@@ -85,7 +85,8 @@ def test_driver_killed_from_outside_after_first_commit_then_rerun_equals_uninter
     ref_cfg, _ = indexed_db
     address = ray_session.get_runtime_context().gcs_address
     db = tmp_path / "db"
-    cmd = cli(db, [str(sample_folder)], address)
+    # One video decoded at a time, so videos finish (and commit) seconds apart, not in one burst.
+    cmd = cli(db, [str(sample_folder)], address, "--set", "ray.decode.concurrency=1")
     proc = subprocess.Popen(cmd, cwd=ROOT, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     store = Store(str(db), DIM)
     try:
