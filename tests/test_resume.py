@@ -85,13 +85,20 @@ def test_driver_killed_from_outside_after_first_commit_then_rerun_equals_uninter
     ref_cfg, _ = indexed_db
     address = ray_session.get_runtime_context().gcs_address
     db = tmp_path / "db"
-    # One video decoded at a time, so videos finish (and commit) seconds apart, not in one burst.
-    cmd = cli(db, [str(sample_folder)], address, "--set", "ray.decode.concurrency=1")
+    # One video decoded at a time and frames passed on one by one, so videos finish (and commit) seconds apart
+    # rather than in one burst; none of this changes the rows (the pipeline version ignores ray.*).
+    slow = [
+        "ray.decode.concurrency=1",
+        "ray.detect.batch_size=1",
+        "ray.preprocess.batch_size=1",
+        "ray.embed.batch_size=1",
+    ]
+    cmd = cli(db, [str(sample_folder)], address, *[a for item in slow for a in ("--set", item)])
     proc = subprocess.Popen(cmd, cwd=ROOT, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     store = Store(str(db), DIM)
     try:
         while proc.poll() is None and not (store.exists(S.VIDEOS) and store.complete_ids()):
-            time.sleep(0.05)
+            time.sleep(0.02)
         proc.send_signal(signal.SIGKILL)
     finally:
         proc.wait()
