@@ -151,7 +151,10 @@ def test_worker_killed_mid_run_loses_and_duplicates_nothing(cluster, tmp_path, s
     address, dashboard, env = cluster
     ref_cfg, _ = indexed_db
     db, summary_path = tmp_path / "db", tmp_path / "summary.json"
-    cmd = index_cmd(db, sample_folder, address, summary_path, "db.commit_every_videos=1")
+    # Frames passed on one by one: the run lasts long enough for the poll below to find the encoder at work
+    # (with whole batches the three short clips could finish between two polls); rows do not change.
+    one_by_one = ("ray.detect.batch_size=1", "ray.preprocess.batch_size=1", "ray.embed.batch_size=1")
+    cmd = index_cmd(db, sample_folder, address, summary_path, "db.commit_every_videos=1", *one_by_one)
     log = open(tmp_path / "index.log", "w")  # noqa: SIM115 - closed below
     proc = subprocess.Popen(cmd, cwd=ROOT, env=env, stdout=log, stderr=subprocess.STDOUT)
     store = Store(str(db), DIM)
