@@ -167,7 +167,8 @@ def test_worker_killed_mid_run_loses_and_duplicates_nothing(cluster, tmp_path, s
             encoder = [a for a in actors if a.required_resources.get("CPU") == 0.45 and a.pid]
             detector = [a.actor_id for a in actors if a.required_resources.get("CPU") == 0.6]
             if encoder and detector:
-                tasks = list_tasks(address=dashboard, filters=[("job_id", "=", encoder[0].job_id)], detail=True)
+                job = [("job_id", "=", encoder[0].job_id)]
+                tasks = list_tasks(address=dashboard, filters=job, detail=True, limit=10_000)  # default: 100
                 if any(t.actor_id == detector[0] and t.name.endswith(".submit") for t in tasks):
                     victim = encoder[0]
                     complete_at_kill = len(store.complete_ids()) if store.exists(S.VIDEOS) else 0
