@@ -37,7 +37,7 @@ def frame_rows(first_video: int, n: int, gen: ClusteredEmbeddings) -> tuple[list
     emb = gen.sample(n, seed=first_video)
     vids = [S.make_id("ingest-video", first_video + i // FRAMES_PER_VIDEO) for i in range(n)]
     box = {"track_id": "", "class_name": "person", "conf": 0.5, "x1": 0.1, "y1": 0.1, "x2": 0.4, "y2": 0.6}
-    rows = pa.table(
+    rows = S.columns_table(
         {
             "frame_id": [S.make_id(v, "frame", i) for i, v in enumerate(vids)],
             "video_id": vids,

@@ -72,7 +72,7 @@ def add_context_tables(db_dir: Path, n_segments: int) -> None:
             g = np.repeat(np.arange(s, s + len(seg)), FRAMES_PER_SEGMENT)
             j = np.tile(np.arange(FRAMES_PER_SEGMENT), len(seg))
             t = (g % SEGMENTS_PER_VIDEO) * 4.0 + j
-            batch = pa.table(
+            batch = S.columns_table(
                 {
                     "frame_id": [f"frame-{a:08d}-{b}" for a, b in zip(g, j, strict=True)],
                     "video_id": [video_id(int(a) // SEGMENTS_PER_VIDEO) for a in g],

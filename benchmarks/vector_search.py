@@ -51,7 +51,7 @@ def segment_rows(start: int, emb: npt.NDArray[np.float32]) -> pa.Table:
     vids = [video_id(int(i) // SEGMENTS_PER_VIDEO) for i in idx]
     starts = (idx % SEGMENTS_PER_VIDEO) * 4.0
     flat = pa.array(emb.reshape(-1), type=pa.float32())
-    return pa.table(
+    return S.columns_table(
         {
             "segment_id": pa.array([f"seg-{i:08d}" for i in idx]),
             "video_id": pa.array(vids),

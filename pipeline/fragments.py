@@ -17,6 +17,8 @@ from typing import Any
 import numpy as np
 import pyarrow as pa
 
+from pipeline.schema import is_added
+
 Row = dict[str, Any]
 
 
@@ -69,10 +71,11 @@ def job_runtime_env(runtime_env: dict[str, Any] | None, db_uri: str) -> dict[str
 
 def to_arrow(rows: list[Row], schema: pa.Schema) -> pa.Table:
     """Rows (dicts, embeddings as numpy arrays) as a table of ``schema``; fixed-size vectors are stacked into
-    one buffer instead of going through Python lists."""
+    one buffer instead of going through Python lists. A column added to the schema after a table's first release
+    (``schema.is_added``) may be missing from the rows: it is null there."""
     cols = []
     for f in schema:
-        values = [r[f.name] for r in rows]
+        values = [r.get(f.name) for r in rows] if is_added(f) else [r[f.name] for r in rows]
         if pa.types.is_fixed_size_list(f.type) and pa.types.is_float32(f.type.value_type):
             flat = np.asarray(values, dtype=np.float32).reshape(-1)
             cols.append(pa.FixedSizeListArray.from_arrays(pa.array(flat, pa.float32()), f.type.list_size))

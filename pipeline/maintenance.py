@@ -244,6 +244,7 @@ def maintain(store: Store, cfg: MaintenanceConfig, force: bool = False) -> dict[
     started, t0 = now(), time.monotonic()
     builds = _last_builds(store)
     report: dict[str, Any] = {"kind": "maintain", "tables": {}, "vector_index_builds": {}}
+    report["migrated"] = store.migrate()
     for name in (S.VIDEOS, *S.CONTENT_TABLES):
         if not store.exists(name):
             continue

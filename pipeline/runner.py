@@ -183,6 +183,9 @@ class Runner:
         self.store.record_run(summary.run_id, started, self.version, summary.as_dict(), finished=False)
         with timed(st, "recover"):
             summary.recovered = len(self.store.recover())
+            migrated = self.store.migrate()
+        if migrated:
+            log.info("added new columns to existing tables: %s", migrated)
         with timed(st, "list"):
             files, unreadable = list_videos(inputs)
         summary.videos_seen = len(files) + len(unreadable)

@@ -105,6 +105,27 @@ def videos_schema() -> pa.Schema:
     )
 
 
+#: Marks a column added after a table's first release: ``Store.migrate`` adds it (all null) to older tables, and
+#: rows may leave it out (``fragments.to_arrow`` fills null).
+ADDED = {b"added": b"1"}
+
+
+def added(name: str, type_: pa.DataType) -> pa.Field:
+    return pa.field(name, type_, nullable=True, metadata=ADDED)
+
+
+def is_added(field: pa.Field) -> bool:
+    return bool(field.metadata) and field.metadata.get(b"added") == b"1"
+
+
+def columns_table(columns: dict[str, object], schema: pa.Schema) -> pa.Table:
+    """``pa.table(columns, schema=schema)`` where the columns added since a table's first release may be left
+    out (they are null)."""
+    n = len(next(iter(columns.values())))  # type: ignore[arg-type]
+    full = {f.name: columns[f.name] if f.name in columns else pa.nulls(n, f.type) for f in schema}
+    return pa.table(full, schema=schema)
+
+
 def frames_schema(dim: int) -> pa.Schema:
     return pa.schema(
         [
@@ -115,6 +136,7 @@ def frames_schema(dim: int) -> pa.Schema:
             ("embedding", vector(dim)),
             ("boxes", pa.list_(BOX)),
             ("class_names", pa.list_(pa.string())),
+            added("shot_idx", pa.int32()),  # index of the frame's shot in its video (0 without shot detection)
         ]
     )
 
@@ -130,6 +152,11 @@ def segments_schema(dim: int) -> pa.Schema:
             ("embedding", vector(dim)),
             ("thumb_id", pa.string()),
             ("class_names", pa.list_(pa.string())),
+            # The shot the segment lies in: segments never cross a cut, so a hit can offer the whole shot.
+            added("shot_idx", pa.int32()),
+            added("shot_start_s", pa.float64()),
+            added("shot_end_s", pa.float64()),
+            added("caption", pa.string()),  # the captioner's description of the segment's keyframe; null if off
         ]
     )
 

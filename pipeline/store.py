@@ -176,6 +176,25 @@ class Store:
         key = S.KEYS[name]
         (table.merge_insert(key).when_matched_update_all().when_not_matched_insert_all().execute(rows))
 
+    def migrate(self) -> dict[str, list[str]]:
+        """Add to each existing table the columns its schema gained since the table was created (all null there);
+        returns them by table. Called under the database lock, before a run writes fragments of the new schema
+        (a commit of fragments with columns the table lacks would fail)."""
+        out: dict[str, list[str]] = {}
+        for name in (*S.CONTENT_TABLES, S.VIDEOS):
+            if not self.exists(name):
+                continue
+            table = self.table(name)
+            have = set(table.schema.names)
+            missing = [f for f in S.table_schema(name, self.dim) if f.name not in have]
+            if missing:
+                bad = [f.name for f in missing if not S.is_added(f)]
+                if bad:
+                    raise ValueError(f"table {name} of {self.uri} lacks columns {bad} that cannot be added: re-index")
+                table.add_columns(pa.schema([pa.field(f.name, f.type, nullable=True) for f in missing]))
+                out[name] = [f.name for f in missing]
+        return out
+
     def recover(self) -> list[str]:
         """Delete the rows of videos a crashed run left ``started`` and the fragments its workers wrote but
         nobody committed; returns the ids. Called under the database lock (no other writer runs)."""

@@ -69,7 +69,7 @@ def content(vid: str, times: list[float], seed: int = 0, classes: tuple[str, ...
     )
     fid = [S.make_id("frame", vid, t) for t in times]
     names = [[classes[i % len(classes)]] for i in range(n)]
-    frames = pa.table(
+    frames = S.columns_table(
         {
             "frame_id": fid,
             "video_id": [vid] * n,
@@ -81,7 +81,7 @@ def content(vid: str, times: list[float], seed: int = 0, classes: tuple[str, ...
         },
         schema=S.frames_schema(SYNTHETIC_DIM),
     )
-    segments = pa.table(
+    segments = S.columns_table(
         {
             "segment_id": [S.make_id("segment", vid, t) for t in times],
             "video_id": [vid] * n,

@@ -9,6 +9,7 @@ import subprocess
 import sys
 from pathlib import Path
 
+import pyarrow as pa
 import pytest
 
 from pipeline import schema as S
@@ -187,3 +188,31 @@ def test_store_opens_without_the_embedding_width_and_reads_it_from_the_tables(tm
         Store(db).table(S.FRAMES)  # nothing to read the width from, and none given
     Store(db, DIM).begin([video_row("a")])
     assert Store(db).dim == DIM
+
+
+def test_migrate_adds_new_columns_to_tables_of_an_older_release_and_keeps_their_rows(tmp_path) -> None:
+    store = Store(str(tmp_path / "db"), DIM)
+    store.begin([video_row("a")])
+    store.commit([video_row("a")], tables_of(content("a", [0.0, 1.0])))
+    # Make the segments and frames tables look like an older release's: drop the columns added since.
+    for name in (S.FRAMES, S.SEGMENTS):
+        newer = [f.name for f in S.table_schema(name, DIM) if S.is_added(f)]
+        assert newer, name
+        store.table(name).drop_columns(newer)
+    reopened = Store(store.uri)
+    assert "caption" not in reopened.table(S.SEGMENTS).schema.names
+
+    migrated = reopened.migrate()
+    assert migrated[S.SEGMENTS] == ["shot_idx", "shot_start_s", "shot_end_s", "caption"]
+    assert migrated[S.FRAMES] == ["shot_idx"]
+    assert reopened.migrate() == {}  # nothing left to add
+    old = reopened.rows(S.SEGMENTS)
+    assert old.num_rows > 0 and old.column("caption").null_count == old.num_rows
+    # A video indexed after the migration writes the new columns next to the old rows.
+    reopened.begin([video_row("b")])
+    rows = content("b", [0.0, 1.0], seed=1)
+    seg = rows[S.SEGMENTS]
+    rows[S.SEGMENTS] = seg.set_column(seg.schema.get_field_index("caption"), "caption", pa.array(["a cat"] * seg.num_rows))
+    reopened.commit([video_row("b")], tables_of(rows))
+    assert reopened.rows(S.SEGMENTS, "video_id = 'b'", ["caption"]).column("caption").to_pylist()[0] == "a cat"
+    assert reopened.count(S.SEGMENTS, "video_id = 'a'") == old.num_rows
