@@ -212,7 +212,9 @@ def test_migrate_adds_new_columns_to_tables_of_an_older_release_and_keeps_their_
     reopened.begin([video_row("b")])
     rows = content("b", [0.0, 1.0], seed=1)
     seg = rows[S.SEGMENTS]
-    rows[S.SEGMENTS] = seg.set_column(seg.schema.get_field_index("caption"), "caption", pa.array(["a cat"] * seg.num_rows))
+    rows[S.SEGMENTS] = seg.set_column(
+        seg.schema.get_field_index("caption"), "caption", pa.array(["a cat"] * seg.num_rows)
+    )
     reopened.commit([video_row("b")], tables_of(rows))
     assert reopened.rows(S.SEGMENTS, "video_id = 'b'", ["caption"]).column("caption").to_pylist()[0] == "a cat"
     assert reopened.count(S.SEGMENTS, "video_id = 'a'") == old.num_rows
