@@ -1,6 +1,7 @@
 """Incremental runs on the real pipeline (tiny models, local Ray): a rerun after adding, modifying, renaming and
 deleting files does exactly the expected work, a changed pipeline version re-indexes, failures are
-quarantined and ``retry_failed`` brings them back.
+quarantined and ``retry_failed`` brings them back, and a database of an older release gains the columns added
+since then.
 
 Detection is off here (``detect.enabled=false``) to keep three runs short: planning does not depend on it,
 and the runs that compare every table, tracks included, are in test_resume.py and test_cluster.py.
@@ -52,6 +53,11 @@ def test_incremental_runs_do_exactly_the_expected_work(tmp_path, testdata, ray_s
     ids = {name: vid(folder / name) for name in CLIPS}
     b_frames = store.count(S.FRAMES, f"video_id = '{ids['b.mp4']}'")
 
+    # The database as an older release left it (without the columns added since): the next run adds them.
+    for name in (S.FRAMES, S.SEGMENTS):
+        store.table(name).drop_columns([f.name for f in S.table_schema(name, 64) if S.is_added(f)])
+    store = Store(cfg.db.path)
+
     # modify b (new content at the same path), rename c, delete a, add d
     shutil.copy(testdata / "decord/video_180.mov", folder / "b.mp4")
     os.rename(folder / "c.mov", folder / "c2.mov")
@@ -64,6 +70,8 @@ def test_incremental_runs_do_exactly_the_expected_work(tmp_path, testdata, ray_s
         "new": 1, "changed": 1, "skipped": 1, "moved": 1, "failed": 0, "quarantined": 1, "pruned": 1, "indexed": 2
     }  # fmt: skip
     assert second.pruned_paths == [str(folder / "a.mov")]
+    for name in (S.FRAMES, S.SEGMENTS):  # migrated: the new columns are there, and old rows kept
+        assert store.table(name).schema.names == S.table_schema(name, 64).names, name
     assert second.frames == store.count(S.FRAMES, f"video_id IN ('{new_b}', '{d}')")  # only b and d encoded
     videos = {r["video_id"]: r for r in store.complete_videos().to_pylist()}
     assert set(videos) == {new_b, ids["c.mov"], d}
