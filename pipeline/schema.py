@@ -65,17 +65,17 @@ BOX = pa.struct(
     ]
 )
 
-OBSERVATION = pa.struct(
-    [
-        ("t", pa.float64()),
-        ("x1", pa.float32()),
-        ("y1", pa.float32()),
-        ("x2", pa.float32()),
-        ("y2", pa.float32()),
-        ("conf", pa.float32()),
-        ("mask_area", pa.float32()),  # fraction of the frame covered by the mask; -1 without masks
-    ]
-)
+#: One timed box of a trajectory (of a text span; a track's adds ``mask_area``).
+TIMED_BOX = [
+    ("t", pa.float64()),
+    ("x1", pa.float32()),
+    ("y1", pa.float32()),
+    ("x2", pa.float32()),
+    ("y2", pa.float32()),
+    ("conf", pa.float32()),
+]
+# mask_area: the fraction of the frame covered by the mask; -1 without masks
+OBSERVATION = pa.struct([*TIMED_BOX, ("mask_area", pa.float32())])
 
 
 def vector(dim: int) -> pa.DataType:
@@ -252,16 +252,7 @@ def table_schema(name: str, dim: int) -> pa.Schema:
 
 # -- on-screen text (operators/ocr.py, operators/text_spans.py) ------------------------------------------------
 
-TEXT_OBSERVATION = pa.struct(
-    [
-        ("t", pa.float64()),
-        ("x1", pa.float32()),
-        ("y1", pa.float32()),
-        ("x2", pa.float32()),
-        ("y2", pa.float32()),
-        ("conf", pa.float32()),
-    ]
-)
+TEXT_OBSERVATION = pa.struct(TIMED_BOX)
 
 
 def texts_schema() -> pa.Schema:
