@@ -16,6 +16,7 @@ import pyarrow as pa
 import pytest
 
 from pipeline import schema as S
+from pipeline.ocr_clips import DrawnText
 from pipeline.store import Store
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -28,6 +29,9 @@ def clip(rel: str) -> str:
         pytest.skip(f"test media {rel} is not available under {TESTDATA}")
     return str(path)
 
+
+#: On-screen text drawn into a real clip by tests that read text (the ``text_clip`` fixture).
+GATE = DrawnText(text="GATE 7 CLOSED", start=1.4, end=4.6, font="DejaVuSans-Bold.ttf", size=36, x=0.08, y=0.72)
 
 TINY_DIM = 64  # the tiny config's embedding width
 SYNTHETIC_DIM = 8  # the width of the synthetic rows below

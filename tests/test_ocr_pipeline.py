@@ -1,41 +1,24 @@
 """On-screen text through the whole pipeline: a real clip with "GATE 7 CLOSED" drawn in is indexed on Ray with
-the bundled OCR models; the text spans land in the ``texts`` table through the same commit as every other row,
-exactly once across a rerun, and ``search --level texts`` finds the moment."""
+the bundled OCR models (the ``text_db`` fixture); the text spans land in the ``texts`` table through the same
+commit as every other row, exactly once across a rerun, and ``search --level texts`` finds the moment."""
 
 from __future__ import annotations
 
 import json
-import shutil
 
 import pytest
 
 from pipeline import schema as S
-from pipeline.ocr_clips import FONT_DIR, ClipSpec, DrawnText, build_clip
 from pipeline.store import Store
 from pipeline.text_search import TextSearcher
-from tests.helpers import tiny_config
-
-GATE = DrawnText(text="GATE 7 CLOSED", start=1.4, end=4.6, font="DejaVuSans-Bold.ttf", size=36, x=0.08, y=0.72)
 
 
-@pytest.fixture(scope="module")
-def text_clip(testdata, tmp_path_factory):
-    if shutil.which("ffmpeg") is None or not (FONT_DIR / GATE.font).exists():
-        pytest.skip("ffmpeg and the DejaVu fonts are needed to draw text into clips (.ci/run installs them)")
-    spec = ClipSpec(id="gate", source="intel_sample_videos/car-detection.mp4", duration=6.0, texts=[GATE])
-    video, _ = build_clip(spec, testdata, tmp_path_factory.mktemp("ocr_pipeline"))
-    folder = tmp_path_factory.mktemp("ocr_videos")
-    shutil.copy(video, folder / "gate.mp4")
-    return folder
-
-
-def test_text_spans_are_indexed_once_and_found_by_their_words(text_clip, ray_session, tmp_path, capsys) -> None:
+def test_text_spans_are_indexed_once_and_found_by_their_words(text_clip, text_db, capsys) -> None:
     from pipeline.runner import run_index
     from run_pipeline import main
 
-    db = tmp_path / "db"
-    cfg = tiny_config(db, "ocr.engine=rapidocr", "ocr.select=all", "detect.enabled=false")
-    summary = run_index(cfg, [str(text_clip)], progress=False)
+    cfg, summary = text_db
+    db = cfg.db.path
     assert summary.failed == 0 and summary.texts >= 1, summary
     store = Store(str(db), 64)
     spans = store.rows(S.TEXTS).to_pylist()
