@@ -98,3 +98,21 @@ def text_db(tmp_path_factory, text_clip, ray_session):
     summary = run_index(cfg, [str(text_clip)], progress=False)
     assert summary.failed == 0, summary.failures
     return cfg, summary
+
+
+@pytest.fixture(scope="session")
+def browser():
+    """Headless Debian Chromium through Playwright, one for the session (skipped where either is missing)."""
+    from tests.helpers import CHROMIUM
+
+    if not os.path.exists(CHROMIUM):
+        pytest.skip(f"{CHROMIUM} is absent (apt-get install -y chromium)")
+    sync_api = pytest.importorskip("playwright.sync_api")
+    with sync_api.sync_playwright() as pw:
+        b = pw.chromium.launch(
+            executable_path=CHROMIUM,
+            headless=True,
+            args=["--no-sandbox", "--disable-gpu", "--disable-background-networking"],
+        )
+        yield b
+        b.close()

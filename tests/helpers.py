@@ -194,3 +194,16 @@ def killed_mid_commit_env(nth: int) -> dict[str, str]:
     hooks = str(ROOT / "tests" / "faultinject")
     path = os.pathsep.join(p for p in (hooks, os.environ.get("PYTHONPATH", "")) if p)
     return {**os.environ, "PYTHONPATH": path, "VIDSEARCH_FAULT": f"after-rows:{nth}"}
+
+
+CHROMIUM = "/usr/bin/chromium"  # Debian's Chromium, driven by Playwright in the browser tests (never a download)
+
+
+def wait_until(page, expression: str, timeout_s: float = 60.0) -> None:  # type: ignore[no-untyped-def]
+    """Poll a JavaScript expression through the debugging protocol (``page.wait_for_function`` evaluates its
+    predicate with ``eval`` inside the page, which the page's Content-Security-Policy forbids)."""
+    deadline = time.monotonic() + timeout_s
+    while not page.evaluate(expression):
+        if time.monotonic() > deadline:
+            raise TimeoutError(f"still false after {timeout_s:.0f} s: {expression}")
+        page.wait_for_timeout(100)
