@@ -11,6 +11,7 @@ import pytest
 from pipeline import schema as S
 from pipeline.store import Store
 from pipeline.text_search import TextSearcher
+from tests.helpers import GATE
 
 
 def test_text_spans_are_indexed_once_and_found_by_their_words(text_clip, text_db, capsys) -> None:
@@ -40,3 +41,41 @@ def test_text_spans_are_indexed_once_and_found_by_their_words(text_clip, text_db
     assert main(["search", "gate closed", "--level", "texts", "--config", "tiny", "--db", str(db), "--json"]) == 0
     out = json.loads(capsys.readouterr().out)
     assert out[0]["text_id"] == gate[0]["text_id"] and out[0]["video_id"] == gate[0]["video_id"]
+
+
+def test_evaluate_indexes_the_manifest_through_the_pipeline(testdata, ray_session, tmp_path, capsys) -> None:
+    """``evaluate`` on an OCR manifest indexes its clips on Ray (by default) and scores what the index holds; with
+    ``eval.mode=both`` the direct mode is reported beside it (a 4 s clip with text, a 3 s distractor)."""
+    import yaml
+
+    from run_pipeline import main
+
+    manifest = {
+        "kind": "ocr",
+        "clips": [
+            {"id": "gate", "source": "intel_sample_videos/car-detection.mp4", "duration": 4.0,
+             "texts": [GATE.model_dump()]},
+            {"id": "other", "source": "intel_sample_videos/car-detection.mp4", "offset": 20.0, "duration": 3.0},
+        ],
+        "queries": [
+            {"id": "exact", "clip": "gate", "target": 0, "text": "GATE 7 CLOSED"},
+            {"id": "typo", "clip": "gate", "target": 0, "kind": "one-error", "text": "GATE 7 CL0SED"},
+        ],
+    }  # fmt: skip
+    path, out, work = tmp_path / "ocr.yaml", tmp_path / "results.json", tmp_path / "work"
+    path.write_text(yaml.safe_dump(manifest))
+    args = ["evaluate", "--manifest", str(path), "--media-root", str(testdata), "--work-dir", str(work)]
+    sets = ["--set", "text_search.tokenizer=ngram", "--set", "eval.mode=both", "--json", str(out)]
+    assert main([*args, *sets]) == 0
+    printed = capsys.readouterr().out
+    results = json.loads(out.read_text())
+    assert list(results) == ["pipeline default/texts/ngram", "direct default/texts/ngram"]
+    piped, direct = results["pipeline default/texts/ngram"], results["direct default/texts/ngram"]
+    assert piped["summary"]["R@1"] == 1.0 and piped["summary"]["mean_tIoU"] >= 0.7
+    assert 0.5 < piped["summary"]["mean_box_IoU"] <= 1.0 and piped["summary"]["span CER"] < 0.2
+    assert piped["summary"]["frames"] == 7 and piped["summary"]["text spans"] >= 1  # 4 + 3 sampled frames
+    assert piped["summary"]["OCR stage CPU s"] > 0 and piped["summary"]["CER"] is None
+    assert any("ocr" in name for name in piped["run"]["graph_stages"])
+    assert direct["summary"]["R@1"] == 1.0 and direct["summary"]["CER"] < 0.2
+    assert "'pipeline' columns" in printed and "| R@1 | 1.000 | 1.000 |" in printed
+    assert not any(p.name.startswith("ocr-pipeline-") for p in work.iterdir())  # the temporary database is gone
