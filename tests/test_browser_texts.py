@@ -38,6 +38,7 @@ def test_text_hits_show_their_box_and_play_from_the_span(browser, site, text_db,
         page.select_option("#level", "texts")
         assert page.locator("#rerank").is_disabled() and page.locator("#image").is_disabled()
         assert page.locator("#classes").is_disabled()  # object filters do not apply to text
+        assert not page.locator("#status .warn").is_visible()  # the OCR models are trained, unlike the tiny encoder
         page.fill("#text", "gate closed")
         page.click("#go")
         page.wait_for_selector(".result")
@@ -84,5 +85,6 @@ def test_text_hits_show_their_box_and_play_from_the_span(browser, site, text_db,
         # Back to a vector level: what text search turned off is on again.
         page.select_option("#level", "segments")
         assert page.locator("#rerank").is_enabled() and page.locator("#image").is_enabled()
+        assert page.locator("#status .warn").is_visible()
     finally:
         page.close()

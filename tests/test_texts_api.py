@@ -18,6 +18,8 @@ from pipeline.store import Store
 from pipeline.text_search import TextSearcher
 from tests.helpers import AUTH, GATE, TOKEN, running, tiny_config
 
+JSON = {"content-type": "application/json"}
+
 
 @pytest.fixture(scope="module")
 def live(text_db) -> Iterator[str]:
@@ -87,6 +89,9 @@ def test_what_does_not_apply_to_text_is_a_clear_400(live) -> None:
         f"{live}/api/search", data={"level": "texts"}, files={"image": ("q.jpg", jpeg)}, headers=AUTH, timeout=60
     )
     assert res.status_code == 400 and "searched by words" in res.json()["detail"]
+    surrogate = rb'{"text": "gate \ud800", "level": "texts"}'  # a lone surrogate, as a JSON escape
+    res = httpx.post(f"{live}/api/search", content=surrogate, headers={**AUTH, **JSON}, timeout=60)
+    assert res.status_code == 400 and "Unicode" in res.json()["detail"]
     res = _search(live, text="gate", k=0)
     assert res.status_code == 400
 

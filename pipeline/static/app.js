@@ -211,6 +211,7 @@ async function start() {
     status.append(el("span", "", `${info.videos} video${info.videos === 1 ? "" : "s"} indexed`));
     if (info.random_weights) status.append(el("span", "warn", "random weights: results carry no meaning"));
     textLevelAvailable(info.texts);
+    levelChanged(); // the browser may have restored the level chosen before a reload
   } catch (err) {
     say(err.message, "error");
   }
@@ -234,6 +235,8 @@ function levelChanged() {
   }
   for (const id of TEXT_ONLY_OFF) $(id).disabled = texts;
   $("image").closest("label").classList.toggle("disabled", texts);
+  // On-screen text is read by trained OCR models: the random-weights warning is about the vector levels.
+  document.querySelectorAll("#status .warn").forEach((w) => (w.hidden = texts));
   $("text").placeholder = texts ? "Words shown on screen, e.g. “gate 7 closed”" : $("text").dataset.placeholder;
 }
 
