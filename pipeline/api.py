@@ -14,7 +14,7 @@ import os
 import re
 import threading
 import time
-from typing import Any
+from typing import Any, Literal, cast
 
 import numpy as np
 from fastapi.encoders import jsonable_encoder
@@ -24,11 +24,13 @@ from pipeline import schema as S
 from pipeline.config import Config
 from pipeline.media import Verifier, media_type
 from pipeline.schema import Level
-from pipeline.search import Filters, Searcher
+from pipeline.search import Filters, Searcher, SearchError
 from pipeline.store import Store, quote
+from pipeline.text_search import TextSearchConfig, TextSearcher
 
 SERIAL_ENV = "VIDSEARCH_SERIAL_SEARCH"  # "1": one search at a time (a baseline, or an encoder that needs it)
 THREAD_SAFE_RERANKERS = (None, "attention")  # numpy over the query and contexts; no model state
+TEXTS_LEVEL = "texts"  # on-screen text spans, searched by words (pipeline/text_search.py), not by vector
 ID = re.compile(r"[0-9a-f]{8}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{12}")  # uuid5 ids, nothing else
 
 
@@ -39,7 +41,7 @@ class SearchRequest(BaseModel):
 
     text: str | None = None
     k: int = 10
-    level: Level = "segments"
+    level: Level | Literal["texts"] = "segments"
     filters: Filters | None = None
     rerank: str | None = "default"  # a re-ranker name, "default" (the config's), or null / "none"
 
@@ -58,6 +60,9 @@ class Api:
         self._warm: set[str | None] = set()  # re-rankers whose first search (loading the models) succeeded
         self._opened = time.monotonic()
         self.serial = os.environ.get(SERIAL_ENV) == "1"  # every search under the lock (a custom encoder's needs)
+        self.text_cfg = TextSearchConfig()
+        self._texts_lock = threading.Lock()
+        self._texts_warm = False
 
     def store(self) -> Store:
         """The database, re-opened every ``refresh_s`` so videos indexed while serving become visible."""
@@ -70,6 +75,8 @@ class Api:
 
     def search(self, req: SearchRequest, image: np.ndarray | None) -> dict[str, Any]:
         """``image``: the upload, already decoded (once, by the route, outside any lock)."""
+        if req.level == TEXTS_LEVEL:
+            return self.search_texts(req, image is not None)
         rerank = None if req.rerank in (None, S.RERANK_NONE) else req.rerank
         name = S.rerank_choice(rerank, self.cfg.search.rerank)
         t0 = time.perf_counter()
@@ -77,7 +84,7 @@ class Api:
         serial = self.serial or name not in THREAD_SAFE_RERANKERS or name not in self._warm
         with self.model_lock if serial else contextlib.nullcontext():
             results = self.searcher.search(
-                text=req.text, image=image, k=req.k, level=req.level, filters=req.filters, rerank=rerank
+                text=req.text, image=image, k=req.k, level=cast(Level, req.level), filters=req.filters, rerank=rerank
             )
             self._warm.add(name)
         return {
@@ -86,6 +93,40 @@ class Api:
             "took_ms": round(1000 * (time.perf_counter() - t0), 1),
             "count": len(results),
             "results": [r.as_dict() for r in results],
+        }
+
+    # -- on-screen text ---------------------------------------------------------------------------------------
+    def has_texts(self) -> bool:
+        """Whether the database has a ``texts`` table (databases indexed before on-screen text was read lack it)."""
+        return self.store().exists(S.TEXTS)
+
+    def search_texts(self, req: SearchRequest, has_image: bool) -> dict[str, Any]:
+        """Level ``texts``: the words of ``req.text`` in the on-screen text spans (``TextSearcher``); each result
+        carries the text read, its span, its normalised box on the thumbnail ``thumb_id`` and the box trajectory.
+        Refused (``SearchError``, a 400): an image, a re-ranker, a database without a ``texts`` table."""
+        if has_image:
+            raise SearchError("on-screen text is searched by words: give a text query, not an image, at level texts")
+        if req.rerank not in (None, S.RERANK_NONE, S.RERANK_DEFAULT):
+            raise SearchError("re-rankers do not apply to on-screen text (level texts): leave rerank out")
+        if not isinstance(req.k, int) or not 1 <= req.k <= self.cfg.search.max_k:
+            raise SearchError(f"k must be an integer from 1 to {self.cfg.search.max_k}")
+        t0 = time.perf_counter()
+        store = self.store()
+        if not store.exists(S.TEXTS):
+            raise SearchError(
+                "this database has no on-screen text (no texts table): it was indexed before text was read; "
+                "index it again with ocr.engine=rapidocr to search on-screen text"
+            )
+        # The first search may build the full-text index (a write), so it runs alone.
+        with self._texts_lock if not self._texts_warm else contextlib.nullcontext():
+            hits = TextSearcher(store, self.text_cfg).search(req.text or "", k=req.k, filters=req.filters)
+            self._texts_warm = True
+        return {
+            "level": TEXTS_LEVEL,
+            "rerank": None,
+            "took_ms": round(1000 * (time.perf_counter() - t0), 1),
+            "count": len(hits),
+            "results": [{"id": h.text_id, "level": TEXTS_LEVEL, **h.as_dict()} for h in hits],
         }
 
     def videos(self, video_id: str | None = None) -> list[dict[str, Any]]:

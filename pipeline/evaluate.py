@@ -275,10 +275,11 @@ def run_configs(
     by config and the notices to print (random weights with text queries)."""
     from pipeline.config import load_config
     from pipeline.lock import DatabaseLock
-    from pipeline.ocr_eval import is_ocr_manifest, run_ocr_configs
+    from pipeline.ocr_eval import is_ocr_manifest
+    from pipeline.ocr_eval_pipeline import run_ocr_configs
 
     if is_ocr_manifest(manifest_path):  # on-screen text: its own evaluation (pipeline/ocr_eval.py)
-        return run_ocr_configs(manifest_path, overrides, media_root, work_dir, k=k)
+        return run_ocr_configs(manifest_path, configs, overrides, media_root, work_dir, k=k, start_ray=start_ray)
     manifest = load_manifest(manifest_path)
     root = Path(media_root) if media_root else default_media_root()
     results: dict[str, dict[str, Any]] = {}

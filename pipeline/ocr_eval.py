@@ -21,6 +21,7 @@ import math
 import re
 import statistics
 import time
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any, Literal
 
@@ -104,13 +105,12 @@ def evaluate_ocr(
 ) -> dict[str, dict[str, Any]]:
     """Results per tokenizer: ``{"summary": {...}, "queries": [...]}`` (see the module docstring)."""
     from pipeline import schema as S
-    from pipeline.evaluate import box_iou, overlaps, temporal_iou
+    from pipeline.evaluate import box_iou
     from pipeline.text_search import TextSearchConfig, TextSearcher
 
     root, work = Path(media_root), Path(work_dir)
     ocr = OcrFrames(ocr_cfg or OcrConfig())
     ocr.setup()
-    clips = {c.id: c for c in manifest.clips}
     reads: dict[str, dict[str, Any]] = {}
     gts: dict[str, list[list[tuple[float, float, float, float] | None]]] = {}
     rows: list[dict[str, Any]] = []
@@ -146,50 +146,100 @@ def evaluate_ocr(
         "ocr_frames_read_share": sum(r["read"] for r in reads.values()) / max(1, frames),
         "CER": float(np.mean(cers)) if cers else math.nan,
     }
+    boxes_at = _nearest_boxes({c: reads[c]["t"] for c in reads}, gts)
     results = {}
     for tok in tokenizers:
         db = _write_db(work / f"ocr-db-{tok}", videos, rows)
         searcher = TextSearcher(db, TextSearchConfig(tokenizer=tok))  # type: ignore[arg-type]
-        per_query = []
-        for q in manifest.queries:
-            c = clips[q.clip]
-            d, vid = c.texts[q.target], S.make_id("ocr-eval", c.id)
-            hits = searcher.search(q.text, k=k)
-            rank = next(
-                (
-                    i + 1
-                    for i, h in enumerate(hits)
-                    if h.video_id == vid and overlaps((h.start_s, h.end_s), (d.start, d.end))
-                ),
-                None,
-            )
-            tiou, biou = 0.0, 0.0
-            if hits and hits[0].video_id == vid:
-                top = hits[0]
-                tiou = temporal_iou((top.start_s, top.end_s), (d.start, min(d.end, c.duration)))
-                ts = np.asarray(reads[c.id]["t"])
-                gt_box = gts[c.id][q.target][int(np.argmin(np.abs(ts - top.best_t)))]
-                biou = box_iou(gt_box, _box4(top.box)) if gt_box is not None else 0.0
-            per_query.append(
-                {
-                    "id": q.id,
-                    "kind": q.kind,
-                    "rank": rank,
-                    "tiou": tiou,
-                    "box_iou": biou,
-                    "top": hits[0].text if hits else None,
-                }
-            )
-        summary: dict[str, Any] = {**_summary(per_query, k), **cost}
+        vids = {c.id: S.make_id("ocr-eval", c.id) for c in manifest.clips}
+        per_query = score_queries(searcher, manifest, vids, boxes_at, k)
+        summary: dict[str, Any] = {
+            **summarise_queries(per_query, k),
+            **cost,
+            "span CER": span_cer(manifest, vids, rows, boxes_at),
+        }
         results[tok] = {"summary": summary, "queries": per_query}
     return results
+
+
+BoxAt = Callable[[str, int, float], "tuple[float, float, float, float] | None"]  # (clip, target, t) -> drawn box
+
+
+def _nearest_boxes(times: dict[str, list[float]], gts: dict[str, list[list[Any]]]) -> BoxAt:
+    """The ground-truth box of a clip's drawn text at the sampled time nearest ``t``."""
+
+    def box_at(clip: str, target: int, t: float) -> tuple[float, float, float, float] | None:
+        return gts[clip][target][int(np.argmin(np.abs(np.asarray(times[clip]) - t)))]  # type: ignore[no-any-return]
+
+    return box_at
+
+
+def score_queries(
+    searcher: Any, manifest: OcrManifest, vids: dict[str, str], box_at: BoxAt, k: int
+) -> list[dict[str, Any]]:
+    """Per query: rank of the first relevant hit (its clip's video, span overlapping the drawn interval), the top
+    hit's temporal IoU with the drawn interval and box IoU with the drawn ink at the hit's frame."""
+    from pipeline.evaluate import box_iou, overlaps, temporal_iou
+
+    clips = {c.id: c for c in manifest.clips}
+    per_query = []
+    for q in manifest.queries:
+        c = clips[q.clip]
+        d, vid = c.texts[q.target], vids[c.id]
+        hits = searcher.search(q.text, k=k)
+        rank = next(
+            (
+                i + 1
+                for i, h in enumerate(hits)
+                if h.video_id == vid and overlaps((h.start_s, h.end_s), (d.start, d.end))
+            ),
+            None,
+        )
+        tiou, biou = 0.0, 0.0
+        if hits and hits[0].video_id == vid:
+            top = hits[0]
+            tiou = temporal_iou((top.start_s, top.end_s), (d.start, min(d.end, c.duration)))
+            gt_box = box_at(c.id, q.target, top.best_t)
+            biou = box_iou(gt_box, _box4(top.box)) if gt_box is not None else 0.0
+        per_query.append(
+            {
+                "id": q.id,
+                "kind": q.kind,
+                "rank": rank,
+                "tiou": tiou,
+                "box_iou": biou,
+                "top": hits[0].text if hits else None,
+            }
+        )
+    return per_query
+
+
+def span_cer(manifest: OcrManifest, vids: dict[str, str], spans: list[dict[str, Any]], box_at: BoxAt) -> float:
+    """Character error rate of the spans' texts (what the index holds): per drawn text, the span of its clip that
+    overlaps its interval and whose box best overlaps the drawn ink at the span's best frame (IoU > 0.1); a drawn
+    text without one counts 1."""
+    from pipeline.evaluate import box_iou, overlaps
+
+    out = []
+    for c in manifest.clips:
+        for i, d in enumerate(c.texts):
+            best = (0.1, None)
+            for r in spans:
+                if r["video_id"] != vids[c.id] or not overlaps((r["start_s"], r["end_s"]), (d.start, d.end)):
+                    continue
+                gt = box_at(c.id, i, r["best_t"])
+                iou = box_iou(gt, _box4(r["box"])) if gt is not None else 0.0
+                if iou > best[0]:
+                    best = (iou, r["text"])
+            out.append(_cer(d.text, best[1]) if best[1] is not None else 1.0)
+    return float(np.mean(out)) if out else math.nan
 
 
 def _box4(b: Any) -> tuple[float, float, float, float]:
     return (float(b[0]), float(b[1]), float(b[2]), float(b[3]))
 
 
-def _summary(per_query: list[dict[str, Any]], k: int) -> dict[str, Any]:
+def summarise_queries(per_query: list[dict[str, Any]], k: int) -> dict[str, Any]:
     ranks = [q["rank"] if q["rank"] is not None else math.inf for q in per_query]
     med = statistics.median(ranks) if ranks else math.nan
     out: dict[str, Any] = {
@@ -247,37 +297,3 @@ def _write_db(path: Path, videos: list[dict[str, Any]], texts: list[dict[str, An
     db.create_table(S.VIDEOS, pa.Table.from_pylist(videos, schema=S.videos_schema()))
     db.create_table(S.TEXTS, pa.Table.from_pylist(texts, schema=S.texts_schema()))
     return str(path)
-
-
-def run_ocr_configs(
-    manifest_path: str | Path, overrides: list[str], media_root: str | Path | None, work_dir: str | Path, k: int = 10
-) -> tuple[dict[str, dict[str, Any]], list[str]]:
-    """``evaluate`` for an OCR manifest: results per tokenizer, and the notices to print.
-
-    Overrides: ``ocr.KEY=VALUE`` (``OcrConfig``), ``spans.KEY=VALUE`` (``SpanConfig``) and
-    ``text_search.tokenizer=ngram|word`` (default: both, side by side); other sections are ignored here.
-    """
-    from pipeline.evaluate import default_media_root
-
-    sections: dict[str, dict[str, Any]] = {"ocr": {}, "spans": {}, "text_search": {}}
-    for item in overrides:
-        key, sep, value = item.partition("=")
-        section, _, name = key.partition(".")
-        if sep and section in sections and name:
-            sections[section][name] = yaml.safe_load(value)
-    tok = sections["text_search"].get("tokenizer")
-    tokenizers = (str(tok),) if tok else ("ngram", "word")
-    results = evaluate_ocr(
-        load_ocr_manifest(manifest_path),
-        Path(media_root) if media_root else default_media_root(),
-        work_dir,
-        OcrConfig.model_validate(sections["ocr"]),
-        SpanConfig.model_validate(sections["spans"]),
-        tokenizers=tokenizers,
-        k=k,
-    )
-    notice = (
-        "NOTE: OCR evaluation: clips decoded at the manifest's fps, OcrFrames + text_spans + TextSearcher run "
-        "directly (not through the Ray pipeline); --config is not used."
-    )
-    return {f"texts/{t}": r for t, r in results.items()}, [notice]

@@ -21,7 +21,7 @@ import hashlib
 import json
 import os
 import re
-from typing import Annotated, Any
+from typing import Annotated, Any, Literal
 
 from fastapi import FastAPI, Query, Request
 from fastapi.exceptions import RequestValidationError
@@ -35,7 +35,7 @@ from starlette.requests import cookie_parser
 from operators.encoders import MissingCheckpointError
 from operators.rerank import RERANKERS
 from pipeline import schema as S
-from pipeline.api import Api, SearchRequest
+from pipeline.api import TEXTS_LEVEL, Api, SearchRequest
 from pipeline.config import Config
 from pipeline.http_guard import LOOPBACK_HOSTS, Guard, LoginLimiter, Scope, Sessions, same_secret
 from pipeline.media import MediaResponse
@@ -211,13 +211,14 @@ def create_app(
             "max_query_chars": s.max_query_chars,
             "random_weights": cfg.random_weights,
             "videos": len(api.videos()),
+            "texts": api.has_texts(),  # on-screen text is searchable (level "texts")
         }
 
     @app.get("/api/search")
     def search_get(
         text: str | None = None,
         k: int = 10,
-        level: Level = "segments",
+        level: Level | Literal["texts"] = "segments",
         rerank: str | None = "default",
         video_ids: Annotated[list[str] | None, Query()] = None,
         path_glob: str | None = None,
@@ -267,6 +268,8 @@ def create_app(
             if not isinstance(body, dict):
                 raise RequestValidationError([_error("body", "the body must be a JSON object")])
         req = _request(body)
+        if req.level == TEXTS_LEVEL:  # searched by words: an image is refused before it is decoded
+            return await run_in_threadpool(api.search_texts, req, upload is not None)
         # Decoded once, here, in a worker thread: a non-image upload is a 400 before any model loads.
         image = None if upload is None else await run_in_threadpool(load_image, upload)
         return await run_in_threadpool(api.search, req, image)

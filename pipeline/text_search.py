@@ -122,6 +122,10 @@ class TextSearcher:
     def search(self, text: str, k: int = 10, filters: Filters | dict[str, Any] | None = None) -> list[TextHit]:
         if not isinstance(text, str) or not text.strip():
             raise SearchError("the query text is empty")
+        try:
+            text.encode("utf-8")  # a lone surrogate (a JSON "\ud800" escape) cannot reach the index
+        except UnicodeEncodeError:
+            raise SearchError("the query must be valid Unicode text") from None
         if len(text) > self.cfg.max_query_chars:
             raise SearchError(f"the query is longer than {self.cfg.max_query_chars} characters")
         if not isinstance(k, int) or isinstance(k, bool) or not 1 <= k <= 1000:

@@ -70,3 +70,49 @@ def indexed_db(tmp_path_factory, sample_folder, ray_session):
     summary = run_index(cfg, [str(sample_folder)], progress=False)
     assert summary.failed == 0, summary.failures
     return cfg, summary
+
+
+@pytest.fixture(scope="session")
+def text_clip(testdata, tmp_path_factory) -> Path:
+    """A folder holding one real clip (6 s) with ``GATE`` ("GATE 7 CLOSED", tests/helpers.py) drawn in by ffmpeg."""
+    from pipeline.ocr_clips import FONT_DIR, ClipSpec, build_clip
+    from tests.helpers import GATE
+
+    if shutil.which("ffmpeg") is None or not (FONT_DIR / GATE.font).exists():
+        pytest.skip("ffmpeg and the DejaVu fonts are needed to draw text into clips (.ci/run installs them)")
+    spec = ClipSpec(id="gate", source="intel_sample_videos/car-detection.mp4", duration=6.0, texts=[GATE])
+    video, _ = build_clip(spec, testdata, tmp_path_factory.mktemp("ocr_clip"))
+    folder = tmp_path_factory.mktemp("ocr_videos")
+    shutil.copy(video, folder / "gate.mp4")
+    return folder
+
+
+@pytest.fixture(scope="session")
+def text_db(tmp_path_factory, text_clip, ray_session):
+    """``text_clip`` indexed once on Ray with the tiny config and the bundled OCR models on every sampled frame
+    (detection off: it reads no text); tests must not modify it."""
+    from pipeline.runner import run_index
+
+    db = tmp_path_factory.mktemp("text_db") / "vidsearch_db"
+    cfg = tiny_config(db, "ocr.engine=rapidocr", "ocr.select=all", "detect.enabled=false")
+    summary = run_index(cfg, [str(text_clip)], progress=False)
+    assert summary.failed == 0, summary.failures
+    return cfg, summary
+
+
+@pytest.fixture(scope="session")
+def browser():
+    """Headless Debian Chromium through Playwright, one for the session (skipped where either is missing)."""
+    from tests.helpers import CHROMIUM
+
+    if not os.path.exists(CHROMIUM):
+        pytest.skip(f"{CHROMIUM} is absent (apt-get install -y chromium)")
+    sync_api = pytest.importorskip("playwright.sync_api")
+    with sync_api.sync_playwright() as pw:
+        b = pw.chromium.launch(
+            executable_path=CHROMIUM,
+            headless=True,
+            args=["--no-sandbox", "--disable-gpu", "--disable-background-networking"],
+        )
+        yield b
+        b.close()

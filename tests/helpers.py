@@ -16,6 +16,7 @@ import pyarrow as pa
 import pytest
 
 from pipeline import schema as S
+from pipeline.ocr_clips import DrawnText
 from pipeline.store import Store
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -28,6 +29,9 @@ def clip(rel: str) -> str:
         pytest.skip(f"test media {rel} is not available under {TESTDATA}")
     return str(path)
 
+
+#: On-screen text drawn into a real clip by tests that read text (the ``text_clip`` fixture).
+GATE = DrawnText(text="GATE 7 CLOSED", start=1.4, end=4.6, font="DejaVuSans-Bold.ttf", size=36, x=0.08, y=0.72)
 
 TINY_DIM = 64  # the tiny config's embedding width
 SYNTHETIC_DIM = 8  # the width of the synthetic rows below
@@ -190,3 +194,16 @@ def killed_mid_commit_env(nth: int) -> dict[str, str]:
     hooks = str(ROOT / "tests" / "faultinject")
     path = os.pathsep.join(p for p in (hooks, os.environ.get("PYTHONPATH", "")) if p)
     return {**os.environ, "PYTHONPATH": path, "VIDSEARCH_FAULT": f"after-rows:{nth}"}
+
+
+CHROMIUM = "/usr/bin/chromium"  # Debian's Chromium, driven by Playwright in the browser tests (never a download)
+
+
+def wait_until(page, expression: str, timeout_s: float = 60.0) -> None:  # type: ignore[no-untyped-def]
+    """Poll a JavaScript expression through the debugging protocol (``page.wait_for_function`` evaluates its
+    predicate with ``eval`` inside the page, which the page's Content-Security-Policy forbids)."""
+    deadline = time.monotonic() + timeout_s
+    while not page.evaluate(expression):
+        if time.monotonic() > deadline:
+            raise TimeoutError(f"still false after {timeout_s:.0f} s: {expression}")
+        page.wait_for_timeout(100)

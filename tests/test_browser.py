@@ -4,8 +4,6 @@ click a hit and check the player seeked to the hit's start (which needs HTTP Ran
 
 from __future__ import annotations
 
-import os
-import time
 from pathlib import Path
 
 import pytest
@@ -13,35 +11,9 @@ import pytest
 from pipeline import schema as S
 from pipeline.search import Searcher
 from pipeline.server import create_app
-from tests.helpers import TOKEN, running
+from tests.helpers import TOKEN, running, wait_until
 
-CHROMIUM = "/usr/bin/chromium"
 pytestmark = pytest.mark.browser
-
-
-@pytest.fixture(scope="module")
-def browser():
-    if not os.path.exists(CHROMIUM):
-        pytest.skip(f"{CHROMIUM} is absent (apt-get install -y chromium)")
-    sync_api = pytest.importorskip("playwright.sync_api")
-    with sync_api.sync_playwright() as pw:
-        b = pw.chromium.launch(
-            executable_path=CHROMIUM,
-            headless=True,
-            args=["--no-sandbox", "--disable-gpu", "--disable-background-networking"],
-        )
-        yield b
-        b.close()
-
-
-def wait_until(page, expression: str, timeout_s: float = 60.0) -> None:  # type: ignore[no-untyped-def]
-    """Poll a JavaScript expression through the debugging protocol (``page.wait_for_function`` evaluates its
-    predicate with ``eval`` inside the page, which the page's Content-Security-Policy forbids)."""
-    deadline = time.monotonic() + timeout_s
-    while not page.evaluate(expression):
-        if time.monotonic() > deadline:
-            raise TimeoutError(f"still false after {timeout_s:.0f} s: {expression}")
-        page.wait_for_timeout(100)
 
 
 @pytest.fixture(scope="module")

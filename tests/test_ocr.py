@@ -204,7 +204,8 @@ def test_match_score():
 
 
 def test_evaluate_dispatches_an_ocr_manifest(clip, testdata, tmp_path):
-    """``evaluate`` on a ``kind: ocr`` manifest runs the OCR evaluation (a 4 s clip, one text, one distractor)."""
+    """``evaluate`` on a ``kind: ocr`` manifest runs the OCR evaluation (a 4 s clip, one text, one distractor), here
+    in its direct mode (OCR in this process; tests/test_ocr_pipeline.py runs the pipeline mode)."""
     import yaml
 
     from pipeline.evaluate import comparison_table, run_configs
@@ -223,8 +224,9 @@ def test_evaluate_dispatches_an_ocr_manifest(clip, testdata, tmp_path):
     }  # fmt: skip
     path = tmp_path / "ocr.yaml"
     path.write_text(yaml.safe_dump(manifest))
-    results, notices = run_configs(path, ["default"], ["text_search.tokenizer=ngram"], testdata, tmp_path / "work")
-    summary = results["texts/ngram"]["summary"]
-    assert list(results) == ["texts/ngram"] and notices
+    overrides = ["text_search.tokenizer=ngram", "eval.mode=direct"]
+    results, notices = run_configs(path, ["default"], overrides, testdata, tmp_path / "work")
+    summary = results["direct default/texts/ngram"]["summary"]
+    assert list(results) == ["direct default/texts/ngram"] and "direct" in notices[0]
     assert summary["R@1"] == 1.0 and summary["mean_tIoU"] >= 0.7 and summary["CER"] < 0.2
     assert 0.0 < summary["mean_box_IoU"] <= 1.0 and "| R@1 | 1.000 |" in comparison_table(results)

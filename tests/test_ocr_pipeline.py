@@ -1,41 +1,25 @@
 """On-screen text through the whole pipeline: a real clip with "GATE 7 CLOSED" drawn in is indexed on Ray with
-the bundled OCR models; the text spans land in the ``texts`` table through the same commit as every other row,
-exactly once across a rerun, and ``search --level texts`` finds the moment."""
+the bundled OCR models (the ``text_db`` fixture); the text spans land in the ``texts`` table through the same
+commit as every other row, exactly once across a rerun, and ``search --level texts`` finds the moment."""
 
 from __future__ import annotations
 
 import json
-import shutil
 
 import pytest
 
 from pipeline import schema as S
-from pipeline.ocr_clips import FONT_DIR, ClipSpec, DrawnText, build_clip
 from pipeline.store import Store
 from pipeline.text_search import TextSearcher
-from tests.helpers import tiny_config
-
-GATE = DrawnText(text="GATE 7 CLOSED", start=1.4, end=4.6, font="DejaVuSans-Bold.ttf", size=36, x=0.08, y=0.72)
+from tests.helpers import GATE
 
 
-@pytest.fixture(scope="module")
-def text_clip(testdata, tmp_path_factory):
-    if shutil.which("ffmpeg") is None or not (FONT_DIR / GATE.font).exists():
-        pytest.skip("ffmpeg and the DejaVu fonts are needed to draw text into clips (.ci/run installs them)")
-    spec = ClipSpec(id="gate", source="intel_sample_videos/car-detection.mp4", duration=6.0, texts=[GATE])
-    video, _ = build_clip(spec, testdata, tmp_path_factory.mktemp("ocr_pipeline"))
-    folder = tmp_path_factory.mktemp("ocr_videos")
-    shutil.copy(video, folder / "gate.mp4")
-    return folder
-
-
-def test_text_spans_are_indexed_once_and_found_by_their_words(text_clip, ray_session, tmp_path, capsys) -> None:
+def test_text_spans_are_indexed_once_and_found_by_their_words(text_clip, text_db, capsys) -> None:
     from pipeline.runner import run_index
     from run_pipeline import main
 
-    db = tmp_path / "db"
-    cfg = tiny_config(db, "ocr.engine=rapidocr", "ocr.select=all", "detect.enabled=false")
-    summary = run_index(cfg, [str(text_clip)], progress=False)
+    cfg, summary = text_db
+    db = cfg.db.path
     assert summary.failed == 0 and summary.texts >= 1, summary
     store = Store(str(db), 64)
     spans = store.rows(S.TEXTS).to_pylist()
@@ -57,3 +41,41 @@ def test_text_spans_are_indexed_once_and_found_by_their_words(text_clip, ray_ses
     assert main(["search", "gate closed", "--level", "texts", "--config", "tiny", "--db", str(db), "--json"]) == 0
     out = json.loads(capsys.readouterr().out)
     assert out[0]["text_id"] == gate[0]["text_id"] and out[0]["video_id"] == gate[0]["video_id"]
+
+
+def test_evaluate_indexes_the_manifest_through_the_pipeline(testdata, ray_session, tmp_path, capsys) -> None:
+    """``evaluate`` on an OCR manifest indexes its clips on Ray (by default) and scores what the index holds; with
+    ``eval.mode=both`` the direct mode is reported beside it (a 4 s clip with text, a 3 s distractor)."""
+    import yaml
+
+    from run_pipeline import main
+
+    manifest = {
+        "kind": "ocr",
+        "clips": [
+            {"id": "gate", "source": "intel_sample_videos/car-detection.mp4", "duration": 4.0,
+             "texts": [GATE.model_dump()]},
+            {"id": "other", "source": "intel_sample_videos/car-detection.mp4", "offset": 20.0, "duration": 3.0},
+        ],
+        "queries": [
+            {"id": "exact", "clip": "gate", "target": 0, "text": "GATE 7 CLOSED"},
+            {"id": "typo", "clip": "gate", "target": 0, "kind": "one-error", "text": "GATE 7 CL0SED"},
+        ],
+    }  # fmt: skip
+    path, out, work = tmp_path / "ocr.yaml", tmp_path / "results.json", tmp_path / "work"
+    path.write_text(yaml.safe_dump(manifest))
+    args = ["evaluate", "--manifest", str(path), "--media-root", str(testdata), "--work-dir", str(work)]
+    sets = ["--set", "text_search.tokenizer=ngram", "--set", "eval.mode=both", "--json", str(out)]
+    assert main([*args, *sets]) == 0
+    printed = capsys.readouterr().out
+    results = json.loads(out.read_text())
+    assert list(results) == ["pipeline default/texts/ngram", "direct default/texts/ngram"]
+    piped, direct = results["pipeline default/texts/ngram"], results["direct default/texts/ngram"]
+    assert piped["summary"]["R@1"] == 1.0 and piped["summary"]["mean_tIoU"] >= 0.7
+    assert 0.5 < piped["summary"]["mean_box_IoU"] <= 1.0 and piped["summary"]["span CER"] < 0.2
+    assert piped["summary"]["frames"] == 7 and piped["summary"]["text spans"] >= 1  # 4 + 3 sampled frames
+    assert piped["summary"]["OCR stage CPU s"] > 0 and piped["summary"]["CER"] is None
+    assert any("ocr" in name for name in piped["run"]["graph_stages"])
+    assert direct["summary"]["R@1"] == 1.0 and direct["summary"]["CER"] < 0.2
+    assert "'pipeline' columns" in printed and "| R@1 | 1.000 | 1.000 |" in printed
+    assert not any(p.name.startswith("ocr-pipeline-") for p in work.iterdir())  # the temporary database is gone

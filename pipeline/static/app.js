@@ -133,6 +133,7 @@ function thumb(result) {
 }
 
 function render(body) {
+  if (body.level === "texts") return renderTexts(body);
   const grid = $("results");
   grid.replaceChildren();
   for (const r of body.results) {
@@ -193,6 +194,7 @@ async function start() {
     $("now").textContent = `${name}: this browser cannot play the file's format (it is still searchable)`;
   });
   $("image").addEventListener("change", pickImage);
+  $("level").addEventListener("change", levelChanged);
   $("clear-image").addEventListener("click", () => {
     $("image").value = "";
     pickImage();
@@ -208,8 +210,97 @@ async function start() {
     const status = $("status");
     status.append(el("span", "", `${info.videos} video${info.videos === 1 ? "" : "s"} indexed`));
     if (info.random_weights) status.append(el("span", "warn", "random weights: results carry no meaning"));
+    textLevelAvailable(info.texts);
+    levelChanged(); // the browser may have restored the level chosen before a reload
   } catch (err) {
     say(err.message, "error");
+  }
+}
+
+// -- On-screen text (level "texts"): hits are text spans, searched by words ---------------------------------
+
+const TEXT_ONLY_OFF = ["rerank", "image", "classes", "min_track_duration"]; // what does not apply to text
+
+function textLevelAvailable(available) {
+  const option = $("level").querySelector('option[value="texts"]');
+  option.disabled = !available;
+  option.title = available ? "" : "This database was indexed without reading on-screen text";
+}
+
+function levelChanged() {
+  const texts = $("level").value === "texts";
+  if (texts && $("image").files[0]) {
+    $("image").value = ""; // words only: a chosen image is let go
+    pickImage();
+  }
+  for (const id of TEXT_ONLY_OFF) $(id).disabled = texts;
+  $("image").closest("label").classList.toggle("disabled", texts);
+  // On-screen text is read by trained OCR models: the random-weights warning is about the vector levels.
+  document.querySelectorAll("#status .warn").forEach((w) => (w.hidden = texts));
+  $("text").placeholder = texts ? "Words shown on screen, e.g. “gate 7 closed”" : $("text").dataset.placeholder;
+}
+
+function markedText(text, query) {
+  // The query's words where they occur in the text read, case-insensitively (an OCR error leaves a word unmarked).
+  const node = el("div", "ocr-text");
+  const words = query.toLowerCase().split(/\s+/).filter((w) => w.length > 0);
+  const lower = text.toLowerCase();
+  const marked = new Array(text.length).fill(false);
+  for (const w of words) {
+    for (let i = lower.indexOf(w); i >= 0; i = lower.indexOf(w, i + 1)) marked.fill(true, i, i + w.length);
+  }
+  let i = 0;
+  while (i < text.length) {
+    let j = i;
+    while (j < text.length && marked[j] === marked[i]) j++;
+    node.append(marked[i] ? el("mark", "", text.slice(i, j)) : document.createTextNode(text.slice(i, j)));
+    i = j;
+  }
+  return node;
+}
+
+function textThumb(result) {
+  // The image keeps its own aspect ratio here (no letterboxing), so the box lands on the text read.
+  const wrap = el("div", "thumb exact");
+  const img = el("img");
+  img.src = `/api/thumbnails/${encodeURIComponent(result.thumb_id)}`;
+  img.alt = `${basename(result.path)} at ${fmtTime(result.best_t)}`;
+  img.loading = "lazy";
+  const [x1, y1, x2, y2] = result.box;
+  const box = el("div", "box text-box");
+  Object.assign(box.style, {
+    left: `${100 * x1}%`,
+    top: `${100 * y1}%`,
+    width: `${100 * (x2 - x1)}%`,
+    height: `${100 * (y2 - y1)}%`,
+  });
+  wrap.append(img, box, el("span", "span-badge", `${fmtTime(result.start_s)} – ${fmtTime(result.end_s)}`));
+  return wrap;
+}
+
+function renderTexts(body) {
+  const grid = $("results");
+  grid.replaceChildren();
+  const query = $("text").value;
+  for (const r of body.results) {
+    const card = el("button", "result text-result");
+    card.type = "button";
+    card.dataset.videoId = r.video_id;
+    card.dataset.start = String(r.start_s);
+    card.dataset.end = String(r.end_s);
+    card.title = `Play ${basename(r.path)} from ${fmtTime(r.start_s)}, where “${r.text}” is on screen`;
+    const meta = el("div", "meta");
+    const top = el("div", "row");
+    top.append(el("span", "rank", `#${r.rank}`), el("span", "score", fmtScore(r.score)));
+    const sub = el("div", "row small");
+    sub.append(el("span", "", "on-screen text"), el("span", "", `read at ${Math.round(100 * r.conf)}%`));
+    meta.append(top, markedText(r.text, query), el("div", "name", basename(r.path)), sub);
+    card.append(textThumb(r), meta);
+    card.addEventListener("click", () => {
+      play(r, card);
+      $("now").textContent = `${basename(r.path)} · “${r.text}” ${fmtTime(r.start_s)} – ${fmtTime(r.end_s)}`;
+    });
+    grid.append(card);
   }
 }
 
