@@ -22,6 +22,7 @@ from pydantic import BaseModel, ConfigDict
 
 from pipeline import schema as S
 from pipeline.config import Config
+from pipeline.hybrid import Mode
 from pipeline.media import Verifier, media_type
 from pipeline.schema import Level
 from pipeline.search import Filters, Searcher
@@ -42,6 +43,7 @@ class SearchRequest(BaseModel):
     level: Level = "segments"
     filters: Filters | None = None
     rerank: str | None = "default"  # a re-ranker name, "default" (the config's), or null / "none"
+    mode: Mode = "vector"  # vector, text (full-text over captions) or hybrid (both, fused by reciprocal rank)
 
 
 class Api:
@@ -77,11 +79,12 @@ class Api:
         serial = self.serial or name not in THREAD_SAFE_RERANKERS or name not in self._warm
         with self.model_lock if serial else contextlib.nullcontext():
             results = self.searcher.search(
-                text=req.text, image=image, k=req.k, level=req.level, filters=req.filters, rerank=rerank
+                text=req.text, image=image, k=req.k, level=req.level, filters=req.filters, rerank=rerank, mode=req.mode
             )
             self._warm.add(name)
         return {
             "level": req.level,
+            "mode": req.mode,
             "rerank": name,
             "took_ms": round(1000 * (time.perf_counter() - t0), 1),
             "count": len(results),

@@ -76,6 +76,7 @@ async function search(event) {
     level: $("level").value,
     rerank: $("rerank").value,
     filters: filters(),
+    mode: $("mode").value, // an image sets it to vector (syncMode)
   };
   let options;
   if (image) {
@@ -97,7 +98,8 @@ async function search(event) {
   try {
     const body = await api("/api/search", options);
     render(body);
-    const how = body.rerank ? `, re-ranked by ${body.rerank}` : "";
+    const how = (body.mode && body.mode !== "vector" ? `, ${body.mode} mode` : "") +
+      (body.rerank ? `, re-ranked by ${body.rerank}` : "");
     say(`${body.count} result${body.count === 1 ? "" : "s"} in ${Math.round(body.took_ms)} ms${how}`);
   } catch (err) {
     $("results").replaceChildren();
@@ -177,6 +179,16 @@ function play(result, card) {
   }
 }
 
+// Text and hybrid modes search captions, which only segments have; an image query is always a vector search.
+function syncMode() {
+  const image = Boolean($("image").files[0]);
+  if (image) $("mode").value = "vector";
+  $("mode").disabled = image;
+  const words = $("mode").value !== "vector";
+  if (words) $("level").value = "segments";
+  $("level").disabled = words;
+}
+
 function pickImage() {
   const file = $("image").files[0];
   $("image-label").textContent = file ? file.name : "Image…";
@@ -193,9 +205,12 @@ async function start() {
     $("now").textContent = `${name}: this browser cannot play the file's format (it is still searchable)`;
   });
   $("image").addEventListener("change", pickImage);
+  $("image").addEventListener("change", syncMode);
+  $("mode").addEventListener("change", syncMode);
   $("clear-image").addEventListener("click", () => {
     $("image").value = "";
     pickImage();
+    syncMode();
   });
   try {
     const info = await api("/api/info");
