@@ -92,6 +92,11 @@ def parser() -> argparse.ArgumentParser:
         action="append",
         help="shots manifests: a shot detector to score, as YAML: a name or {detector: ..., stride: ...} (repeatable)",
     )
+    p.add_argument(
+        "--modes",
+        default="vector",
+        help="search modes to compare, comma-separated: vector, text, hybrid (text/hybrid search segment captions)",
+    )
 
     p = sub.add_parser("status", help="videos by state, rows, indexes, pipeline versions, runs, quarantined files")
     _common(p)
@@ -297,6 +302,10 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
     from pipeline.evaluate import comparison_table, manifest_kind, run_configs, run_shots
 
     if manifest_kind(args.manifest) == "shots":  # shot boundaries: no index, no Ray
+        if args.modes != "vector":
+            from pipeline.config import ConfigError
+
+            raise ConfigError("--modes applies to retrieval manifests, not to shot boundaries")
         results = run_shots(args.manifest, args.detectors, args.media_root, args.work_dir)
         print(comparison_table(results))
         if args.json:
@@ -311,6 +320,7 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
         args.work_dir,
         k=args.k,
         start_ray=lambda cfg: start_ray(cfg, args.address, args.verbose),
+        modes=[m.strip() for m in args.modes.split(",") if m.strip()],
     )
     for n in notices:
         print(n)

@@ -51,6 +51,17 @@ class CaptionSearchUnavailable(ValueError):
     """Text or hybrid search cannot run on this database or level; the message says what to do."""
 
 
+def check_modes(modes: list[str] | None) -> list[str]:
+    """A list of search modes validated (default ``["vector"]``), duplicates dropped, order kept."""
+    from pipeline.config import ConfigError
+
+    modes = list(dict.fromkeys(modes or ["vector"]))
+    bad = [m for m in modes if m not in MODES]
+    if bad:
+        raise ConfigError(f"unknown search mode(s) {', '.join(bad)}; choose from {', '.join(MODES)}")
+    return modes
+
+
 def ensure_caption_index(table: Any, replace: bool = False) -> bool:
     """Build ``caption_fts`` on ``table.caption`` if it is missing; returns whether it was built."""
     from pipeline.text_search import ensure_fts_index  # imported here: text_search imports search, which imports us

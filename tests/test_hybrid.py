@@ -23,13 +23,25 @@ from PIL import Image
 
 from pipeline import schema as S
 from pipeline.config import MaintenanceConfig
-from pipeline.hybrid import CAPTION_FTS
+from pipeline.hybrid import CAPTION_FTS, MODES
 from pipeline.maintenance import CAPTION_FTS as MAINTAINED_FTS
 from pipeline.maintenance import maintain, needs_maintenance
 from pipeline.search import Searcher, SearchError
 from pipeline.server import create_app
 from pipeline.store import Store
-from tests.helpers import AUTH, ROOT, TINY_DIM, TOKEN, content, running, tables_of, tiny_config, video_row
+from tests.helpers import (
+    AUTH,
+    ROOT,
+    TESTDATA,
+    TINY_DIM,
+    TOKEN,
+    clip,
+    content,
+    running,
+    tables_of,
+    tiny_config,
+    video_row,
+)
 
 SUBJECTS = ["dog", "man", "woman", "cat", "child", "horse"]
 ACTIONS = ["running", "sitting", "riding a bike", "eating lunch", "playing with a ball", "jumping"]
@@ -308,3 +320,46 @@ def test_page_mode_selector(db) -> None:
             assert not page.locator("#level").is_disabled()
         finally:
             browser.close()
+
+
+def test_evaluate_runs_text_queries_in_every_mode(tmp_path, capsys) -> None:
+    """The same database searched in vector, text and hybrid mode by ``evaluate``: text queries that are a
+    segment's caption find it first by words; image queries run in vector mode only; ``evaluate`` builds the
+    caption index itself (it runs without ``maintain``)."""
+    import run_pipeline
+    from pipeline.evaluate import CAPTIONS_NEED_PRETRAINED, NO_CAPTIONS, Manifest, caption_notices, evaluate
+
+    rel = ["mdn/flower.webm", "mmaction2/test.avi"]
+    paths = [clip(r) for r in rel]
+    cfg = tiny_config(tmp_path / "db")
+    store = Store(str(tmp_path / "db"), TINY_DIM)
+    for v, path in enumerate(paths):
+        group = content(VIDEOS[v], [4.0 * j for j in range(PER_VIDEO)], seed=v, dim=TINY_DIM)
+        segs = group[S.SEGMENTS]
+        group[S.SEGMENTS] = segs.set_column(segs.schema.get_field_index("caption"), "caption", pa.array(captions_of(v)))
+        row = {**video_row(VIDEOS[v], os.path.abspath(path)), "duration_s": 32.0}
+        store.begin([row])
+        store.commit([row], tables_of(group))
+    queries = [
+        {"id": f"caption-{v}-{j}", "video": rel[v], "text": captions_of(v)[j], "relevant": [[4.0 * j, 4.0 * j + 1]]}
+        for v, j in [(0, 2), (0, 5), (1, 6)]
+    ]
+    queries.append({"id": "image", "video": rel[0], "image": {"t": 1.0}})
+    manifest = Manifest.model_validate({"level": "segments", "queries": queries})
+    got = {m: evaluate(manifest, cfg, TESTDATA, tmp_path / "work", k=5, index=False, mode=m) for m in MODES}
+    assert [got[m]["summary"]["queries"] for m in MODES] == [4, 3, 3]
+    assert got["text"]["summary"]["R@1"] == 1.0 and got["text"]["summary"]["mean_tIoU"] > 0
+    assert got["hybrid"]["summary"]["R@5"] == 1.0
+    assert [q["id"] for q in got["hybrid"]["queries"]] == [q["id"] for q in queries[:3]]
+
+    assert caption_notices("tiny", cfg.db.path, True, ["vector"]) == []
+    assert caption_notices("tiny", cfg.db.path, True, ["vector", "text", "hybrid"]) == [
+        CAPTIONS_NEED_PRETRAINED.format(name="tiny", modes="text/hybrid")
+    ]
+    store.table(S.SEGMENTS).update(values={"caption": None})
+    assert caption_notices("tiny", cfg.db.path, False, ["hybrid"]) == [NO_CAPTIONS.format(name="tiny", modes="hybrid")]
+
+    manifest_path = str(ROOT / "eval" / "text_queries.yaml")
+    parsed = run_pipeline.parser().parse_args(["evaluate", "--manifest", manifest_path, "--modes", "vector,words"])
+    assert run_pipeline._run(parsed) == 2
+    assert "error: unknown search mode(s) words; choose from vector, text, hybrid" in capsys.readouterr().err
