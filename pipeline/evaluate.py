@@ -37,6 +37,7 @@ import yaml
 from operators.base import StrictModel
 from operators.contract import Level
 from pipeline import schema as S
+from pipeline.hybrid import Mode
 
 Span = tuple[float, float]
 Box4 = tuple[float, float, float, float]
@@ -206,7 +207,7 @@ def evaluate(
     work_dir: str | Path,
     k: int = 10,
     index: bool = True,
-    mode: str = "vector",
+    mode: Mode = "vector",
 ) -> dict[str, Any]:
     """Index the manifest's videos with ``cfg`` (into ``cfg.db.path``; complete videos are skipped) and score
     every query in search ``mode`` (``text``/``hybrid``: the text queries only). Ray must be started by the
@@ -304,9 +305,9 @@ def run_configs(
     from pipeline.lock import DatabaseLock
     from pipeline.ocr_eval import is_ocr_manifest, run_ocr_configs
 
-    modes = check_modes(modes)  # before anything is indexed
+    run_modes = check_modes(modes)  # before anything is indexed
     if is_ocr_manifest(manifest_path):  # on-screen text: its own evaluation (pipeline/ocr_eval.py)
-        if modes != ["vector"]:
+        if run_modes != ["vector"]:
             raise ConfigError("--modes applies to retrieval manifests; on-screen text is always searched by words")
         return run_ocr_configs(manifest_path, overrides, media_root, work_dir, k=k)
     manifest = load_manifest(manifest_path)
@@ -324,10 +325,10 @@ def run_configs(
         with DatabaseLock(cfg.db.path, "evaluate", cfg.db.lock_dir):
             if start_ray is not None:
                 start_ray(cfg)
-            for i, mode in enumerate(modes):  # indexed once, searched in every mode
-                key = label if modes == ["vector"] else f"{label} [{mode}]"
+            for i, mode in enumerate(run_modes):  # indexed once, searched in every mode
+                key = label if run_modes == ["vector"] else f"{label} [{mode}]"
                 results[key] = evaluate(manifest, cfg, root, work_dir, k=k, index=i == 0, mode=mode)
-            notices += caption_notices(name, cfg.db.path, random, modes)
+            notices += caption_notices(name, cfg.db.path, random, list(run_modes))
     return results, notices
 
 

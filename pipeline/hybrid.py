@@ -14,7 +14,7 @@
 - **hybrid** mode: the vector ranking (``Searcher.stage1``, exactly vector mode's) and the text ranking, each
   ``k * search.overfetch`` deep and prefiltered by the same ``where``, fused by reciprocal-rank fusion:
   ``rrf(d) = sum over the lists containing d of 1 / (rrf_k + rank)``, reported scaled by ``(rrf_k + 1) / 2`` so
-  a segment first in both lists scores 1. Ties go to the better single-list rank, then to the id.
+  a segment first in both lists scores 1. Ties go to the vector ranking's order, then the text ranking's.
 
 Why RRF is computed here rather than by LanceDB's ``query_type="hybrid"`` with ``RRFReranker``: that builder
 applies one ``select`` to both legs, so neither ``_distance`` nor ``_score`` can be named (lance then logs a
@@ -26,7 +26,7 @@ default K is 60, ours too); ``tests/test_hybrid.py`` checks the fused ranks agai
 from __future__ import annotations
 
 from collections.abc import Callable
-from typing import Any, Literal
+from typing import Any, Literal, cast
 
 from pipeline import schema as S
 
@@ -51,15 +51,15 @@ class CaptionSearchUnavailable(ValueError):
     """Text or hybrid search cannot run on this database or level; the message says what to do."""
 
 
-def check_modes(modes: list[str] | None) -> list[str]:
+def check_modes(modes: list[str] | None) -> list[Mode]:
     """A list of search modes validated (default ``["vector"]``), duplicates dropped, order kept."""
     from pipeline.config import ConfigError
 
-    modes = list(dict.fromkeys(modes or ["vector"]))
-    bad = [m for m in modes if m not in MODES]
+    unique = list(dict.fromkeys(modes or ["vector"]))
+    bad = [m for m in unique if m not in MODES]
     if bad:
         raise ConfigError(f"unknown search mode(s) {', '.join(bad)}; choose from {', '.join(MODES)}")
-    return modes
+    return cast(list[Mode], unique)
 
 
 def ensure_caption_index(table: Any, replace: bool = False) -> bool:
@@ -102,7 +102,7 @@ def text_ranking(table: Any, text: str, columns: list[str], fetch: int, where: s
     row holds ``columns`` and ``_score``."""
     from lancedb.query import MatchQuery
 
-    q = table.search(MatchQuery(text, CAPTION_COLUMN), query_type="fts")
+    q = table.search(MatchQuery(text, CAPTION_COLUMN), query_type="fts")  # type: ignore[call-arg]
     if where:
         q = q.where(where, prefilter=True)
     return q.select([*columns, "_score"]).limit(fetch).to_list()  # type: ignore[no-any-return]
@@ -116,15 +116,16 @@ def text_scores(rows: list[dict[str, Any]]) -> list[float]:
 
 def rrf(rankings: list[list[str]], k: int = 60) -> list[tuple[str, float]]:
     """Reciprocal-rank fusion of ranked id lists (best first): ``(id, sum 1 / (k + rank))`` best first, scaled
-    by ``(k + 1) / len(rankings)`` so an id first in every list scores 1. Ties: better single rank, then id."""
+    by ``(k + 1) / len(rankings)`` so an id first in every list scores 1. Ties keep the order of the lists
+    concatenated (earlier list, then better rank), as LanceDB's ``RRFReranker`` does."""
     score: dict[str, float] = {}
-    best: dict[str, int] = {}
+    first: dict[str, int] = {}
     for ranking in rankings:
         for rank, key in enumerate(ranking, 1):
             score[key] = score.get(key, 0.0) + 1.0 / (k + rank)
-            best[key] = min(best.get(key, rank), rank)
+            first.setdefault(key, len(first))
     scale = (k + 1) / max(1, len(rankings))
-    return sorted(((key, s * scale) for key, s in score.items()), key=lambda x: (-x[1], best[x[0]], x[0]))
+    return sorted(((key, s * scale) for key, s in score.items()), key=lambda x: (-x[1], first[x[0]]))
 
 
 def hybrid_rows(

@@ -159,12 +159,12 @@ def test_hybrid_ranks_equal_an_independent_rrf_of_the_two_rankings(db, filters) 
     for ranking in (vector, text):
         for i, seg in enumerate(ranking):
             fused[seg] = fused.get(seg, 0.0) + 1.0 / (RRF_K + i + 1)
+    order = list(dict.fromkeys(vector + text))  # ties: as LanceDB's RRFReranker, the lists' concatenated order
+    want = sorted(fused, key=lambda seg: (-fused[seg], order.index(seg)))[:k]
     got = searcher.search(text=query, k=k, filters=filters, mode="hybrid", rerank=None)
-    assert [h.rank for h in got] == list(range(1, k + 1))
+    assert [h.id for h in got] == want and [h.rank for h in got] == list(range(1, k + 1))
     for h in got:  # reported scaled so that first in both rankings would be 1
         assert h.score == pytest.approx(fused[h.id] * (RRF_K + 1) / 2, rel=1e-9)
-    best = sorted(fused.values(), reverse=True)[:k]
-    assert [h.score for h in got] == pytest.approx([s * (RRF_K + 1) / 2 for s in best], rel=1e-9)
 
     # LanceDB's own hybrid query with its RRF reranker fuses the same two rankings to the same scores
     from lancedb.query import MatchQuery
@@ -176,9 +176,9 @@ def test_hybrid_ranks_equal_an_independent_rrf_of_the_two_rankings(db, filters) 
     if filters:
         q = q.where("array_has_any(class_names, make_array('dog'))", prefilter=True)
     lance = q.select(["segment_id"]).limit(depth).to_list()
-    theirs = {r["segment_id"]: r["_relevance_score"] * (RRF_K + 1) / 2 for r in lance}
-    for h in got:
-        assert theirs[h.id] == pytest.approx(h.score, rel=1e-6)
+    assert [r["segment_id"] for r in lance[:k]] == want
+    for h, r in zip(got, lance, strict=False):
+        assert r["_relevance_score"] * (RRF_K + 1) / 2 == pytest.approx(h.score, rel=1e-6)
 
 
 def test_modes_refused_where_they_cannot_run(db, tmp_path) -> None:
