@@ -25,7 +25,9 @@ default K is 60, ours too); ``tests/test_hybrid.py`` checks the fused ranks agai
 
 from __future__ import annotations
 
+import threading
 from collections.abc import Callable
+from concurrent.futures import ThreadPoolExecutor
 from typing import Any, Literal, cast
 
 from pipeline import schema as S
@@ -47,8 +49,8 @@ CAPTION_TOKENS: dict[str, Any] = {
 }
 
 
-class CaptionSearchUnavailable(ValueError):
-    """Text or hybrid search cannot run on this database or level; the message says what to do."""
+class CaptionSearchError(ValueError):
+    """A text or hybrid search that cannot run (level, input, database); the message says what to do."""
 
 
 def check_modes(modes: list[str] | None) -> list[Mode]:
@@ -72,27 +74,31 @@ def ensure_caption_index(table: Any, replace: bool = False) -> bool:
 def check_mode(mode: str, level: str, text: Any, image: Any) -> None:
     """Refuse a mode that cannot serve the request, before any model loads."""
     if mode not in MODES:
-        raise CaptionSearchUnavailable(f"mode must be one of {', '.join(MODES)}")
+        raise CaptionSearchError(f"mode must be one of {', '.join(MODES)}")
     if mode == "vector":
         return
     if level not in CAPTION_LEVELS:
-        raise CaptionSearchUnavailable(
+        raise CaptionSearchError(
             f"mode '{mode}' searches captions, which only {', '.join(CAPTION_LEVELS)} have; use level "
             f"{CAPTION_LEVELS[0]} or mode vector"
         )
     if image is not None or text is None:
-        raise CaptionSearchUnavailable(f"mode '{mode}' matches the words of a text query; an image needs mode vector")
+        raise CaptionSearchError(f"mode '{mode}' matches the words of a text query; an image needs mode vector")
+    try:
+        str(text).encode("utf-8")  # the full-text engine takes UTF-8 only (a JSON "\ud800" escape is not)
+    except UnicodeEncodeError:
+        raise CaptionSearchError("the query text must be valid Unicode text") from None
 
 
 def check_caption_index(table: Any) -> None:
     """The caption column and its full-text index must exist on ``table``."""
     if CAPTION_COLUMN not in table.schema.names:
-        raise CaptionSearchUnavailable(
+        raise CaptionSearchError(
             "this database predates segment captions: run `vidsearch maintain` to add the column, then index "
             "with captions on"
         )
     if not any(ix.name == CAPTION_FTS for ix in table.list_indices()):
-        raise CaptionSearchUnavailable(
+        raise CaptionSearchError(
             "the segment captions have no full-text index yet: run `vidsearch maintain` to build it"
         )
 
@@ -157,5 +163,20 @@ def caption_stage1(
     if mode == "text":
         rows = [r for r in text_ranking(table, text, columns, fetch, where) if keep(r)]
         return list(zip(rows, text_scores(rows), strict=True))
-    words = [r for r in text_ranking(table, text, columns, depth, where) if keep(r)]
-    return hybrid_rows([r for r in vector(depth) if keep(r)], words, columns[0], rrf_k)[:fetch]
+    text_rows = _pool().submit(text_ranking, table, text, columns, depth, where)  # both rankings at once
+    vector_rows = vector(depth)
+    words = [r for r in text_rows.result() if keep(r)]
+    return hybrid_rows([r for r in vector_rows if keep(r)], words, columns[0], rrf_k)[:fetch]
+
+
+_POOL: ThreadPoolExecutor | None = None
+_POOL_LOCK = threading.Lock()
+
+
+def _pool() -> ThreadPoolExecutor:
+    """Threads for the text ranking of hybrid searches (LanceDB's hybrid query runs its two legs at once too)."""
+    global _POOL
+    with _POOL_LOCK:
+        if _POOL is None:
+            _POOL = ThreadPoolExecutor(max_workers=4, thread_name_prefix="hybrid-text")
+        return _POOL

@@ -24,7 +24,7 @@ from operators.rerank import RERANKERS, Query, RerankInput, build_reranker
 from pipeline import schema as S
 from pipeline.config import Config
 from pipeline.contexts import contexts as span_contexts
-from pipeline.hybrid import CaptionSearchUnavailable, Mode, caption_stage1, check_mode
+from pipeline.hybrid import CaptionSearchError, Mode, caption_stage1, check_mode
 from pipeline.schema import Level
 from pipeline.store import Store, in_list, quote
 
@@ -239,7 +239,7 @@ class Searcher:
             raise SearchError(f"unknown re-ranker '{str(reranker)[:60]}'; choose one of {', '.join(RERANKERS)} or none")
         try:
             check_mode(mode, level, text, image)
-        except CaptionSearchUnavailable as exc:
+        except CaptionSearchError as exc:
             raise SearchError(str(exc)) from None
         if mode == "text" and reranker is None:  # words only: the encoder is not needed
             self._check_text(text)
@@ -301,7 +301,7 @@ class Searcher:
                 keep=lambda r: r["video_id"] in videos,
                 rrf_k=self.cfg.search.rrf_k,
             )
-        except CaptionSearchUnavailable as exc:
+        except CaptionSearchError as exc:
             raise SearchError(str(exc)) from None
         results = []
         for r, score in pairs:

@@ -19,6 +19,8 @@ from typing import Any
 import httpx
 import pyarrow as pa
 import pytest
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
 from PIL import Image
 
 from pipeline import schema as S
@@ -193,6 +195,10 @@ def test_modes_refused_where_they_cannot_run(db, tmp_path) -> None:
         searcher.search(text="a dog", mode="words")  # type: ignore[arg-type]
     with pytest.raises(SearchError, match="empty"):
         searcher.search(text=" ", mode="text", rerank=None)
+    with pytest.raises(SearchError, match="valid Unicode"):
+        searcher.search(text="\ud800 dog", mode="hybrid", rerank=None)
+    for hostile in ["dog\x00", "*:*", "((((", "title:dog", "NOT dog", "'", "\\", "\u202e dog"]:  # words, no syntax
+        assert len(searcher.search(text=hostile, mode="text", rerank=None)) <= 10
 
     # no caption index yet, then a database from before captions: both name the command that fixes them
     store = Store(str(tmp_path / "db"), TINY_DIM)
@@ -207,6 +213,18 @@ def test_modes_refused_where_they_cannot_run(db, tmp_path) -> None:
     maintain(store, MaintenanceConfig())  # migrates (caption column, all null) and builds the index
     assert fresh.search(text="a dog", mode="text", rerank=None) == []
     assert len(fresh.search(text="a dog", mode="hybrid", rerank=None)) == PER_VIDEO
+
+
+@settings(max_examples=40, deadline=None, derandomize=True, suppress_health_check=[HealthCheck.function_scoped_fixture])
+@given(text=st.text(max_size=60), mode=st.sampled_from(["text", "hybrid"]))
+def test_any_query_text_gets_hits_or_a_clear_refusal(db, text, mode) -> None:  # type: ignore[no-untyped-def]
+    _, searcher = db
+    try:
+        hits = searcher.search(text=text, k=5, mode=mode, rerank=None)
+    except SearchError as exc:
+        assert str(exc) and "\n" not in str(exc)
+    else:
+        assert len(hits) <= 5 and [h.score for h in hits] == sorted((h.score for h in hits), reverse=True)
 
 
 def test_rows_committed_after_the_index_are_found_and_maintain_folds_them_in(tmp_path) -> None:
