@@ -207,6 +207,7 @@ async function start() {
   $("image").addEventListener("change", pickImage);
   $("image").addEventListener("change", syncMode);
   $("mode").addEventListener("change", syncMode);
+  syncMode(); // a reload may restore the form with a caption mode chosen
   $("clear-image").addEventListener("click", () => {
     $("image").value = "";
     pickImage();
