@@ -56,6 +56,12 @@ def parser() -> argparse.ArgumentParser:
     p.add_argument("--min-track-duration", type=float)
     p.add_argument("--min-score", type=float)
     p.add_argument("--rerank", default="default", help="re-ranker name, or 'none'")
+    p.add_argument(
+        "--mode",
+        default="vector",
+        choices=["vector", "text", "hybrid"],
+        help="vector: embeddings; text: full-text over segment captions; hybrid: both fused by reciprocal rank",
+    )
     p.add_argument("--json", action="store_true", help="print JSON")
 
     p = sub.add_parser("prune", help="remove the rows of indexed videos whose files are gone")
@@ -85,6 +91,11 @@ def parser() -> argparse.ArgumentParser:
         dest="detectors",
         action="append",
         help="shots manifests: a shot detector to score, as YAML: a name or {detector: ..., stride: ...} (repeatable)",
+    )
+    p.add_argument(
+        "--modes",
+        default="vector",
+        help="search modes to compare, comma-separated: vector, text, hybrid (text/hybrid search segment captions)",
     )
 
     p = sub.add_parser("status", help="videos by state, rows, indexes, pipeline versions, runs, quarantined files")
@@ -261,8 +272,11 @@ def cmd_search(args: argparse.Namespace) -> int:
     if cfg.random_weights:
         print(RANDOM_WEIGHTS_NOTICE, file=sys.stderr)
     if args.level == "texts":  # on-screen text: full-text search over the text spans
+        from pipeline.search import SearchError
         from pipeline.text_search import TextSearcher
 
+        if args.mode != "vector":
+            raise SearchError("--mode does not apply to level texts (on-screen text is always searched by its words)")
         hits = TextSearcher(cfg.db.path).search(args.text or "", k=args.k, filters=_filters(args))
         if args.json:
             print(json.dumps([h.as_dict() for h in hits], indent=2))
@@ -275,7 +289,7 @@ def cmd_search(args: argparse.Namespace) -> int:
     image = _read_image_arg(args.image) if args.image else None
     rerank = None if args.rerank == RERANK_NONE else args.rerank
     results = Searcher(cfg.db.path, cfg).search(
-        text=args.text, image=image, k=args.k, level=args.level, filters=_filters(args), rerank=rerank
+        text=args.text, image=image, k=args.k, level=args.level, filters=_filters(args), rerank=rerank, mode=args.mode
     )
     if args.json:
         print(json.dumps([r.as_dict() for r in results], indent=2))
@@ -288,6 +302,10 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
     from pipeline.evaluate import comparison_table, manifest_kind, run_configs, run_shots
 
     if manifest_kind(args.manifest) == "shots":  # shot boundaries: no index, no Ray
+        if args.modes != "vector":
+            from pipeline.config import ConfigError
+
+            raise ConfigError("--modes applies to retrieval manifests, not to shot boundaries")
         results = run_shots(args.manifest, args.detectors, args.media_root, args.work_dir)
         print(comparison_table(results))
         if args.json:
@@ -302,6 +320,7 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
         args.work_dir,
         k=args.k,
         start_ray=lambda cfg: start_ray(cfg, args.address, args.verbose),
+        modes=[m.strip() for m in args.modes.split(",") if m.strip()],
     )
     for n in notices:
         print(n)

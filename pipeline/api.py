@@ -22,6 +22,7 @@ from pydantic import BaseModel, ConfigDict
 
 from pipeline import schema as S
 from pipeline.config import Config
+from pipeline.hybrid import Mode
 from pipeline.media import Verifier, media_type
 from pipeline.schema import Level
 from pipeline.search import Filters, Searcher, SearchError
@@ -44,6 +45,7 @@ class SearchRequest(BaseModel):
     level: Level | Literal["texts"] = "segments"
     filters: Filters | None = None
     rerank: str | None = "default"  # a re-ranker name, "default" (the config's), or null / "none"
+    mode: Mode = "vector"  # vector, text (full-text over captions) or hybrid (both, fused by reciprocal rank)
 
 
 class Api:
@@ -84,11 +86,18 @@ class Api:
         serial = self.serial or name not in THREAD_SAFE_RERANKERS or name not in self._warm
         with self.model_lock if serial else contextlib.nullcontext():
             results = self.searcher.search(
-                text=req.text, image=image, k=req.k, level=cast(Level, req.level), filters=req.filters, rerank=rerank
+                text=req.text,
+                image=image,
+                k=req.k,
+                level=cast(Level, req.level),
+                filters=req.filters,
+                rerank=rerank,
+                mode=req.mode,
             )
             self._warm.add(name)
         return {
             "level": req.level,
+            "mode": req.mode,
             "rerank": name,
             "took_ms": round(1000 * (time.perf_counter() - t0), 1),
             "count": len(results),
@@ -108,6 +117,8 @@ class Api:
             raise SearchError("on-screen text is searched by words: give a text query, not an image, at level texts")
         if req.rerank not in (None, S.RERANK_NONE, S.RERANK_DEFAULT):
             raise SearchError("re-rankers do not apply to on-screen text (level texts): leave rerank out")
+        if req.mode != "vector":
+            raise SearchError("search modes are about captions: on-screen text (level texts) is always searched by words")
         if not isinstance(req.k, int) or not 1 <= req.k <= self.cfg.search.max_k:
             raise SearchError(f"k must be an integer from 1 to {self.cfg.search.max_k}")
         t0 = time.perf_counter()

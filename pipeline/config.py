@@ -109,6 +109,7 @@ class SearchConfig(StrictModel):
     max_k: int = 1000
     rerank: str | None = "attention"
     rerank_weight: float = 0.5
+    rrf_k: int = Field(default=60, gt=0)  # reciprocal-rank fusion constant of hybrid search (pipeline/hybrid.py)
     rerankers: dict[str, dict[str, Any]] = Field(default_factory=dict)
 
 

@@ -13,6 +13,10 @@ another video) and, over the queries that label boxes, the mean best IoU between
 hit's boxes.
 
 A hit is relevant when it comes from the query's video and its span overlaps a relevant span.
+
+Search modes (``modes``, ``evaluate --modes vector,text,hybrid``): each config's database is indexed once and
+its text queries run in every mode, side by side (``text`` and ``hybrid`` search segment captions, see
+``pipeline/hybrid.py``; image queries run in ``vector`` mode only). The caption index is built before them.
 """
 
 from __future__ import annotations
@@ -32,6 +36,8 @@ import yaml
 
 from operators.base import StrictModel
 from operators.contract import Level
+from pipeline import schema as S
+from pipeline.hybrid import Mode
 
 Span = tuple[float, float]
 Box4 = tuple[float, float, float, float]
@@ -39,6 +45,14 @@ Box4 = tuple[float, float, float, float]
 TEXT_NEEDS_PRETRAINED = (
     "NOTE: text queries are meaningful only with pretrained weights; config '{name}' uses randomly initialised "
     "models, so its text-query numbers below are chance level."
+)
+CAPTIONS_NEED_PRETRAINED = (
+    "NOTE: modes {modes} search segment captions; config '{name}' uses randomly initialised models, so its "
+    "captions are meaningless text and these modes' numbers below carry no meaning."
+)
+NO_CAPTIONS = (
+    "NOTE: config '{name}' stored no segment captions (the caption stage is off or absent), so modes {modes} "
+    "find nothing by words: their numbers below measure nothing."
 )
 
 
@@ -187,11 +201,17 @@ def query_image(video: str, spec: ImageSpec, cache: Path) -> bytes:
 
 # -- running ------------------------------------------------------------------------------------------------
 def evaluate(
-    manifest: Manifest, cfg: Any, media_root: str | Path, work_dir: str | Path, k: int = 10, index: bool = True
+    manifest: Manifest,
+    cfg: Any,
+    media_root: str | Path,
+    work_dir: str | Path,
+    k: int = 10,
+    index: bool = True,
+    mode: Mode = "vector",
 ) -> dict[str, Any]:
     """Index the manifest's videos with ``cfg`` (into ``cfg.db.path``; complete videos are skipped) and score
-    every query. Ray must be started by the caller when ``index`` is true. Returns the summary plus, per
-    query, its rank."""
+    every query in search ``mode`` (``text``/``hybrid``: the text queries only). Ray must be started by the
+    caller when ``index`` is true. Returns the summary plus, per query, its rank."""
     from pipeline.runner import run_index
     from pipeline.search import Searcher, SearchResult
 
@@ -205,16 +225,21 @@ def evaluate(
         if summary.failed:
             raise RuntimeError(f"indexing failed for {summary.failures}")
     searcher = Searcher(cfg.db.path, cfg)
+    queries = manifest.queries if mode == "vector" else [q for q in manifest.queries if q.text is not None]
+    if mode != "vector" and searcher.store.exists(S.SEGMENTS):
+        from pipeline.hybrid import ensure_caption_index
+
+        ensure_caption_index(searcher.store.table(S.SEGMENTS))  # evaluate runs without `maintain`
     durations = {
         r["path"]: float(r["duration_s"])
         for r in searcher.store.complete_videos().select(["path", "duration_s"]).to_pylist()
     }
     cache = Path(work_dir) / "query_images"
     scores, per_query = [], []
-    for q in manifest.queries:
+    for q in queries:
         path = videos[q.video]
         image = query_image(path, q.image, cache) if q.image is not None else None
-        results: list[SearchResult] = searcher.search(text=q.text, image=image, k=k, level=manifest.level)
+        results: list[SearchResult] = searcher.search(text=q.text, image=image, k=k, level=manifest.level, mode=mode)
         hits = [Hit(r.path, r.start_s, r.end_s, [tuple(b.box) for b in r.boxes]) for r in results]  # type: ignore[misc]
         spans = q.relevant if q.relevant is not None else [(0.0, durations.get(path, math.inf))]
         s = score_query(hits, path, spans, [b.box for b in q.boxes])
@@ -269,16 +294,22 @@ def run_configs(
     work_dir: str | Path,
     k: int = 10,
     start_ray: Any = None,
+    modes: list[str] | None = None,
 ) -> tuple[dict[str, dict[str, Any]], list[str]]:
     """Evaluate ``manifest_path`` with each config (its own database under ``work_dir``, reused across runs:
-    complete videos are skipped). ``start_ray(cfg)`` is called before the first indexing. Returns the results
-    by config and the notices to print (random weights with text queries)."""
-    from pipeline.config import load_config
+    complete videos are skipped) in each search mode of ``modes`` (default: vector). ``start_ray(cfg)`` is
+    called before the first indexing. Returns the results by config (and mode, when more than vector) and the
+    notices to print (random weights with text queries or caption modes; no captions stored)."""
+    from pipeline.config import ConfigError, load_config
+    from pipeline.hybrid import check_modes
     from pipeline.lock import DatabaseLock
     from pipeline.ocr_eval import is_ocr_manifest
     from pipeline.ocr_eval_pipeline import run_ocr_configs
 
+    run_modes = check_modes(modes)  # before anything is indexed
     if is_ocr_manifest(manifest_path):  # on-screen text: its own evaluation (pipeline/ocr_eval.py)
+        if run_modes != ["vector"]:
+            raise ConfigError("--modes applies to retrieval manifests; on-screen text is always searched by words")
         return run_ocr_configs(manifest_path, configs, overrides, media_root, work_dir, k=k, start_ray=start_ray)
     manifest = load_manifest(manifest_path)
     root = Path(media_root) if media_root else default_media_root()
@@ -295,5 +326,21 @@ def run_configs(
         with DatabaseLock(cfg.db.path, "evaluate", cfg.db.lock_dir):
             if start_ray is not None:
                 start_ray(cfg)
-            results[label] = evaluate(manifest, cfg, root, work_dir, k=k)
+            for i, mode in enumerate(run_modes):  # indexed once, searched in every mode
+                key = label if run_modes == ["vector"] else f"{label} [{mode}]"
+                results[key] = evaluate(manifest, cfg, root, work_dir, k=k, index=i == 0, mode=mode)
+            notices += caption_notices(name, cfg.db.path, random, list(run_modes))
     return results, notices
+
+
+def caption_notices(name: str, db: str, random: bool, modes: list[str]) -> list[str]:
+    """What the numbers of the caption modes (text, hybrid) mean for config ``name``."""
+    from pipeline.store import Store
+
+    words = [m for m in modes if m != "vector"]
+    if not words:
+        return []
+    store = Store(db)
+    captioned = store.exists(S.SEGMENTS) and store.table(S.SEGMENTS).count_rows("caption IS NOT NULL") > 0
+    notes = [] if captioned else [NO_CAPTIONS.format(name=name, modes="/".join(words))]
+    return notes + ([CAPTIONS_NEED_PRETRAINED.format(name=name, modes="/".join(words))] if random else [])

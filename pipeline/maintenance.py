@@ -65,6 +65,8 @@ SCALAR_INDEXES: dict[str, dict[str, str]] = {
 SCALAR_INDEXES[S.TEXTS] = {"text_id": "BTREE", "video_id": "BTREE"}
 #: The on-screen text's own full-text index (n-gram tokens, tolerant of OCR errors: pipeline/text_search.py).
 TEXT_FTS = "texts_fts"
+#: The segment captions' full-text index (stemmed words: pipeline/hybrid.py, text and hybrid search).
+CAPTION_FTS = "caption_fts"
 
 FTS_INDEXES: dict[str, list[str]] = {
     S.VIDEOS: ["path"],
@@ -193,6 +195,11 @@ def _maintain_table(
 
             ensure_text_index(table)
             report["actions"].append("FTS index (n-grams) on text")
+        if _needs_caption_index(table, name, existing):
+            from pipeline.hybrid import ensure_caption_index
+
+            ensure_caption_index(table)
+            report["actions"].append("FTS index (stemmed words) on caption")
     small = int(table.stats()["fragment_stats"]["num_small_fragments"])
     unindexed = sum(int(ix["unindexed_rows"] or 0) for ix in existing.values())
     if force or small >= cfg.compact_min_fragments or unindexed:
@@ -225,11 +232,19 @@ def needs_maintenance(store: Store, cfg: MaintenanceConfig) -> bool:
             return True
         if cfg.fts and n and name == S.TEXTS and TEXT_FTS not in names:
             return True
+        if cfg.fts and n and _needs_caption_index(table, name, names):
+            return True
         if any((table.index_stats(ix) or _Empty).num_unindexed_rows for ix in names):
             return True
         if int(table.stats()["fragment_stats"]["num_small_fragments"]) >= cfg.compact_min_fragments:
             return True
     return False
+
+
+def _needs_caption_index(table: Any, name: str, existing: Any) -> bool:
+    """Segments with a caption column (``Store.migrate`` adds it) and no caption index (``pipeline/hybrid.py``);
+    new rows are folded in by ``optimize()`` like every index's."""
+    return name == S.SEGMENTS and "caption" in table.schema.names and CAPTION_FTS not in existing
 
 
 class _Empty:

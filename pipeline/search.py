@@ -24,6 +24,7 @@ from operators.rerank import RERANKERS, Query, RerankInput, build_reranker
 from pipeline import schema as S
 from pipeline.config import Config
 from pipeline.contexts import contexts as span_contexts
+from pipeline.hybrid import CaptionSearchError, Mode, caption_stage1, check_mode
 from pipeline.schema import Level
 from pipeline.store import Store, in_list, quote
 
@@ -199,18 +200,21 @@ class Searcher:
         if (text is None) == (image is None):
             raise SearchError("give exactly one of a text query or an image")
         if text is not None:  # checked before the encoder loads, so a bad request is refused at once
-            if not isinstance(text, str):
-                raise SearchError(f"the query text must be a string, not {type(text).__name__}")
-            if not text.strip():
-                raise SearchError("the query text is empty")
-            if len(text) > self.cfg.search.max_query_chars:
-                raise SearchError(f"the query is longer than {self.cfg.search.max_query_chars} characters")
+            self._check_text(text)
             enc = self._encoder()
             pooled, tokens = enc.encode_text_query(text)  # one pass of the text tower gives both
             return Query(pooled, tokens, text=text)
         rgb = load_image(image)
         emb = self._encoder().encode_images([rgb])[0]
         return Query(emb, emb[None], image=rgb)
+
+    def _check_text(self, text: Any) -> None:
+        if not isinstance(text, str):
+            raise SearchError(f"the query text must be a string, not {type(text).__name__}")
+        if not text.strip():
+            raise SearchError("the query text is empty")
+        if len(text) > self.cfg.search.max_query_chars:
+            raise SearchError(f"the query is longer than {self.cfg.search.max_query_chars} characters")
 
     # -- search ---------------------------------------------------------------------------------------------
     def search(
@@ -221,7 +225,10 @@ class Searcher:
         level: Level = "segments",
         filters: Filters | dict[str, Any] | None = None,
         rerank: str | None | Literal["default"] = "default",
+        mode: Mode = "vector",
     ) -> list[SearchResult]:
+        """``mode``: ``vector`` (embedding search), ``text`` (full-text over captions) or ``hybrid`` (both, fused
+        by reciprocal rank; ``pipeline/hybrid.py``). The filters and the re-ranker apply in every mode."""
         if level not in S.LEVELS:
             raise SearchError(f"level must be one of {', '.join(S.LEVELS)}")
         if not isinstance(k, int) or isinstance(k, bool) or not 1 <= k <= self.cfg.search.max_k:
@@ -230,15 +237,26 @@ class Searcher:
         reranker = S.rerank_choice(rerank, self.cfg.search.rerank)
         if reranker is not None and (not isinstance(reranker, str) or reranker not in RERANKERS):
             raise SearchError(f"unknown re-ranker '{str(reranker)[:60]}'; choose one of {', '.join(RERANKERS)} or none")
-        query = self.embed_query(text, image)
+        try:
+            check_mode(mode, level, text, image)
+        except CaptionSearchError as exc:
+            raise SearchError(str(exc)) from None
+        if mode == "text" and reranker is None:  # words only: the encoder is not needed
+            self._check_text(text)
+            query = Query(np.zeros(0, np.float32), np.zeros((0, 0), np.float32), text=text)
+        else:
+            query = self.embed_query(text, image)
         complete = self.store.rows(S.VIDEOS, f"status = {quote(S.STATUS_COMPLETE)}", ["video_id", "path"])
         videos = dict(zip(complete.column("video_id").to_pylist(), complete.column("path").to_pylist(), strict=True))
         if not videos or not self.store.exists(level):
             return []
         where = compile_filters(filters, level, videos)
         fetch = k * self.cfg.search.overfetch if reranker else k
-        rows = [r for r in self.stage1(query.embedding, level, fetch, where).to_pylist() if r["video_id"] in videos]
-        results = [self._result(level, r, videos[r["video_id"]]) for r in rows]
+        if mode == "vector":
+            rows = [r for r in self.stage1(query.embedding, level, fetch, where).to_pylist() if r["video_id"] in videos]
+            results = [self._result(level, r, videos[r["video_id"]]) for r in rows]
+        else:
+            results = self._caption_stage1(mode, query, level, fetch, k * self.cfg.search.overfetch, where, videos)
         if reranker and results:
             results = self._rerank(reranker, query, level, results)
         if filters is not None and filters.min_score is not None:
@@ -265,6 +283,32 @@ class Searcher:
         # only what a result is built from: reading the 50 rows' other columns cost as much CPU as the ANN itself
         # (BENCHMARKS.md item 4); `_distance` is named because lance warns on every query that implies it
         return q.select([*RESULT_COLUMNS[level], "_distance"]).limit(fetch).to_arrow()
+
+    def _caption_stage1(
+        self, mode: Mode, query: Query, level: Level, fetch: int, depth: int, where: str | None, videos: dict[str, str]
+    ) -> list[SearchResult]:
+        """Stage 1 of ``text`` and ``hybrid`` mode (``pipeline/hybrid.py``); scores in [0, 1], best 1."""
+        try:
+            pairs = caption_stage1(
+                mode,
+                self.store.table(level),
+                str(query.text),
+                RESULT_COLUMNS[level],
+                fetch,
+                depth,
+                where,
+                vector=lambda n: self.stage1(query.embedding, level, n, where).to_pylist(),
+                keep=lambda r: r["video_id"] in videos,
+                rrf_k=self.cfg.search.rrf_k,
+            )
+        except CaptionSearchError as exc:
+            raise SearchError(str(exc)) from None
+        results = []
+        for r, score in pairs:
+            res = self._result(level, {**r, "_distance": 0.0}, videos[r["video_id"]])
+            res.score = res.stage1_score = score
+            results.append(res)
+        return results
 
     def _result(self, level: str, r: dict[str, Any], path: str) -> SearchResult:
         score = 1.0 - float(r["_distance"])

@@ -38,6 +38,7 @@ from pipeline import schema as S
 from pipeline.api import TEXTS_LEVEL, Api, SearchRequest
 from pipeline.config import Config
 from pipeline.http_guard import LOOPBACK_HOSTS, Guard, LoginLimiter, Scope, Sessions, same_secret
+from pipeline.hybrid import MODES, Mode
 from pipeline.media import MediaResponse
 from pipeline.schema import Level
 from pipeline.search import Searcher, SearchError, load_image
@@ -205,6 +206,7 @@ def create_app(
         s = cfg.search
         return {
             "levels": list(S.LEVELS),
+            "modes": list(MODES),
             "rerankers": [n for n in RERANKERS if n == "attention" or s.rerankers.get(n, {}).get("checkpoint")],
             "default_rerank": s.rerank,
             "max_k": s.max_k,
@@ -226,6 +228,7 @@ def create_app(
         time_range: Annotated[list[float] | None, Query(min_length=2, max_length=2)] = None,
         min_track_duration: float | None = None,
         min_score: float | None = None,
+        mode: Mode = "vector",
     ) -> dict[str, Any]:
         raw = {
             "video_ids": video_ids,
@@ -236,7 +239,8 @@ def create_app(
             "min_score": min_score,
         }
         filters = {key: v for key, v in raw.items() if v is not None} or None
-        return api.search(_request({"text": text, "k": k, "level": level, "filters": filters, "rerank": rerank}), None)
+        body = {"text": text, "k": k, "level": level, "filters": filters, "rerank": rerank, "mode": mode}
+        return api.search(_request(body), None)
 
     @app.post("/api/search", response_model=None, openapi_extra=_SEARCH_BODY)
     async def search_post(request: Request) -> dict[str, Any] | Response:

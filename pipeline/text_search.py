@@ -60,17 +60,25 @@ class TextHit:
         return asdict(self)
 
 
-def ensure_text_index(table: Any, tokenizer: Tokenizer = "ngram", replace: bool = False) -> None:
-    """Build the full-text index of ``texts.text`` if it is missing (or ``replace``)."""
-    if not replace and any(ix.name == INDEX_NAME for ix in table.list_indices()):
-        return
-    common = {"replace": True, "name": INDEX_NAME, "remove_stop_words": False, "stem": False, "ascii_folding": True}
-    tokens = {"base_tokenizer": "ngram", "ngram_min_length": 3, "ngram_max_length": 3} if tokenizer == "ngram" else {}
+def ensure_fts_index(table: Any, column: str, name: str, replace: bool = False, **tokens: Any) -> bool:
+    """Build the full-text index ``name`` of ``table.column`` with the tokenizer options ``tokens`` if it is
+    missing (or ``replace``); returns whether it was built. Shared by every native FTS index the project reads
+    through (on-screen text here, segment captions in ``pipeline/hybrid.py``)."""
+    if not replace and any(ix.name == name for ix in table.list_indices()):
+        return False
     with warnings.catch_warnings():
         # lancedb 0.40 marks create_fts_index deprecated, but its suggested create_index(config=FTS()) on a
         # synchronous table takes the metric argument for the column name; this call still does the work.
         warnings.simplefilter("ignore", DeprecationWarning)
-        table.create_fts_index("text", **common, **tokens)
+        table.create_fts_index(column, replace=True, name=name, **tokens)
+    return True
+
+
+def ensure_text_index(table: Any, tokenizer: Tokenizer = "ngram", replace: bool = False) -> None:
+    """Build the full-text index of ``texts.text`` if it is missing (or ``replace``)."""
+    common = {"remove_stop_words": False, "stem": False, "ascii_folding": True}
+    tokens = {"base_tokenizer": "ngram", "ngram_min_length": 3, "ngram_max_length": 3} if tokenizer == "ngram" else {}
+    ensure_fts_index(table, "text", INDEX_NAME, replace, **common, **tokens)
 
 
 def substring_distance(query: str, text: str) -> int:

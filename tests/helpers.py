@@ -64,13 +64,14 @@ def video_row(vid: str, path: str = "/videos/x.mp4", version: str = "v1") -> dic
     }
 
 
-def content(vid: str, times: list[float], seed: int = 0, classes: tuple[str, ...] = ("person", "dog")) -> dict:
-    """One video's rows for every content table; keys derive from (video, t) like the assembler's."""
+def content(
+    vid: str, times: list[float], seed: int = 0, classes: tuple[str, ...] = ("person", "dog"), dim: int = SYNTHETIC_DIM
+) -> dict:
+    """One video's rows for every content table; keys derive from (video, t) like the assembler's. ``dim``: the
+    embedding width (``TINY_DIM`` where the tiny config's encoder must query them)."""
     rng = np.random.default_rng(seed)
     n = len(times)
-    emb = pa.FixedSizeListArray.from_arrays(
-        pa.array(rng.normal(size=n * SYNTHETIC_DIM).astype(np.float32)), SYNTHETIC_DIM
-    )
+    emb = pa.FixedSizeListArray.from_arrays(pa.array(rng.normal(size=n * dim).astype(np.float32)), dim)
     fid = [S.make_id("frame", vid, t) for t in times]
     names = [[classes[i % len(classes)]] for i in range(n)]
     frames = S.columns_table(
@@ -83,7 +84,7 @@ def content(vid: str, times: list[float], seed: int = 0, classes: tuple[str, ...
             "boxes": pa.array([[] for _ in times], pa.list_(S.BOX)),
             "class_names": pa.array(names, pa.list_(pa.string())),
         },
-        schema=S.frames_schema(SYNTHETIC_DIM),
+        schema=S.frames_schema(dim),
     )
     segments = S.columns_table(
         {
@@ -96,7 +97,7 @@ def content(vid: str, times: list[float], seed: int = 0, classes: tuple[str, ...
             "thumb_id": fid,
             "class_names": pa.array(names, pa.list_(pa.string())),
         },
-        schema=S.segments_schema(SYNTHETIC_DIM),
+        schema=S.segments_schema(dim),
     )
     tracks = pa.table(
         {
@@ -115,7 +116,7 @@ def content(vid: str, times: list[float], seed: int = 0, classes: tuple[str, ...
             "best_box": pa.array([[0.1, 0.1, 0.5, 0.5]] * n, pa.list_(pa.float32(), 4)),
             "thumb_id": fid,
         },
-        schema=S.tracks_schema(SYNTHETIC_DIM),
+        schema=S.tracks_schema(dim),
     )
     thumbs = pa.table(
         {

@@ -76,6 +76,7 @@ async function search(event) {
     level: $("level").value,
     rerank: $("rerank").value,
     filters: filters(),
+    mode: $("mode").value, // an image sets it to vector (syncMode)
   };
   let options;
   if (image) {
@@ -97,7 +98,8 @@ async function search(event) {
   try {
     const body = await api("/api/search", options);
     render(body);
-    const how = body.rerank ? `, re-ranked by ${body.rerank}` : "";
+    const how = (body.mode && body.mode !== "vector" ? `, ${body.mode} mode` : "") +
+      (body.rerank ? `, re-ranked by ${body.rerank}` : "");
     say(`${body.count} result${body.count === 1 ? "" : "s"} in ${Math.round(body.took_ms)} ms${how}`);
   } catch (err) {
     $("results").replaceChildren();
@@ -178,6 +180,16 @@ function play(result, card) {
   }
 }
 
+// Text and hybrid modes search captions, which only segments have; an image query is always a vector search.
+function syncMode() {
+  const image = Boolean($("image").files[0]);
+  if (image) $("mode").value = "vector";
+  $("mode").disabled = image;
+  const words = $("mode").value !== "vector";
+  if (words) $("level").value = "segments";
+  $("level").disabled = words;
+}
+
 function pickImage() {
   const file = $("image").files[0];
   $("image-label").textContent = file ? file.name : "Image…";
@@ -195,9 +207,13 @@ async function start() {
   });
   $("image").addEventListener("change", pickImage);
   $("level").addEventListener("change", levelChanged);
+  $("image").addEventListener("change", syncMode);
+  $("mode").addEventListener("change", syncMode);
+  syncMode(); // a reload may restore the form with a caption mode chosen
   $("clear-image").addEventListener("click", () => {
     $("image").value = "";
     pickImage();
+    syncMode();
   });
   try {
     const info = await api("/api/info");
@@ -219,7 +235,7 @@ async function start() {
 
 // -- On-screen text (level "texts"): hits are text spans, searched by words ---------------------------------
 
-const TEXT_ONLY_OFF = ["rerank", "image", "classes", "min_track_duration"]; // what does not apply to text
+const TEXT_ONLY_OFF = ["rerank", "image", "classes", "min_track_duration", "mode"]; // what does not apply to text
 
 function textLevelAvailable(available) {
   const option = $("level").querySelector('option[value="texts"]');
@@ -233,6 +249,7 @@ function levelChanged() {
     $("image").value = ""; // words only: a chosen image is let go
     pickImage();
   }
+  if (texts) $("mode").value = "vector"; // on-screen text has its own word search; modes are about captions
   for (const id of TEXT_ONLY_OFF) $(id).disabled = texts;
   $("image").closest("label").classList.toggle("disabled", texts);
   // On-screen text is read by trained OCR models: the random-weights warning is about the vector levels.

@@ -1,0 +1,184 @@
+"""Full-text and hybrid search over segment captions: the stage 1 of ``Searcher.search`` in ``text`` and
+``hybrid`` mode (``vector`` mode is the embedding search of ``pipeline/search.py``).
+
+- **Index**: LanceDB's native inverted index ``caption_fts`` on ``segments.caption``, built by ``maintain``
+  (``pipeline/maintenance.py``) through the same ``ensure_fts_index`` as the on-screen text index. Captions are
+  generated English sentences ("a man riding a bike down a street"), so the tokenizer splits words, lower-cases,
+  folds accents, drops English stop words and stems (Snowball): "dogs" finds "a dog runs", "riding" finds "a
+  woman rides". ``benchmarks/hybrid.py`` measures the choice against unstemmed words and character trigrams.
+  Rows added after the build are searched too (LanceDB scans the unindexed part) until ``maintain`` folds them
+  in with ``optimize()``.
+- **text** mode: the query's words as a ``MatchQuery`` (any word may match; BM25), never parsed as query syntax,
+  so quotes, ``AND`` or ``:`` in a query are words, not operators. Score: BM25 divided by the best candidate's,
+  so the top hit scores 1 (BM25 has no fixed range and the fusion re-rankers add a score in [-1, 1]).
+- **hybrid** mode: the vector ranking (``Searcher.stage1``, exactly vector mode's) and the text ranking, each
+  ``k * search.overfetch`` deep and prefiltered by the same ``where``, fused by reciprocal-rank fusion:
+  ``rrf(d) = sum over the lists containing d of 1 / (rrf_k + rank)``, reported scaled by ``(rrf_k + 1) / 2`` so
+  a segment first in both lists scores 1. Ties go to the vector ranking's order, then the text ranking's.
+
+Why RRF is computed here rather than by LanceDB's ``query_type="hybrid"`` with ``RRFReranker``: that builder
+applies one ``select`` to both legs, so neither ``_distance`` nor ``_score`` can be named (lance then logs a
+deprecation warning per leg on every query), and its vector leg would not be ``Searcher.stage1`` (the vector
+index parameters, the column projection measured in BENCHMARKS.md). The formula and the tie order are
+``RRFReranker``'s (its default K is 60, ours too): ``tests/test_hybrid.py`` checks the fused ranks against an
+independent computation and against LanceDB's hybrid query, and ``benchmarks/hybrid.py`` found the same top 10
+in the same order at the same CPU cost. The text ranking runs in a thread beside the vector one, as there.
+"""
+
+from __future__ import annotations
+
+import threading
+from collections.abc import Callable
+from concurrent.futures import ThreadPoolExecutor
+from typing import Any, Literal, cast
+
+from pipeline import schema as S
+
+Mode = Literal["vector", "text", "hybrid"]
+MODES: tuple[str, ...] = ("vector", "text", "hybrid")
+CAPTION_COLUMN = "caption"
+CAPTION_FTS = "caption_fts"
+#: The levels whose rows carry a caption (and so a caption index).
+CAPTION_LEVELS: tuple[str, ...] = (S.SEGMENTS,)
+#: Word tokens for generated English sentences (see the module docstring and benchmarks/hybrid.py).
+CAPTION_TOKENS: dict[str, Any] = {
+    "base_tokenizer": "simple",
+    "language": "English",
+    "lower_case": True,
+    "ascii_folding": True,
+    "stem": True,
+    "remove_stop_words": True,
+}
+
+
+class CaptionSearchError(ValueError):
+    """A text or hybrid search that cannot run (level, input, database); the message says what to do."""
+
+
+def check_modes(modes: list[str] | None) -> list[Mode]:
+    """A list of search modes validated (default ``["vector"]``), duplicates dropped, order kept."""
+    from pipeline.config import ConfigError
+
+    unique = list(dict.fromkeys(modes or ["vector"]))
+    bad = [m for m in unique if m not in MODES]
+    if bad:
+        raise ConfigError(f"unknown search mode(s) {', '.join(bad)}; choose from {', '.join(MODES)}")
+    return cast(list[Mode], unique)
+
+
+def ensure_caption_index(table: Any, replace: bool = False) -> bool:
+    """Build ``caption_fts`` on ``table.caption`` if it is missing; returns whether it was built."""
+    from pipeline.text_search import ensure_fts_index  # imported here: text_search imports search, which imports us
+
+    return ensure_fts_index(table, CAPTION_COLUMN, CAPTION_FTS, replace, **CAPTION_TOKENS)
+
+
+def check_mode(mode: str, level: str, text: Any, image: Any) -> None:
+    """Refuse a mode that cannot serve the request, before any model loads."""
+    if mode not in MODES:
+        raise CaptionSearchError(f"mode must be one of {', '.join(MODES)}")
+    if mode == "vector":
+        return
+    if level not in CAPTION_LEVELS:
+        raise CaptionSearchError(
+            f"mode '{mode}' searches captions, which only {', '.join(CAPTION_LEVELS)} have; use level "
+            f"{CAPTION_LEVELS[0]} or mode vector"
+        )
+    if image is not None or text is None:
+        raise CaptionSearchError(f"mode '{mode}' matches the words of a text query; an image needs mode vector")
+    try:
+        str(text).encode("utf-8")  # the full-text engine takes UTF-8 only (a JSON "\ud800" escape is not)
+    except UnicodeEncodeError:
+        raise CaptionSearchError("the query text must be valid Unicode text") from None
+
+
+def check_caption_index(table: Any) -> None:
+    """The caption column and its full-text index must exist on ``table``."""
+    if CAPTION_COLUMN not in table.schema.names:
+        raise CaptionSearchError(
+            "this database predates segment captions: run `vidsearch maintain` to add the column, then index "
+            "with captions on"
+        )
+    if not any(ix.name == CAPTION_FTS for ix in table.list_indices()):
+        raise CaptionSearchError(
+            "the segment captions have no full-text index yet: run `vidsearch maintain` to build it"
+        )
+
+
+def text_ranking(table: Any, text: str, columns: list[str], fetch: int, where: str | None) -> list[dict[str, Any]]:
+    """The ``fetch`` rows whose caption best matches ``text`` (BM25), best first, prefiltered by ``where``; each
+    row holds ``columns`` and ``_score``."""
+    from lancedb.query import MatchQuery
+
+    q = table.search(MatchQuery(text, CAPTION_COLUMN), query_type="fts")  # type: ignore[call-arg]
+    if where:
+        q = q.where(where, prefilter=True)
+    return q.select([*columns, "_score"]).limit(fetch).to_list()  # type: ignore[no-any-return]
+
+
+def text_scores(rows: list[dict[str, Any]]) -> list[float]:
+    """BM25 scores scaled so the best row scores 1."""
+    top = max((float(r["_score"]) for r in rows), default=0.0)
+    return [float(r["_score"]) / top if top > 0 else 0.0 for r in rows]
+
+
+def rrf(rankings: list[list[str]], k: int = 60) -> list[tuple[str, float]]:
+    """Reciprocal-rank fusion of ranked id lists (best first): ``(id, sum 1 / (k + rank))`` best first, scaled
+    by ``(k + 1) / len(rankings)`` so an id first in every list scores 1. Ties keep the order of the lists
+    concatenated (earlier list, then better rank), as LanceDB's ``RRFReranker`` does."""
+    score: dict[str, float] = {}
+    first: dict[str, int] = {}
+    for ranking in rankings:
+        for rank, key in enumerate(ranking, 1):
+            score[key] = score.get(key, 0.0) + 1.0 / (k + rank)
+            first.setdefault(key, len(first))
+    scale = (k + 1) / max(1, len(rankings))
+    return sorted(((key, s * scale) for key, s in score.items()), key=lambda x: (-x[1], first[x[0]]))
+
+
+def hybrid_rows(
+    vector: list[dict[str, Any]], text: list[dict[str, Any]], key: str, k: int = 60
+) -> list[tuple[dict[str, Any], float]]:
+    """Rows of both rankings fused by ``rrf`` on ``key``, each with its fused score."""
+    by_id = {r[key]: r for r in text} | {r[key]: r for r in vector}
+    return [(by_id[i], s) for i, s in rrf([[r[key] for r in vector], [r[key] for r in text]], k)]
+
+
+def caption_stage1(
+    mode: Mode,
+    table: Any,
+    text: str,
+    columns: list[str],
+    fetch: int,
+    depth: int,
+    where: str | None,
+    vector: Callable[[int], list[dict[str, Any]]],
+    keep: Callable[[dict[str, Any]], bool],
+    rrf_k: int = 60,
+) -> list[tuple[dict[str, Any], float]]:
+    """Stage 1 of ``text`` or ``hybrid`` mode: up to ``fetch`` rows, best first, with their score.
+
+    ``columns``: those a result is built from, its key first. ``depth``: how deep each ranking goes before
+    fusion (hybrid). ``vector(n)``: the vector ranking, ``n`` deep; ``keep``: whether a row may be returned
+    (its video is complete), applied to each ranking before fusion, as vector mode applies it to its own."""
+    check_caption_index(table)
+    if mode == "text":
+        rows = [r for r in text_ranking(table, text, columns, fetch, where) if keep(r)]
+        return list(zip(rows, text_scores(rows), strict=True))
+    text_rows = _pool().submit(text_ranking, table, text, columns, depth, where)  # both rankings at once
+    vector_rows = vector(depth)
+    words = [r for r in text_rows.result() if keep(r)]
+    return hybrid_rows([r for r in vector_rows if keep(r)], words, columns[0], rrf_k)[:fetch]
+
+
+_POOL: ThreadPoolExecutor | None = None
+_POOL_LOCK = threading.Lock()
+
+
+def _pool() -> ThreadPoolExecutor:
+    """Threads for the text ranking of hybrid searches (LanceDB's hybrid query runs its two legs at once too)."""
+    global _POOL
+    with _POOL_LOCK:
+        if _POOL is None:
+            _POOL = ThreadPoolExecutor(max_workers=4, thread_name_prefix="hybrid-text")
+        return _POOL
