@@ -13,9 +13,9 @@ probabilities).
 
 ``VqaConfig.checkpoint`` is a Hugging Face hub id (read from the local cache; downloaded only where a network
 exists) or a local directory written by ``save_pretrained`` with the processor; unset, the model's production
-checkpoint above. ``VqaConfig.architecture`` instead builds the model with random weights from that
-transformers config (tests and offline smoke runs; their answers carry no meaning), with a character-level
-WordPiece vocabulary so that any question tokenizes.
+checkpoint above. ``VqaConfig.architecture`` instead builds the model with random weights from the
+transformers config given for it (tests and offline smoke runs; their answers carry no meaning), with a
+character-level WordPiece vocabulary so that any question tokenizes.
 """
 
 from __future__ import annotations
@@ -238,13 +238,13 @@ class ViltVqa(VqaModel):
 
         tok = char_tokenizer()
         answers = list(self.cfg.answers or RANDOM_ANSWERS)
-        config = ViltConfig(
-            **{**arch, "vocab_size": len(tok)},
-            num_labels=len(answers),
-            id2label=dict(enumerate(answers)),
-            label2id={a: i for i, a in enumerate(answers)},
-        )
-        size = {"shortest_edge": config.image_size}
+        labels: dict[str, Any] = {
+            "num_labels": len(answers),
+            "id2label": dict(enumerate(answers)),
+            "label2id": {a: i for i, a in enumerate(answers)},
+        }
+        config: Any = ViltConfig(**{**arch, "vocab_size": len(tok), **labels})
+        size: dict[str, Any] = {"shortest_edge": config.image_size}
         return ViltForQuestionAnswering(config), ViltProcessor(ViltImageProcessor(size=size), tok)
 
     def rank(self, inputs: Any, top_k: int) -> list[Answer]:
@@ -270,7 +270,7 @@ class BlipVqa(VqaModel):
 
         tok = char_tokenizer()
         ids = {"vocab_size": len(tok), "pad_token_id": 0, "bos_token_id": 2, "sep_token_id": 3, "eos_token_id": 3}
-        config = BlipConfig(**{**arch, "text_config": {**arch.get("text_config", {}), **ids}})
+        config: Any = BlipConfig(**{**arch, "text_config": {**arch.get("text_config", {}), **ids}})
         side = config.vision_config.image_size
         processor = BlipProcessor(BlipImageProcessor(size={"height": side, "width": side}), tok)
         return BlipForQuestionAnswering(config), processor

@@ -93,7 +93,7 @@ def decode_frame(path: str, t: float, cfg: VqaConfig) -> tuple[float, npt.NDArra
         with av.open(path, metadata_errors="ignore") as container:
             stream = container.streams.video[0]
             stream.codec_context.thread_count = 1
-            tb = float(stream.time_base)
+            tb = float(stream.time_base or 0.0)
             if seek:
                 container.seek(int(want / tb), stream=stream, backward=True)
             for packet in container.demux(stream):
@@ -107,7 +107,8 @@ def decode_frame(path: str, t: float, cfg: VqaConfig) -> tuple[float, npt.NDArra
                     ft = frame.pts * tb if frame.pts is not None else float(frame.time or 0.0)
                     if abs(ft - want) <= 1e-6:
                         rgb = frame.reformat(width=stored_w, height=stored_h, format="rgb24").to_ndarray()
-                        return float(header.times[i]), np.ascontiguousarray(np.rot90(rgb, k)) if k else rgb
+                        upright = np.ascontiguousarray(np.rot90(rgb, k)) if k else rgb
+                        return float(header.times[i]), np.asarray(upright, dtype=np.uint8)
                     if ft > want + 1e-6 and seek:
                         break  # past it: the seek landed after the frame; decode from the start instead
                 else:
