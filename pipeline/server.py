@@ -326,7 +326,9 @@ def _ask_routes(app: FastAPI, cfg: Config, api: Api) -> None:
     async def ask_error(_: Request, exc: AskError) -> JSONResponse:
         return _detail(exc.status, str(exc))
 
-    @app.post("/api/ask")
+    body = {"requestBody": {"content": {"application/json": {"schema": AskRequest.model_json_schema()}}}}
+
+    @app.post("/api/ask", openapi_extra=body)
     async def ask(request: Request) -> dict[str, Any]:
         raw = bytearray()
         async for chunk in request.stream():
