@@ -78,10 +78,9 @@ def decode_frame(path: str, t: float, cfg: VqaConfig) -> tuple[float, npt.NDArra
     """(time, upright RGB frame) of the frame of ``path`` nearest to ``t`` seconds from the first frame.
 
     Probed like indexing (limits enforced, times from the packets), then PyAV seeks to the keyframe before it
-    and decodes forward; if the seek lands past it (some containers seek loosely) it decodes from the start.
+    and decodes forward. Decoding is only right from a keyframe: when the seek lands elsewhere (AVI and other
+    containers seek to index entries that need not be keyframes) or after the frame, it decodes from the start.
     """
-    import av
-
     deadline = time.monotonic() + cfg.decode_timeout_s
     header, _ = Decode(DecodeConfig(max_side=cfg.decode_max_side, backend="pyav")).open(path, deadline)
     i = int(np.argmin(np.abs(header.times - t)))
@@ -90,31 +89,44 @@ def decode_frame(path: str, t: float, cfg: VqaConfig) -> tuple[float, npt.NDArra
     k = (header.rotation // 90) % 4  # np.rot90 turns counter-clockwise, like the display matrix angle
     stored_w, stored_h = (out_h, out_w) if k % 2 else (out_w, out_h)
     for seek in (True, False):
-        with av.open(path, metadata_errors="ignore") as container:
-            stream = container.streams.video[0]
-            stream.codec_context.thread_count = 1
-            tb = float(stream.time_base or 0.0)
-            if seek:
-                container.seek(int(want / tb), stream=stream, backward=True)
-            for packet in container.demux(stream):
-                if time.monotonic() > deadline:
-                    raise DecodeError(f"decoding took longer than {cfg.decode_timeout_s:g} s")
-                try:
-                    decoded = packet.decode()
-                except av.error.InvalidDataError:
-                    continue
-                for frame in decoded:
-                    ft = frame.pts * tb if frame.pts is not None else float(frame.time or 0.0)
-                    if abs(ft - want) <= 1e-6:
-                        rgb = frame.reformat(width=stored_w, height=stored_h, format="rgb24").to_ndarray()
-                        upright = np.ascontiguousarray(np.rot90(rgb, k)) if k else rgb
-                        return float(header.times[i]), np.asarray(upright, dtype=np.uint8)
-                    if ft > want + 1e-6 and seek:
-                        break  # past it: the seek landed after the frame; decode from the start instead
-                else:
-                    continue
-                break
+        frame = _scan(path, want, seek, deadline, cfg.decode_timeout_s)
+        if frame is not None:
+            rgb = frame.reformat(width=stored_w, height=stored_h, format="rgb24").to_ndarray()
+            upright = np.ascontiguousarray(np.rot90(rgb, k)) if k else rgb
+            return float(header.times[i]), np.asarray(upright, dtype=np.uint8)
     raise DecodeError(f"no frame at {t:.3f} s could be decoded")
+
+
+def _scan(path: str, want: float, seek: bool, deadline: float, timeout_s: float) -> Any:
+    """The decoded frame presented at ``want`` (stream seconds), or None: from the start of the file, or (``seek``)
+    from the keyframe the demuxer seeks to, None if it did not land on a keyframe at or before ``want``."""
+    import av
+
+    with av.open(path, metadata_errors="ignore") as container:
+        stream = container.streams.video[0]
+        stream.codec_context.thread_count = 1
+        tb = float(stream.time_base or 0.0)
+        if seek:
+            container.seek(int(want / tb), stream=stream, backward=True)
+        first = True
+        for packet in container.demux(stream):
+            if time.monotonic() > deadline:
+                raise DecodeError(f"decoding took longer than {timeout_s:g} s")
+            if seek and first and packet.pts is not None:
+                if not packet.is_keyframe or packet.pts * tb > want + 1e-6:
+                    return None
+                first = False
+            try:
+                decoded = packet.decode()
+            except av.error.InvalidDataError:
+                continue
+            for frame in decoded:
+                ft = frame.pts * tb if frame.pts is not None else float(frame.time or 0.0)
+                if abs(ft - want) <= 1e-6:
+                    return frame
+                if seek and ft > want + 1e-6:
+                    return None  # past it without meeting it
+    return None
 
 
 class Asker:

@@ -292,3 +292,26 @@ def test_the_ask_box_beside_the_player(indexed, asker, site, browser, tmp_path: 
         assert page.inner_text("#ask-answer") == "the question is empty"
     finally:
         page.close()
+
+
+@pytest.mark.parametrize(
+    ("rel", "fps"), [("decord/video_90.mov", 30.0), ("decord/video_270.mov", 30.0), ("mmaction2/test.avi", 1.0)]
+)
+def test_a_decoded_frame_is_the_one_indexing_samples_upright(rel, fps) -> None:
+    """``decode_frame`` (seek, then decode forward) gives the indexing decoder's frame at the same time, rotation
+    applied, pixel for pixel (both scale with swscale). The .mov clips are 3 frames, rotated 90 and 270 degrees;
+    test.avi (MPEG-4 with packed B-frames) has a single keyframe, at the start: every seek must go back to it."""
+    from operators.decode import Decode, DecodeConfig
+    from operators.vqa import VqaConfig
+
+    path = clip(rel)
+    rows = [b for b in Decode(DecodeConfig(backend="pyav", max_side=320, fps=fps)).iter_video("v", path) if len(b["t"])]
+    sampled = {float(t): f for b in rows for t, f in zip(b["t"], b["frame"], strict=True)}
+    assert len(sampled) >= 3 and not any(b["error"][0] for b in rows)
+    cfg = VqaConfig(decode_max_side=320)
+    ts = sorted(sampled)
+    for t in (ts[1], ts[len(ts) // 2 + 1], ts[-1]):
+        got_t, frame = decode_frame(path, t + 0.004, cfg)  # off the frame's time by less than half a frame
+        assert got_t == pytest.approx(t, abs=1e-9)
+        assert np.array_equal(frame, sampled[t])
+    assert frame.shape[0] > frame.shape[1] if "90" in rel or "270" in rel else frame.shape[1] > frame.shape[0]
