@@ -124,6 +124,15 @@ def parser() -> argparse.ArgumentParser:
         action="append",
         help="also answer requests for this Host name (repeatable; default: loopback names and --host; '*': any)",
     )
+    p = sub.add_parser("ask", help="ask a question about a moment of an indexed video (visual question answering)")
+    p.add_argument("question")
+    p.add_argument("--video", help="video id (with --t)")
+    p.add_argument("--t", type=float, help="seconds from the start of the video (with --hit: instead of its keyframe)")
+    p.add_argument("--hit", help="a search hit's id (segment, frame or track): its video at its keyframe")
+    _common(p)
+    p.add_argument("--model", help="VQA model (overrides vqa.model): vilt or blip")
+    p.add_argument("--frame-out", help="also write the frame the question was asked on to this JPEG file")
+    p.add_argument("--json", action="store_true", help="print JSON (the decoded frame as base64 JPEG)")
     for p in sub.choices.values():  # -v after the command as well; SUPPRESS keeps a -v given before it
         p.add_argument("-v", "--verbose", action="store_true", default=argparse.SUPPRESS, help=VERBOSE_HELP)
     return ap
@@ -355,6 +364,30 @@ def cmd_serve(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_ask(args: argparse.Namespace) -> int:
+    from operators.vqa import RANDOM_NOTICE
+    from pipeline.ask import Asker
+
+    if args.model:
+        args.overrides.append(f"vqa.model={args.model}")
+    cfg = _config(args)
+    if cfg.vqa.random_weights:
+        print(RANDOM_NOTICE, file=sys.stderr)
+    result = Asker(cfg, _store(cfg)).ask(args.question, video_id=args.video, t=args.t, hit_id=args.hit)
+    if args.frame_out:
+        with open(args.frame_out, "wb") as f:
+            f.write(result.frame_jpeg)
+    if args.json:
+        print(json.dumps(result.as_dict(), indent=2))
+        return 0
+    where = f"thumbnail {result.thumb_id}" if result.thumb_id else "decoded from the video"
+    print(f"{result.answer}  ({result.score:.3f})")
+    print(f"  asked {result.model} about {result.path} at {result.t:.2f} s ({where})")
+    for a in result.answers[1:]:
+        print(f"  also: {a['answer']}  ({a['score']:.3f})")
+    return 0
+
+
 COMMANDS = {
     "index": cmd_index,
     "evaluate": cmd_evaluate,
@@ -363,6 +396,7 @@ COMMANDS = {
     "maintain": cmd_maintain,
     "status": cmd_status,
     "serve": cmd_serve,
+    "ask": cmd_ask,
 }
 
 

@@ -23,6 +23,7 @@ from operators.encoders import EncoderConfig
 from operators.ocr import OcrConfig
 from operators.regions import RegionConfig
 from operators.text_spans import SpanConfig
+from operators.vqa import VqaConfig
 
 
 class RayConfig(StrictModel):
@@ -127,6 +128,7 @@ class Config(StrictModel):
     maintenance: MaintenanceConfig = MaintenanceConfig()
     failures: FailureConfig = FailureConfig()
     search: SearchConfig = SearchConfig()
+    vqa: VqaConfig = VqaConfig()  # questions about a frame (pipeline/ask.py); not part of the index
     random_weights: bool = False  # set by configs whose models are randomly initialised
 
     def pipeline_version(self) -> str:

@@ -28,7 +28,7 @@ from fastapi.exceptions import RequestValidationError
 from fastapi.openapi.docs import get_swagger_ui_html
 from fastapi.responses import FileResponse, HTMLResponse, JSONResponse, RedirectResponse, Response
 from fastapi.staticfiles import StaticFiles
-from pydantic import ValidationError
+from pydantic import BaseModel, ConfigDict, ValidationError
 from starlette.concurrency import run_in_threadpool
 from starlette.requests import cookie_parser
 
@@ -36,6 +36,7 @@ from operators.encoders import MissingCheckpointError
 from operators.rerank import RERANKERS
 from pipeline import schema as S
 from pipeline.api import TEXTS_LEVEL, Api, SearchRequest
+from pipeline.ask import Asker, AskError
 from pipeline.config import Config
 from pipeline.http_guard import LOOPBACK_HOSTS, Guard, LoginLimiter, Scope, Sessions, same_secret
 from pipeline.hybrid import MODES, Mode
@@ -50,6 +51,7 @@ COOKIE = "vidsearch_session"
 MAX_UPLOAD_BYTES = 20 * 1024 * 1024
 MAX_JSON_BYTES = 1024 * 1024
 MAX_FORM_BYTES = 16 * 1024  # the sign-in form, and any body sent to a route that takes none
+MAX_ASK_BYTES = 16 * 1024  # POST /api/ask: a question of at most vqa.max_question_chars and two ids
 PUBLIC = {("GET", "/login"), ("POST", "/login"), ("GET", "/static/style.css"), ("HEAD", "/static/style.css")}
 
 
@@ -86,6 +88,8 @@ def _size(n: int) -> str:
 def body_limit(scope: Scope) -> tuple[int, str]:
     """The most bytes a request to this route may send, and the 413 message (read per request, so tests may
     lower the module's limits)."""
+    if scope["path"] == "/api/ask" and scope["method"] == "POST":  # a question: JSON only, and short
+        return MAX_ASK_BYTES, f"a question request must be under {_size(MAX_ASK_BYTES)}"
     if scope["path"] == "/api/search" and scope["method"] == "POST":
         ctype = dict(scope["headers"]).get(b"content-type", b"").lower()
         if ctype.startswith((b"multipart/form-data", b"application/x-www-form-urlencoded")):
@@ -304,7 +308,48 @@ def create_app(
         fd, st, kind = found
         return MediaResponse(fd, st, kind, request.headers.get("range"), request.headers.get("if-range"))
 
+    _ask_routes(app, cfg, api)
     return app
+
+
+class AskRequest(BaseModel):
+    """The body of ``POST /api/ask``: a question about a video at ``t`` seconds, or about a search hit (a
+    segment, frame or track id; ``t`` then overrides its keyframe time)."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    question: str
+    video_id: str | None = None
+    t: float | None = None
+    hit_id: str | None = None
+
+
+def _ask_routes(app: FastAPI, cfg: Config, api: Api) -> None:
+    """``POST /api/ask`` (pipeline/ask.py): the answer with the frame it was asked on; bad input is a 4xx with
+    a JSON ``detail`` (400 question or time, 404 unknown id, 409 frame not decodable, 503 no weights)."""
+    asker = Asker(cfg, api.store, media_roots=api.media_roots)
+
+    @app.exception_handler(AskError)
+    async def ask_error(_: Request, exc: AskError) -> JSONResponse:
+        return _detail(exc.status, str(exc))
+
+    body = {"requestBody": {"content": {"application/json": {"schema": AskRequest.model_json_schema()}}}}
+
+    @app.post("/api/ask", openapi_extra=body)
+    async def ask(request: Request) -> dict[str, Any]:
+        raw = bytearray()
+        async for chunk in request.stream():
+            raw += chunk
+        try:
+            body = json.loads(raw)
+        except (ValueError, RecursionError):
+            raise RequestValidationError([_error("body", "the body is not valid JSON")]) from None
+        try:
+            req = AskRequest.model_validate(body)
+        except ValidationError as exc:
+            raise RequestValidationError(exc.errors(include_url=False, include_context=False)) from None
+        result = await run_in_threadpool(asker.ask, req.question, req.video_id, req.t, req.hit_id)
+        return result.as_dict()
 
 
 _SEARCH_BODY: dict[str, Any] = {

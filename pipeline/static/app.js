@@ -322,3 +322,61 @@ function renderTexts(body) {
 }
 
 document.addEventListener("DOMContentLoaded", start);
+
+// -- Ask: a question about the frame the player shows (POST /api/ask), answered beside the player ------------
+
+function askTarget() {
+  const video = $("video");
+  const m = (video.getAttribute("src") || "").match(/^\/media\/([^/?#]+)$/);
+  return m ? { video_id: decodeURIComponent(m[1]), t: video.currentTime } : null;
+}
+
+function renderAnswer(body) {
+  const box = $("ask-answer");
+  box.replaceChildren();
+  box.className = "ask-answer";
+  const img = el("img", "ask-frame");
+  img.src = body.thumb_id
+    ? `/api/thumbnails/${encodeURIComponent(body.thumb_id)}`
+    : `data:image/jpeg;base64,${body.frame_jpeg}`;
+  img.alt = `the frame asked about, at ${fmtTime(body.t)}`;
+  const text = el("div", "ask-text");
+  text.append(el("div", "ask-top", body.answer));
+  const how = body.source === "thumbnail" ? "stored frame" : "decoded frame";
+  text.append(el("div", "small", `${fmtScore(body.score)} · ${body.model} · ${how} at ${fmtTime(body.t)}`));
+  const others = el("ol", "ask-others");
+  for (const a of body.answers.slice(1)) others.append(el("li", "", `${a.answer} (${fmtScore(a.score)})`));
+  if (others.childElementCount) text.append(others);
+  if (body.random_weights) text.append(el("div", "warn", "random weights: answers carry no meaning"));
+  box.append(img, text);
+}
+
+async function askQuestion(event) {
+  event.preventDefault();
+  const box = $("ask-answer");
+  const target = askTarget();
+  if (!target) {
+    box.textContent = "Play a result first, then ask about the frame shown.";
+    box.className = "ask-answer error";
+    return;
+  }
+  $("video").pause(); // the question is about the frame on screen
+  $("ask-go").disabled = true;
+  box.textContent = "Asking…";
+  box.className = "ask-answer";
+  try {
+    const body = await api("/api/ask", {
+      method: "POST",
+      headers: { "Content-Type": "application/json" },
+      body: JSON.stringify({ question: $("ask-question").value, ...target }),
+    });
+    renderAnswer(body);
+  } catch (err) {
+    box.textContent = err.message;
+    box.className = "ask-answer error";
+  } finally {
+    $("ask-go").disabled = false;
+  }
+}
+
+document.addEventListener("DOMContentLoaded", () => $("ask").addEventListener("submit", askQuestion));
