@@ -9,11 +9,9 @@ from __future__ import annotations
 import base64
 import io
 import json
-import os
 import shutil
 import subprocess
 import sys
-import time
 from pathlib import Path
 from typing import Any
 
@@ -27,10 +25,9 @@ from pipeline.ask import Asker, AskError, decode_frame
 from pipeline.search import Searcher, load_image
 from pipeline.server import create_app
 from pipeline.store import Store, quote
-from tests.helpers import AUTH, ROOT, TOKEN, clip, running, tiny_config
+from tests.helpers import AUTH, ROOT, TOKEN, clip, running, tiny_config, wait_until
 
 QUESTION = "What colour is the flower?"
-CHROMIUM = "/usr/bin/chromium"
 
 
 @pytest.fixture(scope="module")
@@ -213,30 +210,6 @@ def test_http_ask_behind_the_token_with_4xx_for_bad_input(indexed, asker, site) 
             r = http.post("/api/ask", content=raw, headers={**AUTH, "Content-Type": "application/json"})
             assert r.status_code == status, r.text
         assert "under 16 KiB" in r.json()["detail"]
-
-
-@pytest.fixture(scope="module")
-def browser():
-    if not os.path.exists(CHROMIUM):
-        pytest.skip(f"{CHROMIUM} is absent (apt-get install -y chromium)")
-    sync_api = pytest.importorskip("playwright.sync_api")
-    with sync_api.sync_playwright() as pw:
-        b = pw.chromium.launch(
-            executable_path=CHROMIUM,
-            headless=True,
-            args=["--no-sandbox", "--disable-gpu", "--disable-background-networking"],
-        )
-        yield b
-        b.close()
-
-
-def wait_until(page, expression: str, timeout_s: float = 60.0) -> None:  # type: ignore[no-untyped-def]
-    """Poll a JavaScript expression (``page.wait_for_function`` uses ``eval``, which the page's CSP forbids)."""
-    deadline = time.monotonic() + timeout_s
-    while not page.evaluate(expression):
-        if time.monotonic() > deadline:
-            raise TimeoutError(f"still false after {timeout_s:.0f} s: {expression}")
-        page.wait_for_timeout(100)
 
 
 def _seek(page, t: float) -> None:  # type: ignore[no-untyped-def]

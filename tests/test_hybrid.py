@@ -305,39 +305,26 @@ def test_http_mode_get_post_and_errors(db) -> None:
         assert bad.status_code == 400 and "an image needs mode vector" in bad.json()["detail"]
 
 
-CHROMIUM = "/usr/bin/chromium"
-
-
 @pytest.mark.browser
-def test_page_mode_selector(db) -> None:
-    if not os.path.exists(CHROMIUM):
-        pytest.skip(f"{CHROMIUM} is absent (apt-get install -y chromium)")
-    sync_api = pytest.importorskip("playwright.sync_api")
+def test_page_mode_selector(db, browser) -> None:
     cfg, searcher = db
     query = "a child playing with a ball"
     want = searcher.search(text=query, k=12, mode="text")
-    with running(create_app(cfg, token=None, searcher=searcher)) as url, sync_api.sync_playwright() as pw:
-        browser = pw.chromium.launch(
-            executable_path=CHROMIUM,
-            headless=True,
-            args=["--no-sandbox", "--disable-gpu", "--disable-background-networking"],
-        )
-        try:
-            page = browser.new_page()
-            page.goto(f"{url}/")
-            page.wait_for_selector("#status >> text=indexed")
-            page.select_option("#level", "frames")
-            page.select_option("#mode", "text")
-            assert page.locator("#level").is_disabled() and page.input_value("#level") == "segments"
-            page.fill("#text", query)
-            page.click("#go")
-            page.wait_for_selector("#message >> text=text mode")
-            shown = page.locator(".result").evaluate_all("cs => cs.map(c => [c.dataset.videoId, +c.dataset.start])")
-            assert shown == [[r.video_id, r.start_s] for r in want] and len(want) > 1
-            page.select_option("#mode", "vector")
-            assert not page.locator("#level").is_disabled()
-        finally:
-            browser.close()
+    with running(create_app(cfg, token=None, searcher=searcher)) as url:
+        page = browser.new_page()
+        page.goto(f"{url}/")
+        page.wait_for_selector("#status >> text=indexed")
+        page.select_option("#level", "frames")
+        page.select_option("#mode", "text")
+        assert page.locator("#level").is_disabled() and page.input_value("#level") == "segments"
+        page.fill("#text", query)
+        page.click("#go")
+        page.wait_for_selector("#message >> text=text mode")
+        shown = page.locator(".result").evaluate_all("cs => cs.map(c => [c.dataset.videoId, +c.dataset.start])")
+        assert shown == [[r.video_id, r.start_s] for r in want] and len(want) > 1
+        page.select_option("#mode", "vector")
+        assert not page.locator("#level").is_disabled()
+        page.close()
 
 
 def test_evaluate_runs_text_queries_in_every_mode(tmp_path, capsys) -> None:
