@@ -25,6 +25,7 @@ from pipeline.config import Config
 from pipeline.media import Verifier, media_type
 from pipeline.schema import Level
 from pipeline.search import Filters, Searcher
+from pipeline.shot_list import video_shots
 from pipeline.store import Store, quote
 
 SERIAL_ENV = "VIDSEARCH_SERIAL_SEARCH"  # "1": one search at a time (a baseline, or an encoder that needs it)
@@ -107,6 +108,13 @@ class Api:
             "segments": sorted(segments.to_pylist(), key=lambda r: r["start_s"]),
             "tracks": sorted(tracks.to_pylist(), key=lambda r: (r["t_first"], r["track_id"])),
         }
+
+    def shots(self, video_id: str) -> dict[str, Any] | None:
+        """A complete video's shots (``pipeline/shot_list.py``), for the player's timeline; None if unknown."""
+        found = self.videos(video_id) if ID.fullmatch(video_id) else []
+        if not found:
+            return None
+        return {"video_id": video_id, "duration_s": found[0]["duration_s"], **video_shots(self.store(), video_id)}
 
     def thumbnail(self, thumb_id: str) -> bytes | None:
         if not ID.fullmatch(thumb_id):
