@@ -184,6 +184,11 @@ class SearchResult:
     def as_dict(self) -> dict[str, Any]:
         return asdict(self)
 
+    def with_shot(self, row: dict[str, Any]) -> SearchResult:
+        """This result with the shot columns of ``row`` (absent on tables indexed before them: left null)."""
+        self.shot_idx, self.shot_start_s, self.shot_end_s = (row.get(c) for c in SHOT_COLUMNS)
+        return self
+
 
 class Searcher:
     """Search over the database at ``db`` with the encoder and search settings of ``config``."""
@@ -301,10 +306,9 @@ class Searcher:
                 id=r["frame_id"], start_s=r["t"], end_s=r["t"], thumb_id=r["frame_id"], boxes=boxes, **common
             )
         if level == "segments":
-            shot = {c: r.get(c) for c in SHOT_COLUMNS}
             return SearchResult(
-                id=r["segment_id"], start_s=r["start_s"], end_s=r["end_s"], thumb_id=r["thumb_id"], **shot, **common
-            )
+                id=r["segment_id"], start_s=r["start_s"], end_s=r["end_s"], thumb_id=r["thumb_id"], **common
+            ).with_shot(r)
         b = r["best_box"]
         return SearchResult(
             id=r["track_id"],
