@@ -7,7 +7,7 @@ with the video (TransNetV2 keeps a 100-frame context; PySceneDetect one frame).
 
 The read is most of a detector's cost, so it is made cheap (BENCHMARKS.md, shot detection): by default
 (``scaler: planes``) the decoded 8-bit YUV planes are read in place, sampled on a 4x4 grid per output pixel,
-averaged and lightly smoothed by OpenCV, and converted to RGB at 48x27, about a third of the CPU of FFmpeg's
+averaged and lightly smoothed by OpenCV, and converted to RGB at 48x27, about a quarter of the CPU of FFmpeg's
 swscale at this extreme downscale (``scaler: swscale``, the fallback for other pixel formats); and the
 decoder skips its in-loop deblocking filter (``skip_loop_filter``), which only smooths block edges that a
 48x27 average cannot see, saving about a quarter of the decode.
@@ -153,7 +153,7 @@ def _planes_to_small(frame: Any) -> Frames:
     The smoothing stands in for swscale's bilinear filter, which at this downscale spans two output pixels:
     without it a 48x27 box average keeps enough motion detail that camera motion inside a shot scores near the
     content detector's threshold (measured: a pan scoring 29 against 26 with swscale and 23 with the kernel,
-    while the cuts score 72-83). Within a few grey levels of swscale's result, at about a third of its CPU."""
+    while the cuts score 72-83). Within a few grey levels of swscale's result, at about a quarter of its CPU."""
     import cv2
 
     if frame.format.name not in PLANAR_YUV:
