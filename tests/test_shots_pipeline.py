@@ -12,7 +12,8 @@ import httpx
 import pytest
 
 from pipeline import schema as S
-from pipeline.evaluate_shots import ShotManifest, build_clip
+from pipeline.evaluate_shots import ShotClip, ShotManifest, build_clip
+from pipeline.evaluate_shots_pipeline import span_tious
 from pipeline.search import Searcher
 from pipeline.server import create_app
 from pipeline.store import Store
@@ -23,14 +24,14 @@ PARTS = ["mmaction2/test.mp4", "mmaction2/demo.mp4", "decord/flipping_a_pancake.
 CUTS = [2.0, 4.0]
 TOL = 0.12  # 3 frames at 25 fps: the manifest's tolerance for a hard cut
 SHOTS = [(0.0, 2.0), (2.0, 4.0), (4.0, 6.0)]
+SPEC = {"id": "hard", "category": "hard", "parts": [{"video": p, "duration": 2} for p in PARTS]}
 
 
 @pytest.fixture(scope="module")
 def composite(tmp_path_factory) -> Path:
     if shutil.which("ffmpeg") is None:
         pytest.skip("the ffmpeg command-line tool is needed to build composites (.ci/run installs it)")
-    spec = {"id": "hard", "category": "hard", "parts": [{"video": p, "duration": 2} for p in PARTS]}
-    m = ShotManifest.model_validate({"fps": 25, "size": [320, 180], "detectors": ["content"], "clips": [spec]})
+    m = ShotManifest.model_validate({"fps": 25, "size": [320, 180], "detectors": ["content"], "clips": [SPEC]})
     work = tmp_path_factory.mktemp("shot_pipeline")
     folder = work / "videos"
     folder.mkdir()
@@ -93,6 +94,19 @@ def test_shots_stored_and_returned_by_search_and_api(indexed) -> None:
         assert httpx.get(f"{url}/api/videos/{hit.video_id}/shots").status_code == 401
         missing = httpx.get(f"{url}/api/videos/00000000-0000-0000-0000-000000000000/shots", headers=AUTH)
         assert missing.status_code == 404
+
+
+def test_segment_hits_tiou_through_the_pipeline(indexed, composite, tmp_path: Path) -> None:
+    """The --pipeline evaluation's scoring on this index: near-duplicate queries at 0..5 s find their shot."""
+    clip = ShotClip.model_validate(SPEC)
+    scores = span_tious(Searcher(indexed.db.path, indexed), [(clip, str(composite / "hard.mp4"))], tmp_path)
+    assert scores["queries"] == 6
+    # One segment per 2 s shot here, so a hit in the right shot scores ~1 either way (cuts within 3 frames). The
+    # tiny random encoder can send the query at a cut (the new shot's first frame) to the shot before; two such
+    # misses still leave 0.67, while spans that were the whole video (0.33) or fixed 4 s windows (0.5) would not.
+    assert scores["tIoU shot span"] is not None and scores["tIoU shot span"] >= 0.65, scores
+    assert scores["tIoU shot span"] == pytest.approx(scores["tIoU segment"])
+    assert scores["hit holds t"] == pytest.approx(scores["tIoU shot span"], abs=0.1), scores
 
 
 @pytest.mark.browser
