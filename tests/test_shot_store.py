@@ -59,3 +59,30 @@ def test_a_failed_detection_is_one_shot_over_the_whole_video() -> None:
     seg_cfg = SegmentConfig(shots=ShotConfig(detector="content"))
     out = assemble_video("v", {**rows, "shot_bounds": bounds}, seg_cfg, DETECT, 1.0)
     assert {(s["shot_idx"], s["shot_start_s"], s["shot_end_s"]) for s in out[SEGMENTS]} == {(0, 0.0, 24.0)}
+
+
+def test_search_and_shot_list_on_a_table_from_before_shots(tmp_path) -> None:
+    """Segments tables indexed before the shot columns existed still answer: hits and the shot list carry no shot
+    until ``Store.migrate`` adds the (null) columns, and then still none."""
+    from pipeline.search import Searcher
+    from pipeline.shot_list import video_shots
+    from pipeline.store import Store
+    from tests.helpers import content, tables_of, tiny_config, video_row
+
+    cfg = tiny_config(tmp_path / "db")
+    rows = content("a", [0.0, 1.0, 5.0])
+    dim = rows[S.SEGMENTS].schema.field("embedding").type.list_size
+    store = Store(cfg.db.path, dim)
+    store.begin([video_row("a")])
+    store.commit([video_row("a")], tables_of(rows))
+    store.table(S.SEGMENTS).drop_columns([f.name for f in S.table_schema(S.SEGMENTS, dim) if S.is_added(f)])
+    old = Store(store.uri)
+    searcher = Searcher(old, cfg)
+    query = np.asarray(old.rows(S.SEGMENTS).column("embedding")[0].as_py(), np.float32)
+    hits = [searcher._result(S.SEGMENTS, r, "/videos/x.mp4") for r in searcher.stage1(query, S.SEGMENTS, 3).to_pylist()]
+    assert hits and all(h.shot_idx is None and h.shot_start_s is None for h in hits)
+    assert video_shots(old, "a") == {"detected": False, "shots": [], "cuts": []}
+    old.migrate()
+    rows = searcher.stage1(query, S.SEGMENTS, 3)
+    assert {"shot_idx", "shot_start_s", "shot_end_s"} <= set(rows.column_names)
+    assert video_shots(old, "a")["detected"] is False
