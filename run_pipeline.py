@@ -97,6 +97,12 @@ def parser() -> argparse.ArgumentParser:
         default="vector",
         help="search modes to compare, comma-separated: vector, text, hybrid (text/hybrid search segment captions)",
     )
+    p.add_argument(
+        "--pipeline",
+        action="store_true",
+        help="shots manifests: index the hard-cut composites with the pipeline (--config, --set) once per detector "
+        "and report the tIoU of segment hits (fixed windows vs shot windows vs shot span)",
+    )
 
     p = sub.add_parser("status", help="videos by state, rows, indexes, pipeline versions, runs, quarantined files")
     _common(p)
@@ -307,6 +313,18 @@ def cmd_search(args: argparse.Namespace) -> int:
     return 0
 
 
+def _shots_through_pipeline(args: argparse.Namespace) -> dict:
+    from pipeline.evaluate_shots_pipeline import run_shots_pipeline
+
+    if args.configs and len(args.configs) > 1:
+        raise SystemExit("--pipeline compares shot detectors under one --config")
+    start = lambda cfg: start_ray(cfg, args.address, args.verbose)  # noqa: E731
+    config = (args.configs or ["default"])[0]
+    return run_shots_pipeline(
+        args.manifest, config, args.overrides, args.detectors, args.media_root, args.work_dir, start
+    )
+
+
 def cmd_evaluate(args: argparse.Namespace) -> int:
     from pipeline.evaluate import comparison_table, manifest_kind, run_configs, run_shots
 
@@ -315,7 +333,10 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
             from pipeline.config import ConfigError
 
             raise ConfigError("--modes applies to retrieval manifests, not to shot boundaries")
-        results = run_shots(args.manifest, args.detectors, args.media_root, args.work_dir)
+        if args.pipeline:  # segment hits' tIoU: the composites indexed on Ray
+            results = _shots_through_pipeline(args)
+        else:
+            results = run_shots(args.manifest, args.detectors, args.media_root, args.work_dir)
         print(comparison_table(results))
         if args.json:
             with open(args.json, "w") as f:

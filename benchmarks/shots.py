@@ -1,7 +1,8 @@
 """Shot detection cost and quality: CPU ms per video second per detector, and F1 on eval/shots.yaml.
 
 Cost, on real clips at their own resolution and frame rate (the detectors read every frame):
-  decode   PyAV decode of every frame + swscale to 48x27 RGB (``read_small_frames``), all frames or with
+  decode   PyAV decode of every frame to 48x27 RGB (``read_small_frames``): the default read (YUV planes
+           sampled in place, deblocking skipped), the previous one (swscale, full decode) and the default with
            ``skip_nonref`` (the decoder drops non-reference frames)
   model    the detector on those frames: TransNetV2 (torch, one thread, batched windows; stride 1 and 2) and
            PySceneDetect's ContentDetector / AdaptiveDetector
@@ -75,13 +76,16 @@ def cost_rows(clips: list[str]) -> list[dict[str, object]]:
         base = ShotConfig(detector="content")
         dec_cpu, chunks, video_s = decode_cost(path, base)
         nonref_cpu, _, _ = decode_cost(path, base.model_copy(update={"skip_nonref": True}))
+        old_cpu, _, _ = decode_cost(path, base.model_copy(update={"scaler": "swscale", "skip_loop_filter": False}))
         n = sum(len(f) for f, _ in chunks)
         row: dict[str, object] = {"clip": rel, "video s": round(video_s, 1), "frames": n}
         row["decode all"] = 1000 * dec_cpu / video_s
         row["decode nonref"] = 1000 * nonref_cpu / video_s
+        row["decode swscale"] = 1000 * old_cpu / video_s
         totals.setdefault("video s", []).append(video_s)
         totals.setdefault("decode all", []).append(dec_cpu)
         totals.setdefault("decode nonref", []).append(nonref_cpu)
+        totals.setdefault("decode swscale", []).append(old_cpu)
         for name, spec in MODELS.items():
             cfg = ShotConfig.model_validate(spec)
             det = DETECTORS[cfg.detector](cfg)
@@ -110,6 +114,7 @@ def share_rows(total: dict[str, object]) -> list[dict[str, object]]:
         "transnetv2": ms("decode all") + ms("model transnetv2"),
         "transnetv2 stride=2": ms("decode all") + ms("model transnetv2 stride=2"),
         "content": ms("decode all") + ms("model content"),
+        "content, previous read (swscale, full decode)": ms("decode swscale") + ms("model content"),
         "content adaptive": ms("decode all") + ms("model content adaptive"),
         "content skip_nonref (model cost of all frames: an upper bound)": ms("decode nonref") + ms("model content"),
         "content, decode shared with the pipeline (model only)": ms("model content"),

@@ -8,6 +8,11 @@ tracked, a segment when its window ends, a track tube when the tracker has dropp
 
 Segments are fixed windows, mean-pooled and re-normalised; a tube is the mean of L2-normalised region
 embeddings, re-normalised; its best observation is the largest area x confidence.
+
+Shots: every frame and segment row carries ``shot_idx`` (the index of its shot in the video) and every segment
+its shot's span ``shot_start_s``/``shot_end_s``. Without a shot detector (``segments.shots: none``) the shots
+are unknown: ``shot_idx`` is 0 and the span is null (not the whole video, which a search hit would otherwise
+offer as "the shot"); a video whose detection failed counts as one shot spanning the whole video.
 """
 
 from __future__ import annotations
@@ -110,6 +115,7 @@ class VideoAssembler:
         # With shots: the segment windows (start, end, shot) known from the cuts; the shot being tracked.
         self.windows: npt.NDArray[np.float64] | None = None
         self.shot = 0
+        self.shot_spans: npt.NDArray[np.float64] | None = None  # (start, end) per shot, with shots
         self.tubes: dict[int, _Tube] = {}
         self.counts = {FRAMES: 0, SEGMENTS: 0, TRACKS: 0, THUMBNAILS: 0, TEXTS: 0}
 
@@ -141,6 +147,7 @@ class VideoAssembler:
                 end = self.duration_s if self.duration_s > 0 else float(starts[-1]) + self.window_s
                 win = np.asarray(shot_windows(starts, end, self.window_s), np.float64).reshape(-1, 3)
                 self.windows = win[:, [1, 2, 0]]  # (start, end, shot) per segment window
+                self.shot_spans = np.stack([starts, np.append(starts[1:], max(end, float(starts[-1])))], axis=1)
         t = float(row["t"])
         fid = make_id(self.video_id, "frame", int(row["frame_idx"]))
         emb = np.asarray(row["embedding"], dtype=np.float32)
@@ -165,6 +172,7 @@ class VideoAssembler:
                     "embedding": emb,
                     "boxes": boxes,
                     "class_names": classes,
+                    "shot_idx": self.shot,
                 }
             ],
         )
@@ -273,10 +281,20 @@ class VideoAssembler:
                     "embedding": normalise(np.stack(win.emb).mean(axis=0)),
                     "thumb_id": win.frame_ids[middle],
                     "class_names": sorted(win.classes),
+                    **self._shot_columns(win.k, start, end, video_end),
                 }
             ],
         )
         self.counts[SEGMENTS] += 1
+
+    def _shot_columns(self, k: int, start: float, end: float, video_end: float) -> Row:
+        """The shot of segment window ``k`` (spanning ``start``..``end``) and the shot's span, clamped to the
+        video like the window; without shots index 0 and no span."""
+        if self.windows is None or self.shot_spans is None:
+            return {"shot_idx": 0, "shot_start_s": None, "shot_end_s": None}
+        shot = int(self.windows[k, 2])
+        s0, s1 = (float(v) for v in self.shot_spans[shot])
+        return {"shot_idx": shot, "shot_start_s": min(s0, start), "shot_end_s": max(min(s1, video_end), end)}
 
     def _close_tube(self, tid: int) -> None:
         tube = self.tubes.pop(tid)

