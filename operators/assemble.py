@@ -24,6 +24,7 @@ import numpy.typing as npt
 from operators.base import Batch, StrictModel
 from operators.contract import FRAMES, SEGMENTS, TEXTS, THUMBNAILS, TRACKS, make_id
 from operators.detect_track import DetectConfig, VideoTracker
+from operators.keyframes import keyframe_index, sample_step
 from operators.shots import ShotConfig, shot_windows
 from operators.text_spans import SpanConfig, text_spans
 
@@ -63,6 +64,7 @@ class _Window:
     emb: list[npt.NDArray[np.float32]] = field(default_factory=list)
     frame_ids: list[str] = field(default_factory=list)
     classes: set[str] = field(default_factory=set)
+    captions: list[str | None] = field(default_factory=list)  # the caption stage's, on keyframes (else None)
 
 
 @dataclass
@@ -184,6 +186,7 @@ class VideoAssembler:
         self.window.emb.append(emb)
         self.window.frame_ids.append(fid)
         self.window.classes.update(classes)
+        self.window.captions.append(row.get("caption"))
 
     def _track(self, row: Row, fid: str, w: int, h: int) -> list[Row]:
         assert self.tracker is not None and self.detect is not None
@@ -260,7 +263,8 @@ class VideoAssembler:
         else:
             start = float(win.k * w)
             end = float(max(min((win.k + 1) * w, video_end), t[-1]))  # never past the video's end
-        middle = int(np.argmin(np.abs(t - (start + end) / 2)))
+        # the keyframe (thumbnail, caption): chosen as the caption stage chose it, from the sampling grid
+        middle = keyframe_index(t, start, end, sample_step(self.sample_fps, float(self.meta.get("source_fps", 0.0))))
         self.emit(
             SEGMENTS,
             [
@@ -273,6 +277,7 @@ class VideoAssembler:
                     "embedding": normalise(np.stack(win.emb).mean(axis=0)),
                     "thumb_id": win.frame_ids[middle],
                     "class_names": sorted(win.classes),
+                    "caption": win.captions[middle],
                 }
             ],
         )

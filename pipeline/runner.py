@@ -21,6 +21,7 @@ import uuid
 from dataclasses import asdict, dataclass, field
 from typing import Any
 
+from operators.captions import RANDOM_CAPTIONS_NOTICE, resolve_caption_checkpoint
 from operators.detect_track import resolve_yolo
 from operators.encoders import embedding_dim, resolve_checkpoint
 from pipeline import schema as S
@@ -105,6 +106,8 @@ def preflight(cfg: Config) -> str | None:
     checkpoint = resolve_checkpoint(cfg.encoder)
     if cfg.detect.enabled:
         resolve_yolo(cfg.detect.model)
+    if cfg.captions.model != "none":
+        resolve_caption_checkpoint(cfg.captions)  # a random captioner is built and saved here, once
     return checkpoint
 
 
@@ -177,6 +180,8 @@ class Runner:
         st = summary.stages
         if self.cfg.random_weights:
             log.warning(RANDOM_WEIGHTS_NOTICE)
+        if self.cfg.captions.random_weights:
+            log.warning(RANDOM_CAPTIONS_NOTICE)
         _warn_ephemeral(self.cfg.db.path)
         with timed(st, "preflight"):
             checkpoint = preflight(self.cfg)
