@@ -24,7 +24,7 @@ import numpy.typing as npt
 from operators.base import Batch, StrictModel
 from operators.contract import FRAMES, SEGMENTS, TEXTS, THUMBNAILS, TRACKS, make_id
 from operators.detect_track import DetectConfig, VideoTracker
-from operators.keyframes import keyframe_index, sample_step
+from operators.keyframes import SampleGrid, keyframe_index
 from operators.shots import ShotConfig, shot_windows
 from operators.text_spans import SpanConfig, text_spans
 
@@ -264,7 +264,8 @@ class VideoAssembler:
             start = float(win.k * w)
             end = float(max(min((win.k + 1) * w, video_end), t[-1]))  # never past the video's end
         # the keyframe (thumbnail, caption): chosen as the caption stage chose it, from the sampling grid
-        middle = keyframe_index(t, start, end, sample_step(self.sample_fps, float(self.meta.get("source_fps", 0.0))))
+        grid = SampleGrid.of(self.sample_fps, float(self.meta.get("source_fps", 0.0)), self.duration_s)
+        middle = keyframe_index(t, start, end, grid)
         self.emit(
             SEGMENTS,
             [

@@ -35,7 +35,7 @@ from pydantic import field_validator, model_validator
 
 from operators.base import Batch, MissingCheckpointError, Operator, StrictModel, objects
 from operators.encoders import Device, _reachable, pick_device
-from operators.keyframes import is_keyframe, sample_step, shot_segment_windows, window_bounds
+from operators.keyframes import SampleGrid, is_keyframe, shot_segment_windows, window_bounds
 
 log = logging.getLogger(__name__)
 
@@ -356,7 +356,8 @@ class Captions(Operator):
             windows = windows_of.get(vid)
             t = float(batch["t"][i])
             start, end = window_bounds(t, self.window_s, duration, windows)
-            marks[i] = is_keyframe(t, start, end, sample_step(self.sample_fps, float(batch["source_fps"][i])))
+            grid = SampleGrid.of(self.sample_fps, float(batch["source_fps"][i]), duration)
+            marks[i] = is_keyframe(t, start, end, grid)
         return marks
 
     def __call__(self, batch: Batch) -> Batch:

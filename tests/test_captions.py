@@ -23,19 +23,23 @@ from operators.captions import (
     save_random_blip,
 )
 from operators.decode import Decode, DecodeConfig, sample_indices
-from operators.keyframes import is_keyframe, keyframe_index, sample_step, shot_segment_windows, window_bounds
+from operators.keyframes import SampleGrid, is_keyframe, keyframe_index, shot_segment_windows, window_bounds
 from pipeline.config import ConfigError, load_config
 from tests.helpers import clip
 
 # -- the keyframe function ------------------------------------------------------------------------------------
 
 
-def _samples(source_fps: float, duration: float, fps: float, jitter: float = 0.0, seed: int = 0) -> np.ndarray:
-    """Sample times as decode takes them: the source frame nearest each point of the ``fps`` grid."""
+def _samples(
+    source_fps: float, duration: float, fps: float, jitter: float = 0.0, seed: int = 0
+) -> tuple[np.ndarray, float]:
+    """Sample times as decode takes them (the source frame nearest each point of the ``fps`` grid, up to the last
+    frame) and the duration decode reports (the last frame's time plus one frame)."""
     rng = np.random.default_rng(seed)
     times = np.arange(0.0, duration, 1.0 / source_fps)
     times[1:] += rng.uniform(-jitter, jitter, len(times) - 1) / source_fps  # a little VFR noise
-    return times[sample_indices(np.sort(times), fps)]
+    times = np.sort(times)
+    return times[sample_indices(times, fps)], float(times[-1] + 1.0 / source_fps)
 
 
 def _windows(t: np.ndarray, window_s: float, duration: float, shots: np.ndarray | None) -> dict:
@@ -60,28 +64,38 @@ def _windows(t: np.ndarray, window_s: float, duration: float, shots: np.ndarray 
 def test_exactly_one_keyframe_per_window_and_it_is_the_sample_nearest_the_middle(
     source_fps: float, fps: float, window_s: float, shots: list[float] | None
 ) -> None:
-    duration = 19.0
-    t = _samples(source_fps, duration, fps, jitter=0.3)
-    step = sample_step(fps, source_fps)
-    assert step == pytest.approx(max(1 / fps, 1 / source_fps))
+    t, duration = _samples(source_fps, 19.0, fps, jitter=0.3)
+    grid = SampleGrid.of(fps, source_fps, duration)
+    assert grid.step == pytest.approx(max(1 / fps, 1 / source_fps))
     windows = _windows(t, window_s, duration, None if shots is None else np.asarray(shots))
     assert len(windows) >= 3
     for (start, end), times in windows.items():
-        marked = [x for x in times if is_keyframe(x, start, end, step)]
+        marked = [x for x in times if is_keyframe(x, start, end, grid)]
         assert len(marked) == 1, (start, end, times, marked)
-        k = keyframe_index(times, start, end, step)
+        k = keyframe_index(times, start, end, grid)
         assert times[k] == marked[0]
         # the choice the assembler made before it was shared: the sample nearest the window's middle
         nearest = times[int(np.argmin(np.abs(np.asarray(times) - (start + end) / 2)))]
-        assert abs(marked[0] - (start + end) / 2) <= abs(nearest - (start + end) / 2) + step / 2
+        assert abs(marked[0] - (start + end) / 2) <= abs(nearest - (start + end) / 2) + grid.step / 2
+
+
+def test_the_last_window_has_a_keyframe_though_the_grid_stops_at_the_last_frame() -> None:
+    """flower.webm: 29.97 fps, last frame 4.971 s, duration 5.005 s; 1 fps samples 0.0 .. 4.004. The last window
+    [4, 5.005) holds grid point 5.0 nearer its middle, but no frame is sampled for it (past the last frame)."""
+    t, duration = _samples(30000 / 1001, 5.0, 1.0)
+    assert duration == pytest.approx(5.005, abs=1e-3) and t[-1] == pytest.approx(4.004, abs=1e-3)
+    grid = SampleGrid.of(1.0, 30000 / 1001, duration)
+    start, end = window_bounds(float(t[-1]), 4.0, duration)
+    assert (start, end) == (4.0, pytest.approx(5.005, abs=1e-3))
+    assert is_keyframe(float(t[-1]), start, end, grid)
 
 
 def test_keyframe_without_a_grid_is_the_sample_nearest_the_middle() -> None:
     t = [8.2, 9.9, 11.4]  # decode.mode keyframes: GOP times, no grid
-    assert all(is_keyframe(x, 8.0, 12.0, 0.0) for x in t)
-    assert keyframe_index(t, 8.0, 12.0, 0.0) == 1
+    assert all(is_keyframe(x, 8.0, 12.0, SampleGrid(0.0)) for x in t)
+    assert keyframe_index(t, 8.0, 12.0, SampleGrid(0.0)) == 1
     # a grid that marks nothing (irregular times): still the sample nearest the middle
-    assert keyframe_index([8.45, 9.45, 11.45], 8.0, 12.0, 1.0) == 1
+    assert keyframe_index([8.45, 9.45, 11.45], 8.0, 12.0, SampleGrid(1.0)) == 1
 
 
 def test_window_bounds_follow_the_assembler() -> None:
@@ -104,7 +118,7 @@ def test_assembler_puts_the_keyframe_caption_and_thumbnail_on_the_segment() -> N
     t = np.arange(n, dtype=np.float64)
     emb = np.eye(n, 8, dtype=np.float32)
     windows = {window_bounds(x, 4.0, 10.0) for x in t}
-    marked = [any(is_keyframe(x, s, e, 1.0) for s, e in windows if s <= x < e) for x in t]
+    marked = [any(is_keyframe(x, s, e, SampleGrid.of(1.0, 30.0, 10.0)) for s, e in windows if s <= x < e) for x in t]
     rows = {
         "t": t,
         "frame_idx": (t * 30).astype(np.int64),
