@@ -186,7 +186,8 @@ class VideoAssembler:
         self.window.emb.append(emb)
         self.window.frame_ids.append(fid)
         self.window.classes.update(classes)
-        self.window.captions.append(row.get("caption"))
+        caption = row.get("caption")  # Ray Data turns a block's all-null column into NaN floats: text or None
+        self.window.captions.append(caption if isinstance(caption, str) else None)
 
     def _track(self, row: Row, fid: str, w: int, h: int) -> list[Row]:
         assert self.tracker is not None and self.detect is not None

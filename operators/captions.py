@@ -101,7 +101,7 @@ def save_random_blip(folder: str, architecture: dict[str, Any], seed: int = 0) -
 
     hf_logging.disable_progress_bar()
 
-    config = BlipConfig(**architecture)
+    config: Any = BlipConfig(**architecture)
     text = config.text_config
     vocab = [f"w{i}" for i in range(text.vocab_size)]
     vocab[: len(WORDS)] = WORDS

@@ -133,7 +133,11 @@ def test_assembler_puts_the_keyframe_caption_and_thumbnail_on_the_segment() -> N
         "backend": np.full(n, "test"),
         "thumb": np.array([_jpeg()] * n, dtype=object),
         "embedding": emb,
-        "caption": np.array([f"caption {x:g}" if m else None for x, m in zip(t, marked, strict=True)], dtype=object),
+        # what Ray Data delivers: null on other frames, or NaN where a whole block had no caption
+        "caption": np.array(
+            [f"caption {x:g}" if m else (None if x < 5 else np.float32("nan")) for x, m in zip(t, marked, strict=True)],
+            dtype=object,
+        ),
     }
     vid = make_id("video", "captions")
     out = assemble_video(vid, rows, SegmentConfig(window_s=4.0), None, fps)
