@@ -14,6 +14,7 @@ from pipeline.graph import frame_dataset
 from pipeline.runner import run_index
 from pipeline.search import Searcher
 from pipeline.store import Store
+from run_pipeline import format_table
 from tests.helpers import clip, tiny_config
 
 
@@ -49,6 +50,8 @@ def test_segments_get_their_keyframe_caption_exactly_once(ray_session, tmp_path)
     # Search results carry the segment's caption.
     hits = Searcher(store, cfg).search(text="a person", k=3, rerank="none")
     assert {h.id: h.caption for h in hits} == {s["segment_id"]: s["caption"] for s in segments}
+    table = format_table(hits)
+    assert all(f"      {h.caption}" in table.splitlines() for h in hits)  # the CLI shows it under each hit
 
     # A rerun skips the video: no row is added or changed.
     counts = {t: store.table(t).count_rows() for t in S.CONTENT_TABLES if store.exists(t)}
