@@ -21,7 +21,8 @@ import uuid
 from dataclasses import asdict, dataclass, field
 from typing import Any
 
-from operators.captions import RANDOM_CAPTIONS_NOTICE, resolve_caption_checkpoint
+from operators.caption_checkpoints import resolve_caption_checkpoint
+from operators.captions import RANDOM_CAPTIONS_NOTICE
 from operators.detect_track import resolve_yolo
 from operators.encoders import embedding_dim, resolve_checkpoint
 from pipeline import schema as S
