@@ -35,9 +35,8 @@ from operators.keyframes import SampleGrid, is_keyframe, shot_segment_windows, w
 
 log = logging.getLogger(__name__)
 
-RANDOM_CAPTIONS_NOTICE = (
-    "NOTE: the captioner has random weights (captions.architecture): its captions are meaningless text."
-)
+#: Said with the random-weights notice (one line) where a run starts, and by the captioner when it loads.
+RANDOM_CAPTIONS_NOTICE = "Captions from a randomly initialised captioner (captions.architecture) are meaningless text."
 
 
 class CaptionConfig(StrictModel):
@@ -114,7 +113,7 @@ class HFCaptioner:
         hf_logging.disable_progress_bar()  # per-shard loading bars would fill the worker logs
         path = self.checkpoint or resolve_caption_checkpoint(self.cfg)
         if self.cfg.random_weights:
-            log.warning(RANDOM_CAPTIONS_NOTICE)
+            log.warning("NOTE: %s", RANDOM_CAPTIONS_NOTICE)
         try:
             model, self.processor, self.tokenizer = self.load(path)
         except OSError as exc:

@@ -179,10 +179,11 @@ class Runner:
             run_id=str(uuid.uuid4()), pipeline_version=self.version, db=self.cfg.db.path, incremental=self.incremental
         )
         st = summary.stages
-        if self.cfg.random_weights:
-            log.warning(RANDOM_WEIGHTS_NOTICE)
-        if self.cfg.captions.random_weights:
-            log.warning(RANDOM_CAPTIONS_NOTICE)
+        notices = [RANDOM_WEIGHTS_NOTICE] if self.cfg.random_weights else []
+        if self.cfg.captions.random_weights:  # one notice line: the captions' sentence joins the models' one
+            notices.append(RANDOM_CAPTIONS_NOTICE if notices else f"NOTE: {RANDOM_CAPTIONS_NOTICE}")
+        if notices:
+            log.warning(" ".join(notices))
         _warn_ephemeral(self.cfg.db.path)
         with timed(st, "preflight"):
             checkpoint = preflight(self.cfg)

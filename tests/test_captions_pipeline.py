@@ -5,8 +5,10 @@ carry the caption, and a rerun adds no rows."""
 
 from __future__ import annotations
 
+import logging
 import shutil
 
+from operators.captions import RANDOM_CAPTIONS_NOTICE
 from operators.contract import make_id
 from pipeline import schema as S
 from pipeline.catalog import list_videos
@@ -18,7 +20,7 @@ from run_pipeline import format_table
 from tests.helpers import clip, tiny_config
 
 
-def test_segments_get_their_keyframe_caption_exactly_once(ray_session, tmp_path) -> None:
+def test_segments_get_their_keyframe_caption_exactly_once(ray_session, tmp_path, caplog) -> None:
     folder = tmp_path / "videos"
     folder.mkdir()
     shutil.copy(clip("mmaction2/test.mp4"), folder / "test.mp4")  # 10 s: windows [0,4), [4,8), [8,10)
@@ -27,7 +29,10 @@ def test_segments_get_their_keyframe_caption_exactly_once(ray_session, tmp_path)
     small_blocks = ["decode.fps=2", "decode.chunk_frames=2", "ray.captions.batch_size=2"]
     cfg = tiny_config(tmp_path / "db", *small_blocks)
     assert cfg.captions.model == "blip" and cfg.captions.random_weights
-    first = run_index(cfg, [str(folder)], progress=False)
+    with caplog.at_level(logging.WARNING, logger="pipeline.runner"):
+        first = run_index(cfg, [str(folder)], progress=False)
+    notes = [r.getMessage() for r in caplog.records if r.name == "pipeline.runner" and "NOTE:" in r.getMessage()]
+    assert len(notes) == 1 and "carry no meaning" in notes[0] and RANDOM_CAPTIONS_NOTICE in notes[0]  # one line
     assert (first.indexed, first.failed, first.segments) == (1, 0, 3), first.failures
     store = Store(cfg.db.path)
     segments = store.rows(S.SEGMENTS).to_pylist()
