@@ -103,16 +103,26 @@ def test_window_bounds_follow_the_assembler() -> None:
     ]
 
 
-def test_assembler_puts_the_keyframe_caption_and_thumbnail_on_the_segment() -> None:
-    """A caption on exactly the frames the stage marks reaches the segment whose thumbnail is that frame."""
+@pytest.mark.parametrize(
+    ("shots", "windows", "keyframes"),
+    [
+        (None, [(0.0, 4.0), (4.0, 8.0), (8.0, 10.0)], [2, 6, 9]),
+        ([0.0, 3.0], [(0.0, 3.0), (3.0, 6.5), (6.5, 10.0)], [1, 5, 8]),  # a 7 s shot split in two windows
+    ],
+)
+def test_stage_marks_what_the_assembler_picks_and_the_caption_reaches_the_segment(
+    shots: list[float] | None, windows: list[tuple[float, float]], keyframes: list[int]
+) -> None:
+    """The stage marks frames from their own rows; the assembler, seeing whole windows, picks the same frames as
+    thumbnails and puts their captions on the segments (fixed and shot-aligned windows)."""
+    from operators.base import objects
     from operators.contract import make_id
 
     n, fps = 10, 1.0
     t = np.arange(n, dtype=np.float64)
-    emb = np.eye(n, 8, dtype=np.float32)
-    windows = {window_bounds(x, 4.0, 10.0) for x in t}
-    marked = [any(is_keyframe(x, s, e, SampleGrid.of(1.0, 30.0, 10.0)) for s, e in windows if s <= x < e) for x in t]
     rows = {
+        "video_id": np.full(n, "v"),
+        "error": np.full(n, ""),
         "t": t,
         "frame_idx": (t * 30).astype(np.int64),
         "sample_idx": np.arange(n),
@@ -125,19 +135,22 @@ def test_assembler_puts_the_keyframe_caption_and_thumbnail_on_the_segment() -> N
         "rotation": np.zeros(n, int),
         "backend": np.full(n, "test"),
         "thumb": np.array([_jpeg()] * n, dtype=object),
-        "embedding": emb,
-        # what Ray Data delivers: null on other frames, or NaN where a whole block had no caption
-        "caption": np.array(
-            [f"caption {x:g}" if m else (None if x < 5 else np.float32("nan")) for x, m in zip(t, marked, strict=True)],
-            dtype=object,
-        ),
+        "embedding": np.eye(n, 8, dtype=np.float32),
     }
+    if shots is not None:
+        rows["shot_bounds"] = objects([np.asarray(shots)] * n)
+    marked = Captions(CaptionConfig(), window_s=4.0, sample_fps=fps).keyframes(rows)
+    assert t[marked].astype(int).tolist() == keyframes
+    # what Ray Data delivers: null on other frames, or NaN where a whole block had no caption
+    rows["caption"] = np.array(
+        [f"caption {x:g}" if m else (None if x < 5 else np.float32("nan")) for x, m in zip(t, marked, strict=True)],
+        dtype=object,
+    )
     vid = make_id("video", "captions")
-    out = assemble_video(vid, rows, SegmentConfig(window_s=4.0), None, fps)
-    segs = out["segments"]
-    assert [(s["start_s"], s["end_s"]) for s in segs] == [(0.0, 4.0), (4.0, 8.0), (8.0, 10.0)]
-    assert [s["caption"] for s in segs] == ["caption 2", "caption 6", "caption 9"]
-    assert [s["thumb_id"] for s in segs] == [make_id(vid, "frame", int(x * 30)) for x in (2, 6, 9)]
+    segs = assemble_video(vid, rows, SegmentConfig(window_s=4.0), None, fps)["segments"]
+    assert [(s["start_s"], s["end_s"]) for s in segs] == windows
+    assert [s["caption"] for s in segs] == [f"caption {k}" for k in keyframes]
+    assert [s["thumb_id"] for s in segs] == [make_id(vid, "frame", k * 30) for k in keyframes]
 
 
 def _jpeg() -> bytes:
