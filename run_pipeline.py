@@ -258,6 +258,8 @@ def format_table(results: list[Any]) -> str:
         objects = r.class_name or ", ".join(sorted({b.class_name for b in r.boxes}))[:24]
         span = f"{r.start_s:7.2f}-{r.end_s:7.2f}s"
         lines.append(f"{r.rank:>4}  {r.score:7.4f}  {span:>17}  {objects:<24}  {r.path}")
+        if getattr(r, "caption", None):  # a segment's caption, on its own line under the hit
+            lines.append(f"{'':>4}  {r.caption}")
     return "\n".join(lines)
 
 

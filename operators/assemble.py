@@ -29,7 +29,8 @@ import numpy.typing as npt
 from operators.base import Batch, StrictModel
 from operators.contract import FRAMES, SEGMENTS, TEXTS, THUMBNAILS, TRACKS, make_id
 from operators.detect_track import DetectConfig, VideoTracker
-from operators.shots import ShotConfig, shot_windows
+from operators.keyframes import SampleGrid, keyframe_index, shot_segment_windows
+from operators.shots import ShotConfig
 from operators.text_spans import SpanConfig, text_spans
 
 Row = dict[str, Any]
@@ -68,6 +69,7 @@ class _Window:
     emb: list[npt.NDArray[np.float32]] = field(default_factory=list)
     frame_ids: list[str] = field(default_factory=list)
     classes: set[str] = field(default_factory=set)
+    captions: list[str | None] = field(default_factory=list)  # the caption stage's, on keyframes (else None)
 
 
 @dataclass
@@ -145,8 +147,8 @@ class VideoAssembler:
                 starts = np.asarray(row["shot_bounds"], np.float64)
                 self.meta["shot_starts"] = [float(s) for s in starts]
                 end = self.duration_s if self.duration_s > 0 else float(starts[-1]) + self.window_s
-                win = np.asarray(shot_windows(starts, end, self.window_s), np.float64).reshape(-1, 3)
-                self.windows = win[:, [1, 2, 0]]  # (start, end, shot) per segment window
+                # (start, end, shot) per segment window; the caption stage derives them with the same function
+                self.windows = shot_segment_windows(starts, self.duration_s, self.window_s)
                 self.shot_spans = np.stack([starts, np.append(starts[1:], max(end, float(starts[-1])))], axis=1)
         t = float(row["t"])
         fid = make_id(self.video_id, "frame", int(row["frame_idx"]))
@@ -192,6 +194,8 @@ class VideoAssembler:
         self.window.emb.append(emb)
         self.window.frame_ids.append(fid)
         self.window.classes.update(classes)
+        caption = row.get("caption")  # Ray Data turns a block's all-null column into NaN floats: text or None
+        self.window.captions.append(caption if isinstance(caption, str) else None)
 
     def _track(self, row: Row, fid: str, w: int, h: int) -> list[Row]:
         assert self.tracker is not None and self.detect is not None
@@ -268,7 +272,9 @@ class VideoAssembler:
         else:
             start = float(win.k * w)
             end = float(max(min((win.k + 1) * w, video_end), t[-1]))  # never past the video's end
-        middle = int(np.argmin(np.abs(t - (start + end) / 2)))
+        # the keyframe (thumbnail, caption): chosen as the caption stage chose it, from the sampling grid
+        grid = SampleGrid.of(self.sample_fps, float(self.meta.get("source_fps", 0.0)), self.duration_s)
+        middle = keyframe_index(t, start, end, grid)
         self.emit(
             SEGMENTS,
             [
@@ -282,6 +288,7 @@ class VideoAssembler:
                     "thumb_id": win.frame_ids[middle],
                     "class_names": sorted(win.classes),
                     **self._shot_columns(win.k, start, end, video_end),
+                    "caption": win.captions[middle],
                 }
             ],
         )

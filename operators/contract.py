@@ -94,6 +94,8 @@ DETECT_COLUMNS = ("det_boxes", "det_conf", "det_names", "det_masks")
 EMBED_COLUMNS = ("embedding", "region_emb")
 #: Written by OCR: per frame, text lines (list of str), their boxes (N x 4, normalised xyxy), confidences (N).
 OCR_COLUMNS = ("ocr_text", "ocr_boxes", "ocr_conf")
+#: Written by the caption stage: the caption (str) of each segment's keyframe on that frame's row, null on others.
+CAPTION_COLUMNS = ("caption",)
 
 #: What the per-video assembly reads; every other column is dropped before rows leave the embed stage.
 ASSEMBLY_COLUMNS = (
@@ -110,4 +112,5 @@ ASSEMBLY_COLUMNS = (
     *EMBED_COLUMNS,
     *OCR_COLUMNS,
     *SHOT_COLUMNS,
+    *CAPTION_COLUMNS,
 )

@@ -17,6 +17,7 @@ from pydantic import Field, ValidationError, model_validator
 from configs import names, shipped
 from operators.assemble import SegmentConfig
 from operators.base import StageResources, StrictModel
+from operators.captions import CaptionConfig
 from operators.decode import DecodeConfig
 from operators.detect_track import DetectConfig
 from operators.encoders import EncoderConfig
@@ -45,6 +46,7 @@ class RayConfig(StrictModel):
     embed: StageResources = StageResources(num_cpus=0.5, concurrency=1, batch_size=16)
     ocr: StageResources = StageResources(num_cpus=0.25, concurrency=1, batch_size=8)  # when ocr.engine is not none
     shots: StageResources = StageResources(num_cpus=0.25, concurrency=1, batch_size=1)  # when segments.shots is set
+    captions: StageResources = StageResources(num_cpus=0.25, concurrency=1, batch_size=16)  # when captions.model set
     # Routing is a hand-off (a few ms per batch) and assembly + fragment writes cost ~1-2 ms per frame, so both
     # ask little; give a cluster one assembler per few nodes' worth of frames (see BENCHMARKS.md, driver).
     route: StageResources = StageResources(num_cpus=0.05, concurrency=1, batch_size=0)
@@ -122,6 +124,7 @@ class Config(StrictModel):
     segments: SegmentConfig = SegmentConfig()
     ocr: OcrConfig = OcrConfig()
     spans: SpanConfig = SpanConfig()  # on-screen text readings -> spans
+    captions: CaptionConfig = CaptionConfig()  # segment captions (operators/captions.py); model none: off
 
     ray: RayConfig = RayConfig()
     db: DbConfig = DbConfig()
@@ -146,6 +149,10 @@ class Config(StrictModel):
         }
         if self.ocr.engine != "none":  # absent otherwise, so databases indexed before OCR existed keep their version
             parts["ocr"] = {**self.ocr.model_dump(exclude={"device", "threads"}), "spans": self.spans.model_dump()}
+        if self.captions.model != "none":  # absent otherwise, so databases indexed before captions keep their version
+            rows = {"model", "checkpoint", "max_new_tokens", "num_beams", "prompt"}
+            random = {"architecture", "seed"} if self.captions.random_weights else set()
+            parts["captions"] = self.captions.model_dump(include=rows | random)
         bf16 = [s for s in ("encoder", "detect") if getattr(self, s).precision == "bf16"]
         if bf16:
             parts["bf16"] = bf16

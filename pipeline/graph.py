@@ -19,6 +19,7 @@ from typing import Any, Literal
 import numpy as np
 
 from operators.base import Batch, Operator, StageResources, objects
+from operators.captions import Captions
 from operators.decode import Decode
 from operators.detect_track import Detector
 from operators.embed import Embed, Preprocess
@@ -141,10 +142,17 @@ STAGES = (
     Stage("detect", "actor", lambda cfg, ck: Detector(cfg.detect), "1:1", True, lambda cfg: cfg.detect.enabled),
     # before embed, which drops the decoded frame
     Stage("ocr", "actor", lambda cfg, ck: OcrFrames(cfg.ocr), "1:1", False, lambda cfg: cfg.ocr.engine != "none"),
+    # before preprocess: it needs the frame (embed drops it) and must not split preprocess from embed (fused on CPU)
+    Stage("captions", "actor", lambda cfg, ck: _captions(cfg), "1:1", False, lambda cfg: cfg.captions.model != "none"),
     Stage("preprocess", "task", lambda cfg, ck: Preprocess(cfg.encoder), "1:1"),
     Stage("embed", "actor", lambda cfg, ck: Embed(cfg.encoder, cfg.regions, ck), "1:1"),
     Stage("route", "actor", None, "N frames : one result per finished video"),
 )
+
+
+def _captions(cfg: Config) -> Captions:
+    """Captions on the segments' keyframes; with decode.mode keyframes (no sampling grid) on every frame."""
+    return Captions(cfg.captions, cfg.segments.window_s, cfg.decode.fps, cfg.decode.mode == "keyframes")
 
 
 def _shots(cfg: Config) -> bool:

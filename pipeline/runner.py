@@ -21,6 +21,8 @@ import uuid
 from dataclasses import asdict, dataclass, field
 from typing import Any
 
+from operators.caption_checkpoints import resolve_caption_checkpoint
+from operators.captions import RANDOM_CAPTIONS_NOTICE
 from operators.detect_track import resolve_yolo
 from operators.encoders import embedding_dim, resolve_checkpoint
 from pipeline import schema as S
@@ -105,6 +107,8 @@ def preflight(cfg: Config) -> str | None:
     checkpoint = resolve_checkpoint(cfg.encoder)
     if cfg.detect.enabled:
         resolve_yolo(cfg.detect.model)
+    if cfg.captions.model != "none":
+        resolve_caption_checkpoint(cfg.captions)  # a random captioner is built and saved here, once
     return checkpoint
 
 
@@ -175,8 +179,11 @@ class Runner:
             run_id=str(uuid.uuid4()), pipeline_version=self.version, db=self.cfg.db.path, incremental=self.incremental
         )
         st = summary.stages
-        if self.cfg.random_weights:
-            log.warning(RANDOM_WEIGHTS_NOTICE)
+        notices = [RANDOM_WEIGHTS_NOTICE] if self.cfg.random_weights else []
+        if self.cfg.captions.random_weights:  # one notice line: the captions' sentence joins the models' one
+            notices.append(RANDOM_CAPTIONS_NOTICE if notices else f"NOTE: {RANDOM_CAPTIONS_NOTICE}")
+        if notices:
+            log.warning(" ".join(notices))
         _warn_ephemeral(self.cfg.db.path)
         with timed(st, "preflight"):
             checkpoint = preflight(self.cfg)

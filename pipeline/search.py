@@ -181,6 +181,7 @@ class SearchResult:
     shot_idx: int | None = None
     shot_start_s: float | None = None
     shot_end_s: float | None = None
+    caption: str | None = None  # segments: the captioner's description of the keyframe (null when captions are off)
 
     def as_dict(self) -> dict[str, Any]:
         return asdict(self)
@@ -275,6 +276,7 @@ class Searcher:
             results = [r for r in results if r.score >= filters.min_score]
         results = results[:k]
         self._attach_boxes(level, results)
+        self._attach_captions(level, results)
         for i, r in enumerate(results):
             r.rank = i + 1
         return results
@@ -376,6 +378,16 @@ class Searcher:
                 Box(b["class_name"], [b["x1"], b["y1"], b["x2"], b["y2"]], b["track_id"], b["conf"])
                 for b in by_id.get(r.thumb_id, [])
             ]
+
+    def _attach_captions(self, level: str, results: list[SearchResult]) -> None:
+        """Segment hits carry their caption (one read of the hits' rows; tables from before captions have none)."""
+        if level != "segments" or not results or "caption" not in self.store.table(S.SEGMENTS).schema.names:
+            return
+        ids = [r.id for r in results]
+        rows = self.store.rows(S.SEGMENTS, in_list("segment_id", ids), ["segment_id", "caption"]).to_pylist()
+        by_id = {r["segment_id"]: r["caption"] for r in rows}
+        for r in results:
+            r.caption = by_id.get(r.id)
 
     # -- stage 2 --------------------------------------------------------------------------------------------
     def reranker(self, name: str) -> Any:

@@ -46,6 +46,8 @@ def test_search_click_and_play_from_the_span_start(browser, site, tmp_path: Path
         assert cards.count() == len(expected) == 2
         assert [float(cards.nth(i).get_attribute("data-start")) for i in range(2)] == [r.start_s for r in expected]
         assert page.locator(".result .name").all_inner_texts() == ["flower.webm", "flower.webm"]
+        captions = [r.caption for r in expected]  # the tiny config captions every segment (random tiny BLIP)
+        assert all(captions) and page.locator(".result .caption").all_inner_texts() == captions
         assert float(page.locator(".result .score").first.inner_text()) == pytest.approx(expected[0].score, abs=6e-4)
         wait_until(
             page, "[...document.querySelectorAll('.result img')].every(i => i.complete && i.naturalWidth > 0)"

@@ -192,8 +192,10 @@ def test_cluster_gpu_config_puts_decode_on_cpus_and_models_on_fractional_gpus() 
     assert cfg.ray.decode.num_gpus == 0 and cfg.ray.preprocess.num_gpus == 0
     assert 0 < cfg.ray.detect.num_gpus < 1 and 0 < cfg.ray.embed.num_gpus < 1
     assert cfg.encoder.device == "cuda" and cfg.detect.device == "cuda"
-    # Same rows as default.yaml but for the shot detector (TransNetV2 on the GPU, the content detector on CPU).
-    assert cfg.pipeline_version() == load_config("default", ["segments.shots=transnetv2"]).pipeline_version()
+    # Same rows as default.yaml but for the shot detector (TransNetV2 on the GPU, the content detector on CPU) and
+    # captions (on with a GPU, off on CPU by cost).
+    gpu_choices = ["segments.shots=transnetv2", "captions.model=blip"]
+    assert cfg.pipeline_version() == load_config("default", gpu_choices).pipeline_version()
     partial = load_config("tiny", ["ray.embed.batch_size=2"])  # a stage given in part keeps its other defaults
     assert (partial.ray.embed.num_cpus, partial.ray.embed.batch_size) == (load_config("tiny").ray.embed.num_cpus, 2)
 

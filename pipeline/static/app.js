@@ -134,6 +134,14 @@ function thumb(result) {
   return wrap;
 }
 
+// A segment's caption (the captioner's description of its keyframe), as text; none when captions are off.
+function captionLine(result) {
+  if (!result.caption) return null;
+  const line = el("div", "caption small", result.caption);
+  line.title = result.caption;
+  return line;
+}
+
 function render(body) {
   if (body.level === "texts") return renderTexts(body);
   const grid = $("results");
@@ -152,6 +160,8 @@ function render(body) {
     sub.append(el("span", "", r.class_name ? `${r.class_name} track` : r.level.replace(/s$/, "")));
     if (r.stage1_score !== r.score) sub.append(el("span", "", `stage 1 ${fmtScore(r.stage1_score)}`));
     meta.append(top, name, sub);
+    const caption = captionLine(r);
+    if (caption) meta.append(caption);
     card.append(thumb(r), meta);
     card.addEventListener("click", () => play(r, card));
     grid.append(card);

@@ -1,0 +1,69 @@
+"""Captions through the whole pipeline on Ray: one real clip indexed with the tiny config (its random tiny BLIP
+captions each segment's keyframe in the graph's caption stage); every segment carries the caption of the frame
+the stage captioned for it, those frames are exactly the segments' keyframes (thumbnails), search results
+carry the caption, and a rerun adds no rows."""
+
+from __future__ import annotations
+
+import logging
+import shutil
+
+from operators.captions import RANDOM_CAPTIONS_NOTICE
+from operators.contract import make_id
+from pipeline import schema as S
+from pipeline.catalog import list_videos
+from pipeline.graph import frame_dataset
+from pipeline.runner import run_index
+from pipeline.search import Searcher
+from pipeline.store import Store
+from run_pipeline import format_table
+from tests.helpers import clip, tiny_config
+
+
+def test_segments_get_their_keyframe_caption_exactly_once(ray_session, tmp_path, caplog) -> None:
+    folder = tmp_path / "videos"
+    folder.mkdir()
+    shutil.copy(clip("mmaction2/test.mp4"), folder / "test.mp4")  # 10 s: windows [0,4), [4,8), [8,10)
+    # 2 fps in blocks of 2 frames: most blocks hold no keyframe, so they reach the assembler with an all-null
+    # caption column (which Ray Data turns into NaN when it joins them with captioned blocks)
+    small_blocks = ["decode.fps=2", "decode.chunk_frames=2", "ray.captions.batch_size=2"]
+    cfg = tiny_config(tmp_path / "db", *small_blocks)
+    assert cfg.captions.model == "blip" and cfg.captions.random_weights
+    with caplog.at_level(logging.WARNING, logger="pipeline.runner"):
+        first = run_index(cfg, [str(folder)], progress=False)
+    notes = [r.getMessage() for r in caplog.records if r.name == "pipeline.runner" and "NOTE:" in r.getMessage()]
+    assert len(notes) == 1 and "carry no meaning" in notes[0] and RANDOM_CAPTIONS_NOTICE in notes[0]  # one line
+    assert (first.indexed, first.failed, first.segments) == (1, 0, 3), first.failures
+    store = Store(cfg.db.path)
+    segments = store.rows(S.SEGMENTS).to_pylist()
+    assert len(segments) == 3
+    assert all(isinstance(s["caption"], str) and s["caption"] for s in segments), segments
+
+    # The caption stage's own output, rerun without the detector (captions do not depend on it): the frames it
+    # captioned are exactly the segments' keyframes, and each segment holds its keyframe's caption.
+    video = list_videos([str(folder)])[0][0]
+    graph_cfg = tiny_config(tmp_path / "db", *small_blocks, "detect.enabled=false")
+    rows = frame_dataset(graph_cfg, [{"video_id": video.video_id, "path": video.path}], None)
+    rows = rows.select_columns(["video_id", "frame_idx", "caption"]).take_all()
+    assert len(rows) == 20
+    captioned = {
+        make_id(r["video_id"], "frame", r["frame_idx"]): r["caption"] for r in rows if isinstance(r["caption"], str)
+    }
+    assert set(captioned) == {s["thumb_id"] for s in segments}
+    assert {s["thumb_id"]: s["caption"] for s in segments} == captioned
+
+    # Search results carry the segment's caption.
+    hits = Searcher(store, cfg).search(text="a person", k=3, rerank="none")
+    assert {h.id: h.caption for h in hits} == {s["segment_id"]: s["caption"] for s in segments}
+    table = format_table(hits)
+    assert all(f"      {h.caption}" in table.splitlines() for h in hits)  # the CLI shows it under each hit
+
+    # A rerun skips the video: no row is added or changed.
+    counts = {t: store.table(t).count_rows() for t in S.CONTENT_TABLES if store.exists(t)}
+    second = run_index(cfg, [str(folder)], progress=False)
+    assert (second.indexed, second.skipped, second.segments) == (0, 1, 0)
+    assert {t: store.table(t).count_rows() for t in counts} == counts
+    again = store.rows(S.SEGMENTS).to_pylist()
+    assert sorted((s["segment_id"], s["caption"]) for s in again) == sorted(
+        (s["segment_id"], s["caption"]) for s in segments
+    )
