@@ -11,8 +11,7 @@ import shutil
 import tempfile
 from typing import TYPE_CHECKING, Any
 
-from operators.base import MissingCheckpointError
-from operators.encoders import _reachable
+from operators.hf_hub import load_checkpoint
 
 if TYPE_CHECKING:
     from operators.captions import CaptionConfig
@@ -74,47 +73,34 @@ def random_checkpoint(cfg: CaptionConfig) -> str:
     return folder
 
 
-def _offline(cfg: CaptionConfig) -> bool:
-    truthy = {"1", "ON", "YES", "TRUE"}
-    env = any(os.environ.get(v, "").upper() in truthy for v in ("HF_HUB_OFFLINE", "TRANSFORMERS_OFFLINE"))
-    return cfg.local_files_only or env
-
-
 def resolve_caption_checkpoint(cfg: CaptionConfig) -> str:
     """A local directory holding the captioner (the hub id's snapshot, downloaded into the cache if it is not
-    there and a network exists); raises ``MissingCheckpointError`` with one actionable sentence otherwise."""
+    there and a network exists, ``operators/hf_hub.py``); raises ``MissingCheckpointError`` with one actionable
+    sentence otherwise."""
     if cfg.random_weights:
         return random_checkpoint(cfg)
-    ckpt = cfg.checkpoint or ""
-    path = os.path.expanduser(ckpt)
-    if os.path.isdir(path):
-        if not os.path.isfile(os.path.join(path, "config.json")):
-            raise MissingCheckpointError(
-                f"Captioner checkpoint directory '{ckpt}' holds no saved model (no config.json): write the model "
-                f"and its processor there with save_pretrained, or set captions.checkpoint to a hub id."
-            )
-        return path
-    if os.path.isabs(ckpt) or ckpt.startswith((".", "~")) or ckpt.count("/") > 1:
-        raise MissingCheckpointError(
-            f"Captioner checkpoint directory '{ckpt}' does not exist: set captions.checkpoint to a directory "
-            f"written by save_pretrained or to a Hugging Face hub id."
-        )
-    from huggingface_hub import snapshot_download
 
-    try:
-        return str(snapshot_download(ckpt, cache_dir=cfg.cache_dir, local_files_only=True))
-    except Exception:  # not cached (or only in part)
-        reason = "offline mode is on" if _offline(cfg) else None
-    if reason is None and not _reachable(os.environ.get("HF_ENDPOINT", "https://huggingface.co")):
-        reason = "no network route to the model hub"
-    if reason is None:
+    def load(path: str, local_only: bool) -> str:
+        if os.path.isdir(path):
+            if not os.path.isfile(os.path.join(path, "config.json")):
+                raise FileNotFoundError(f"no config.json in {path}")
+            return path
+        from huggingface_hub import snapshot_download
+
         try:
-            return str(snapshot_download(ckpt, cache_dir=cfg.cache_dir))
-        except Exception as exc:  # unknown repo, refused, partial download...
-            reason = type(exc).__name__
-    raise MissingCheckpointError(
-        f"Captioner checkpoint '{ckpt}' is not in the Hugging Face cache and could not be downloaded ({reason}): "
-        f"download it where a network exists and set captions.checkpoint to the local directory, or place it in "
-        f"the cache ({cfg.cache_dir or os.environ.get('HF_HOME', '~/.cache/huggingface')}), or set "
-        f"captions.model: none."
+            return str(snapshot_download(path, cache_dir=cfg.cache_dir, local_files_only=local_only))
+        except Exception as exc:
+            if local_only:  # not cached (or only in part)
+                raise OSError(str(exc)) from exc
+            raise
+
+    return load_checkpoint(
+        "Captioner",
+        "captions.checkpoint",
+        cfg.checkpoint or "",
+        load,
+        holds="a saved model and its processor",
+        local_files_only=cfg.local_files_only,
+        cache_dir=cfg.cache_dir,
+        otherwise=", or set captions.model: none",
     )

@@ -17,7 +17,6 @@ combines it with the stage-1 score by ``search.rerank_weight``. Options come fro
 
 from __future__ import annotations
 
-import os
 from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any, ClassVar, Protocol
@@ -26,7 +25,8 @@ import numpy as np
 import numpy.typing as npt
 
 from operators.base import StrictModel
-from operators.encoders import Device, MissingCheckpointError, _reachable, pick_device
+from operators.encoders import Device, MissingCheckpointError, pick_device
+from operators.hf_hub import load_checkpoint
 
 
 def scaled_dot_product_attention(
@@ -122,59 +122,29 @@ class PairRerankerConfig(StrictModel):
     cache_dir: str | None = None
 
 
-def _offline(cfg: PairRerankerConfig) -> bool:
-    truthy = {"1", "ON", "YES", "TRUE"}
-    env = any(os.environ.get(v, "").upper() in truthy for v in ("HF_HUB_OFFLINE", "TRANSFORMERS_OFFLINE"))
-    return cfg.local_files_only or env
-
-
 def load_pretrained(name: str, cfg: PairRerankerConfig, model_cls: Any, processor_cls: Any) -> tuple[Any, Any]:
-    """(model, processor) from ``cfg.checkpoint`` with ``from_pretrained``; one-sentence error when missing.
-
-    A hub id is looked up in the local cache first, so a cached checkpoint never touches the network; only a
-    cache miss with networking allowed (not HF_HUB_OFFLINE) and a reachable hub tries a download.
-    """
-    ckpt = cfg.checkpoint
+    """(model, processor) from ``cfg.checkpoint`` with ``from_pretrained`` (``operators/hf_hub.py``: the local
+    cache first, a download only where a network exists); one-sentence error when missing."""
     key = f"search.rerankers.{name}.checkpoint"
-    if not ckpt:
+    if not cfg.checkpoint:
         raise MissingCheckpointError(
             f"Re-ranker '{name}' has no checkpoint: set {key} to a Hugging Face hub id or to a local directory "
             f"written by save_pretrained."
         )
-    local = os.path.isdir(os.path.expanduser(ckpt))
-    if not local and (os.path.isabs(ckpt) or ckpt.startswith((".", "~")) or ckpt.count("/") > 1):
-        raise MissingCheckpointError(
-            f"Re-ranker '{name}' checkpoint directory '{ckpt}' does not exist: set {key} to a directory written "
-            f"by save_pretrained or to a Hugging Face hub id."
-        )
-    path = os.path.expanduser(ckpt) if local else ckpt
-    common = {"cache_dir": cfg.cache_dir}
 
-    def load(local_only: bool) -> tuple[Any, Any]:
-        processor = processor_cls.from_pretrained(path, local_files_only=local_only, **common)
-        model = model_cls.from_pretrained(path, local_files_only=local_only, **common)
+    def load(path: str, local_only: bool) -> tuple[Any, Any]:
+        processor = processor_cls.from_pretrained(path, local_files_only=local_only, cache_dir=cfg.cache_dir)
+        model = model_cls.from_pretrained(path, local_files_only=local_only, cache_dir=cfg.cache_dir)
         return model, processor
 
-    try:
-        return load(local_only=True)
-    except OSError as exc:
-        if local:
-            raise MissingCheckpointError(
-                f"Re-ranker '{name}' checkpoint directory '{ckpt}' does not hold a saved {model_cls.__name__} "
-                f"with its processor ({type(exc).__name__}): write both there with save_pretrained."
-            ) from None
-        reason = "offline mode is on" if _offline(cfg) else None
-    if reason is None and not _reachable(os.environ.get("HF_ENDPOINT", "https://huggingface.co")):
-        reason = "no network route to the model hub"  # fail fast instead of waiting on retries
-    if reason is None:
-        try:
-            return load(local_only=False)
-        except Exception as exc:  # no network, unknown repo, partial download...
-            reason = type(exc).__name__
-    raise MissingCheckpointError(
-        f"Re-ranker '{name}' checkpoint '{ckpt}' is not in the Hugging Face cache and could not be downloaded "
-        f"({reason}): download it where a network exists and set {key} to the local directory, or place it in "
-        f"the cache ({cfg.cache_dir or os.environ.get('HF_HOME', '~/.cache/huggingface')})."
+    return load_checkpoint(
+        f"Re-ranker '{name}'",
+        key,
+        cfg.checkpoint,
+        load,
+        holds=f"a saved {model_cls.__name__} with its processor",
+        local_files_only=cfg.local_files_only,
+        cache_dir=cfg.cache_dir,
     )
 
 

@@ -31,8 +31,9 @@ import numpy as np
 import numpy.typing as npt
 from pydantic import model_validator
 
-from operators.base import Batch, MissingCheckpointError, Operator, StrictModel, objects
-from operators.encoders import Device, _reachable, pick_device
+from operators import hf_hub
+from operators.base import Batch, Operator, StrictModel, objects
+from operators.encoders import Device, pick_device
 
 #: Answers a randomly initialised ViLT classifies into (a few of VQAv2's most frequent answers).
 RANDOM_ANSWERS = ("yes", "no", "1", "2", "3", "white", "black", "red", "blue", "green", "person", "dog", "none")
@@ -88,48 +89,23 @@ class QuestionError(ValueError):
     """A question the model cannot take (empty, or longer than its text positions); safe to show."""
 
 
-def _offline(cfg: VqaConfig) -> bool:
-    truthy = {"1", "ON", "YES", "TRUE"}
-    env = any(os.environ.get(v, "").upper() in truthy for v in ("HF_HUB_OFFLINE", "TRANSFORMERS_OFFLINE"))
-    return cfg.local_files_only or env
-
-
 def load_checkpoint(name: str, ckpt: str, cfg: VqaConfig, model_cls: Any, processor_cls: Any) -> tuple[Any, Any]:
-    """(model, processor) with ``from_pretrained``: the local cache first, a download only where a network
-    exists; otherwise ``MissingCheckpointError`` with one actionable sentence."""
-    local = os.path.isdir(os.path.expanduser(ckpt))
-    if not local and (os.path.isabs(ckpt) or ckpt.startswith((".", "~")) or ckpt.count("/") > 1):
-        raise MissingCheckpointError(
-            f"VQA model '{name}' checkpoint directory '{ckpt}' does not exist: set vqa.checkpoint to a directory "
-            f"written by save_pretrained or to a Hugging Face hub id."
-        )
-    path = os.path.expanduser(ckpt) if local else ckpt
+    """(model, processor) with ``from_pretrained`` (``operators/hf_hub.py``: the local cache first, a download
+    only where a network exists); otherwise ``MissingCheckpointError`` with one actionable sentence."""
 
-    def load(local_only: bool) -> tuple[Any, Any]:
+    def load(path: str, local_only: bool) -> tuple[Any, Any]:
         processor = processor_cls.from_pretrained(path, local_files_only=local_only, cache_dir=cfg.cache_dir)
         model = model_cls.from_pretrained(path, local_files_only=local_only, cache_dir=cfg.cache_dir)
         return model, processor
 
-    try:
-        return load(local_only=True)
-    except OSError as exc:
-        if local:
-            raise MissingCheckpointError(
-                f"VQA model '{name}' checkpoint directory '{ckpt}' does not hold a saved {model_cls.__name__} with "
-                f"its processor ({type(exc).__name__}): write both there with save_pretrained."
-            ) from None
-    reason = "offline mode is on" if _offline(cfg) else None
-    if reason is None and not _reachable(os.environ.get("HF_ENDPOINT", "https://huggingface.co")):
-        reason = "no network route to the model hub"  # fail fast instead of waiting on retries
-    if reason is None:
-        try:
-            return load(local_only=False)
-        except Exception as exc:  # unknown repo, partial download...
-            reason = type(exc).__name__
-    raise MissingCheckpointError(
-        f"VQA model '{name}' checkpoint '{ckpt}' is not in the Hugging Face cache and could not be downloaded "
-        f"({reason}): download it where a network exists and set vqa.checkpoint to the local directory, or place "
-        f"it in the cache ({cfg.cache_dir or os.environ.get('HF_HOME', '~/.cache/huggingface')})."
+    return hf_hub.load_checkpoint(
+        f"VQA model '{name}'",
+        "vqa.checkpoint",
+        ckpt,
+        load,
+        holds=f"a saved {model_cls.__name__} with its processor",
+        local_files_only=cfg.local_files_only,
+        cache_dir=cfg.cache_dir,
     )
 
 

@@ -232,7 +232,7 @@ def test_hf_loads_a_vision_encoder_decoder_and_blip_through_auto_classes(
 def test_missing_checkpoints_stop_with_one_actionable_sentence(tmp_path: Path, monkeypatch) -> None:
     with pytest.raises(MissingCheckpointError, match=r"does not exist: set captions\.checkpoint"):
         resolve_caption_checkpoint(CaptionConfig(model="blip", checkpoint=str(tmp_path / "nope")))
-    with pytest.raises(MissingCheckpointError, match="holds no saved model"):
+    with pytest.raises(MissingCheckpointError, match="does not hold a saved model and its processor"):
         resolve_caption_checkpoint(CaptionConfig(model="blip", checkpoint=str(tmp_path)))
     monkeypatch.setenv("HF_HUB_OFFLINE", "1")
     monkeypatch.setenv("HF_HOME", str(tmp_path / "hf"))
