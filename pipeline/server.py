@@ -306,7 +306,8 @@ def create_app(
         cache = "private" if token else "public"
         return Response(jpeg, media_type="image/jpeg", headers={"Cache-Control": f"{cache}, max-age=86400"})
 
-    @app.api_route("/media/{video_id}", methods=["GET", "HEAD"])
+    @app.head("/media/{video_id}", include_in_schema=False)  # one operation in the OpenAPI document, not two
+    @app.get("/media/{video_id}")
     def media(video_id: str, request: Request) -> Response:
         found = api.media(video_id)
         if found is None:
