@@ -24,7 +24,7 @@ from typing import Any, Literal
 from operators.base import StrictModel
 from operators.text_spans import normalise
 from pipeline import schema as S
-from pipeline.search import Filters, SearchError, parse_filters
+from pipeline.filters import Filters, SearchError, parse_filters
 from pipeline.store import Store, in_list
 
 Tokenizer = Literal["ngram", "word"]

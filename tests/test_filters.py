@@ -10,7 +10,8 @@ from typing import Any
 import pytest
 
 from pipeline import schema as S
-from pipeline.search import Filters, Searcher, SearchError, compile_filters
+from pipeline.filters import Filters, SearchError, compile_filters
+from pipeline.search import Searcher
 
 PAYLOADS = [
     "' OR 1=1 --",
