@@ -137,7 +137,7 @@ class _PyAVReader:
             stream = container.streams.video[0]
             stream.codec_context.thread_count = 1  # frames in flight (each full size) do not grow with cores
             stream.codec_context.skip_frame = self.skip_frame
-            tb = float(stream.time_base)
+            tb = float(stream.time_base or 0)
             for packet in container.demux(stream):
                 if time.monotonic() > deadline:
                     raise TimeoutError
@@ -151,7 +151,9 @@ class _PyAVReader:
                     if taken[j] or abs(wanted[j] - t) > 1e-6:
                         continue
                     taken[j] = True
-                    rgb = frame.reformat(width=stored_w, height=stored_h, format="rgb24").to_ndarray()
+                    rgb: npt.NDArray[np.uint8] = frame.reformat(
+                        width=stored_w, height=stored_h, format="rgb24"
+                    ).to_ndarray()  # type: ignore[assignment]
                     out.append(np.ascontiguousarray(np.rot90(rgb, k)) if k else rgb)
                     if len(out) == chunk:
                         yield np.stack(out)

@@ -133,12 +133,12 @@ class YoloPredictor:
             verbose=False,
         )
         out = []
-        for r in results:
-            b = r.boxes.cpu().numpy()
+        for r in results:  # ultralytics Results (its stubs also allow tensors, which predict never returns here)
+            b = r.boxes.cpu().numpy()  # type: ignore[union-attr]
             masks = None
-            if r.masks is not None:
+            if r.masks is not None:  # type: ignore[union-attr]
                 k = self.cfg.mask_downscale
-                masks = (r.masks.data.cpu().numpy()[:, ::k, ::k] > 0.5).astype(np.uint8)
+                masks = (r.masks.data.cpu().numpy()[:, ::k, ::k] > 0.5).astype(np.uint8)  # type: ignore[union-attr]
             out.append(
                 FrameDetections(
                     b.xyxyn.astype(np.float32), b.conf.astype(np.float32), [self.names[int(c)] for c in b.cls], masks
@@ -223,7 +223,7 @@ class VideoTracker:
         from ultralytics.trackers.track import TRACKER_MAP
 
         args = tracker_args(cfg, sample_fps)
-        self.tracker = TRACKER_MAP[args.tracker_type](args)
+        self.tracker: Any = TRACKER_MAP[args.tracker_type](args)  # BYTETracker or BOTSORT
         # Only BoT-SORT's camera-motion compensation looks at the picture; ByteTrack needs boxes alone.
         self.needs_image = args.tracker_type == "botsort" and str(getattr(args, "gmc_method", "none")) != "none"
         self.classes: dict[str, int] = {}

@@ -76,8 +76,8 @@ class Embed(Operator):
         if ok.any():
             good_emb, good_grids = enc.encode_pixels(batch["pixels"][ok])
             emb[ok] = good_emb
-            for i, g in zip(np.flatnonzero(ok), good_grids, strict=True):
-                grids[i] = g
+            for j, g in zip(np.flatnonzero(ok), good_grids, strict=True):
+                grids[j] = g
         if "det_boxes" in batch and self.regions.mode != "none":
             regions = []
             for i, boxes in enumerate(batch["det_boxes"]):
@@ -91,7 +91,9 @@ class Embed(Operator):
                     regions.append(np.zeros((0, enc.dim), np.float32))
                 elif self.regions.mode == "roi":
                     size = (frame.shape[1], frame.shape[0])
-                    regions.append(roi_embeddings(enc, grids[i], boxes, size, masks, self.regions.roi_output))
+                    grid = grids[i]
+                    assert grid is not None  # set for every frame that encoded (ok)
+                    regions.append(roi_embeddings(enc, grid, boxes, size, masks, self.regions.roi_output))
                 else:
                     regions.append(crop_embeddings(enc, frame, boxes, self.regions, masks))
             batch["region_emb"] = objects(regions)

@@ -113,7 +113,8 @@ def container_hint(path: str) -> str | None:
     try:
         with open(path, "rb") as f:
             size = os.fstat(f.fileno()).st_size
-            kinds, off = [], 0
+            kinds: list[str] = []
+            off = 0
             while off + 8 <= size and len(kinds) < 10_000:
                 f.seek(off)
                 n, kind = struct.unpack(">I4s", f.read(8))

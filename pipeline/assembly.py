@@ -123,7 +123,7 @@ def start_assemblers(
         ).remote(db_uri, dim, segments, detect, sample_fps, fragment_rows, spans)
         for i in range(n)
     ]
-    ray.get([a.open_videos.remote() for a in actors])  # started, so a failure to start surfaces here
+    ray.get([a.open_videos.remote() for a in actors])  # type: ignore[attr-defined]  # started, so a failure to start surfaces here
     return prefix, actors
 
 
