@@ -159,6 +159,57 @@ def _shots(cfg: Config) -> bool:
     return cfg.segments.shots.detector != "none"
 
 
+def cpu_plan(cfg: Config) -> tuple[dict[str, float], float]:
+    """(CPUs each actor pool holds for the whole run, by stage; the largest single task request).
+
+    Actors hold their CPUs while they live, so the task stages (decode) only run in what the actors leave:
+    requests adding up to more than the cluster's CPUs leave a decode task waiting forever for a slot while
+    the actors downstream wait for its frames. Preprocess asks what embed asks so that Ray Data fuses it into
+    the embed actor on CPU (see ``RayConfig``); it then holds nothing of its own.
+    """
+    r = cfg.ray
+    fused = (r.preprocess.num_cpus, r.preprocess.concurrency) == (r.embed.num_cpus, r.embed.concurrency)
+    fused = fused and not r.embed.num_gpus
+    actors = {
+        s.name: getattr(r, s.name).num_cpus * getattr(r, s.name).concurrency
+        for s in STAGES
+        if s.kind == "actor" and s.enabled(cfg) and s.name != "route"
+    }
+    actors["route"] = r.route.num_cpus * r.route.concurrency
+    actors["assemble"] = r.assemble.num_cpus * r.assemble.concurrency
+    tasks = [r.decode.num_cpus] + ([] if fused else [r.preprocess.num_cpus])
+    return actors, max(tasks)
+
+
+def fit_to_cluster(cfg: Config, node_cpus: list[float]) -> tuple[Config, float]:
+    """``cfg`` with every stage's CPU request scaled down, if need be, so that the actor pools plus one task fit
+    the cluster's CPUs (``node_cpus``: each alive node's) and the largest actor fits a node; returns the factor
+    (1.0: unchanged). CPU requests are scheduling shares: a worker's threads depend on whole CPUs asked
+    (at least one), so shrinking them changes only what may run at once. On several small nodes the requests
+    can still fragment (free CPU split between nodes); set ``ray.<stage>.num_cpus`` there by hand."""
+    actors, task = cpu_plan(cfg)
+    total, biggest_node = sum(node_cpus), max(node_cpus, default=0.0)
+    need = sum(actors.values()) + task
+    biggest = max(
+        [getattr(cfg.ray, s).num_cpus for s in actors if s in type(cfg.ray).model_fields] + [task], default=0.0
+    )
+    factor = 1.0
+    if total > 0 and need > total:
+        factor = total / need
+    if biggest_node > 0 and biggest * factor > biggest_node:
+        factor = biggest_node / biggest
+    if factor >= 1.0:
+        return cfg, 1.0
+    factor *= 0.98  # float sums of fractional requests must not land a hair over the capacity
+    names = [f for f, v in cfg.ray if isinstance(v, StageResources)]
+    ray_cfg = cfg.ray.model_copy(
+        update={
+            n: getattr(cfg.ray, n).model_copy(update={"num_cpus": getattr(cfg.ray, n).num_cpus * factor}) for n in names
+        }
+    )
+    return cfg.model_copy(update={"ray": ray_cfg}), factor
+
+
 def frame_dataset(cfg: Config, videos: list[dict[str, str]], checkpoint: str | None) -> Any:
     """The streaming dataset of encoded frame rows for ``videos`` (dicts with ``video_id`` and ``path``)."""
     import ray

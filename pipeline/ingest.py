@@ -19,7 +19,7 @@ from typing import Any
 from pipeline.assembly import start_assemblers
 from pipeline.catalog import VideoFile
 from pipeline.config import Config
-from pipeline.graph import build_dataset
+from pipeline.graph import build_dataset, fit_to_cluster
 from pipeline.store import Store
 
 log = logging.getLogger(__name__)
@@ -92,7 +92,13 @@ class Ingest:
         from tqdm import tqdm
 
         by_id = {f.video_id: f for f in todo}
-        cfg = self.cfg
+        cfg, factor = fit_to_cluster(self.cfg, [n["Resources"].get("CPU", 0.0) for n in ray.nodes() if n["Alive"]])
+        if factor < 1.0:
+            log.info(
+                "the stages' CPU requests add up to more than this Ray cluster has: each scaled by %.2f so that "
+                "every stage can run (ray.<stage>.num_cpus in the config sets them)",
+                factor,
+            )
         detect = cfg.detect if cfg.detect.enabled else None
         a = cfg.ray.assemble
         with timed(stages, "start"):

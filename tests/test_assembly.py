@@ -154,3 +154,29 @@ def test_fragments_are_invisible_until_committed_and_recovery_removes_orphans(tm
     store.commit_fragments([video], buf.fragments)
     ids = store.rows(FRAMES, columns=["frame_id"]).column("frame_id").to_pylist()
     assert len(ids) == len(set(ids)) == N
+
+
+def test_cpu_requests_that_overfill_the_cluster_are_scaled_to_fit_it() -> None:
+    from pipeline.config import load_config
+    from pipeline.graph import cpu_plan, fit_to_cluster
+
+    cfg = load_config("tiny", ["ocr.engine=rapidocr", "segments.shots.detector=content"])
+    actors, task = cpu_plan(cfg)
+    # preprocess asks what embed asks, so it is fused into the embed actor and holds nothing of its own
+    assert "preprocess" not in actors and task == cfg.ray.decode.num_cpus
+    assert {"shots", "detect", "ocr", "captions", "embed", "route", "assemble"} <= set(actors)
+    need = sum(actors.values()) + task
+    assert need > 2  # every stage on: more than a 2-CPU machine has
+
+    fitted, factor = fit_to_cluster(cfg, [2.0])
+    assert factor < 1
+    actors2, task2 = cpu_plan(fitted)
+    assert sum(actors2.values()) + task2 <= 2.0
+    assert fitted.ray.preprocess.num_cpus == fitted.ray.embed.num_cpus  # still fused
+    assert fitted.pipeline_version() == cfg.pipeline_version()  # the rows do not change
+    same, one = fit_to_cluster(cfg, [4.0])
+    assert one == 1.0 and same is cfg
+    # a single actor bigger than any node is brought down to fit one
+    big = load_config("tiny", ["ray.embed.num_cpus=3", "ray.preprocess.num_cpus=3"])
+    fitted, factor = fit_to_cluster(big, [2.0, 2.0, 2.0])
+    assert fitted.ray.embed.num_cpus <= 2.0 and factor < 1
