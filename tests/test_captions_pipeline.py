@@ -1,7 +1,7 @@
 """Captions through the whole pipeline on Ray: one real clip indexed with the tiny config (its random tiny BLIP
 captions each segment's keyframe in the graph's caption stage); every segment carries the caption of the frame
 the stage captioned for it, those frames are exactly the segments' keyframes (thumbnails), search results
-carry the caption, and a rerun adds no rows."""
+carry the caption, a rerun adds no rows, and text and hybrid search find a segment by its own caption."""
 
 from __future__ import annotations
 
@@ -67,3 +67,15 @@ def test_segments_get_their_keyframe_caption_exactly_once(ray_session, tmp_path,
     assert sorted((s["segment_id"], s["caption"]) for s in again) == sorted(
         (s["segment_id"], s["caption"]) for s in segments
     )
+
+    # The captions the pipeline wrote are searchable by their words (the run's maintenance built the index): text
+    # mode returns exactly the segments holding the words of a caption (the tiny random captioner may give several
+    # keyframes the same words), and hybrid mode fuses those with the vector ranking.
+    searcher = Searcher(store, cfg)
+    for seg in segments:
+        same = {s["segment_id"] for s in segments if s["caption"] == seg["caption"]}
+        words = searcher.search(text=seg["caption"], k=len(same), mode="text", rerank="none")
+        assert {h.id for h in words} == same and all(h.caption == seg["caption"] for h in words)
+        fused = searcher.search(text=seg["caption"], k=3, mode="hybrid", rerank="none")
+        assert {h.id for h in fused} == {s["segment_id"] for s in segments}
+    assert searcher.search(text="zzzz qqqq", k=3, mode="text", rerank="none") == []  # words in no caption
