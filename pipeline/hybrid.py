@@ -33,6 +33,7 @@ from concurrent.futures import ThreadPoolExecutor
 from typing import Any, Literal, cast
 
 from pipeline import schema as S
+from pipeline.text_search import ensure_fts_index
 
 Mode = Literal["vector", "text", "hybrid"]
 MODES: tuple[str, ...] = ("vector", "text", "hybrid")
@@ -68,8 +69,6 @@ def check_modes(modes: list[str] | None) -> list[Mode]:
 
 def ensure_caption_index(table: Any, replace: bool = False) -> bool:
     """Build ``caption_fts`` on ``table.caption`` if it is missing; returns whether it was built."""
-    from pipeline.text_search import ensure_fts_index  # imported here: text_search imports search, which imports us
-
     return ensure_fts_index(table, CAPTION_COLUMN, CAPTION_FTS, replace, **CAPTION_TOKENS)
 
 
