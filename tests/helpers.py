@@ -37,6 +37,27 @@ TINY_DIM = 64  # the tiny config's embedding width
 SYNTHETIC_DIM = 8  # the width of the synthetic rows below
 
 
+def gate_manifest(path: Path) -> Path:
+    """A small OCR manifest written to ``path``: a 4 s real clip with GATE drawn in, a 3 s distractor without text,
+    and two queries for it (exact, and with one OCR error)."""
+    import yaml
+
+    manifest = {
+        "kind": "ocr",
+        "clips": [
+            {"id": "gate", "source": "intel_sample_videos/car-detection.mp4", "duration": 4.0,
+             "texts": [GATE.model_dump()]},
+            {"id": "other", "source": "intel_sample_videos/car-detection.mp4", "offset": 20.0, "duration": 3.0},
+        ],
+        "queries": [
+            {"id": "exact", "clip": "gate", "target": 0, "text": "GATE 7 CLOSED"},
+            {"id": "typo", "clip": "gate", "target": 0, "kind": "one-error", "text": "GATE 7 CL0SED"},
+        ],
+    }  # fmt: skip
+    path.write_text(yaml.safe_dump(manifest))
+    return path
+
+
 def tiny_config(db_path: str | Path, *overrides: str):
     from pipeline.config import load_config
 

@@ -14,12 +14,12 @@ from operators.ocr import OcrConfig, OcrFrames
 from operators.text_spans import SpanConfig, normalise, text_spans
 from pipeline import schema as S
 from pipeline.evaluate import box_iou, temporal_iou
+from pipeline.filters import SearchError
 from pipeline.ocr_clips import FONT_DIR, ClipSpec, DrawnText, build_clip, decode_frames, ink_box
 from pipeline.ocr_eval import read_clip
-from pipeline.search import SearchError
 from pipeline.text_search import TextSearchConfig, TextSearcher, match_score
+from tests.helpers import GATE, gate_manifest
 
-GATE = DrawnText(text="GATE 7 CLOSED", start=1.4, end=4.6, font="DejaVuSans-Bold.ttf", size=36, x=0.08, y=0.72)
 EXIT = DrawnText(text="EXIT 12", start=3.3, end=5.9, font="DejaVuSerif.ttf", size=30, color="yellow", x=0.6, y=0.1)
 
 
@@ -206,24 +206,9 @@ def test_match_score():
 def test_evaluate_dispatches_an_ocr_manifest(clip, testdata, tmp_path):
     """``evaluate`` on a ``kind: ocr`` manifest runs the OCR evaluation (a 4 s clip, one text, one distractor), here
     in its direct mode (OCR in this process; tests/test_ocr_pipeline.py runs the pipeline mode)."""
-    import yaml
-
     from pipeline.evaluate import comparison_table, run_configs
 
-    manifest = {
-        "kind": "ocr",
-        "clips": [
-            {"id": "gate", "source": "intel_sample_videos/car-detection.mp4", "duration": 4.0,
-             "texts": [GATE.model_dump()]},
-            {"id": "other", "source": "intel_sample_videos/car-detection.mp4", "offset": 20.0, "duration": 3.0},
-        ],
-        "queries": [
-            {"id": "exact", "clip": "gate", "target": 0, "text": "GATE 7 CLOSED"},
-            {"id": "typo", "clip": "gate", "target": 0, "kind": "one-error", "text": "GATE 7 CL0SED"},
-        ],
-    }  # fmt: skip
-    path = tmp_path / "ocr.yaml"
-    path.write_text(yaml.safe_dump(manifest))
+    path = gate_manifest(tmp_path / "ocr.yaml")
     overrides = ["text_search.tokenizer=ngram", "eval.mode=direct"]
     results, notices = run_configs(path, ["default"], overrides, testdata, tmp_path / "work")
     summary = results["direct default/texts/ngram"]["summary"]

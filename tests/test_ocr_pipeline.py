@@ -11,7 +11,7 @@ import pytest
 from pipeline import schema as S
 from pipeline.store import Store
 from pipeline.text_search import TextSearcher
-from tests.helpers import GATE
+from tests.helpers import gate_manifest
 
 
 def test_text_spans_are_indexed_once_and_found_by_their_words(text_clip, text_db, capsys) -> None:
@@ -46,24 +46,9 @@ def test_text_spans_are_indexed_once_and_found_by_their_words(text_clip, text_db
 def test_evaluate_indexes_the_manifest_through_the_pipeline(testdata, ray_session, tmp_path, capsys) -> None:
     """``evaluate`` on an OCR manifest indexes its clips on Ray (by default) and scores what the index holds; with
     ``eval.mode=both`` the direct mode is reported beside it (a 4 s clip with text, a 3 s distractor)."""
-    import yaml
-
     from run_pipeline import main
 
-    manifest = {
-        "kind": "ocr",
-        "clips": [
-            {"id": "gate", "source": "intel_sample_videos/car-detection.mp4", "duration": 4.0,
-             "texts": [GATE.model_dump()]},
-            {"id": "other", "source": "intel_sample_videos/car-detection.mp4", "offset": 20.0, "duration": 3.0},
-        ],
-        "queries": [
-            {"id": "exact", "clip": "gate", "target": 0, "text": "GATE 7 CLOSED"},
-            {"id": "typo", "clip": "gate", "target": 0, "kind": "one-error", "text": "GATE 7 CL0SED"},
-        ],
-    }  # fmt: skip
-    path, out, work = tmp_path / "ocr.yaml", tmp_path / "results.json", tmp_path / "work"
-    path.write_text(yaml.safe_dump(manifest))
+    path, out, work = gate_manifest(tmp_path / "ocr.yaml"), tmp_path / "results.json", tmp_path / "work"
     args = ["evaluate", "--manifest", str(path), "--media-root", str(testdata), "--work-dir", str(work)]
     sets = ["--set", "text_search.tokenizer=ngram", "--set", "eval.mode=both", "--json", str(out)]
     assert main([*args, *sets]) == 0
