@@ -17,7 +17,7 @@ from pipeline.evaluate_shots_pipeline import span_tious
 from pipeline.search import Searcher
 from pipeline.server import create_app
 from pipeline.store import Store
-from tests.helpers import AUTH, TESTDATA, TOKEN, running, tiny_config, wait_until
+from tests.helpers import AUTH, TOKEN, running, tiny_config, wait_until
 
 PARTS = ["mmaction2/test.mp4", "mmaction2/demo.mp4", "decord/flipping_a_pancake.mkv"]
 CUTS = [2.0, 4.0]
@@ -27,14 +27,14 @@ SPEC = {"id": "hard", "category": "hard", "parts": [{"video": p, "duration": 2} 
 
 
 @pytest.fixture(scope="module")
-def composite(tmp_path_factory) -> Path:
+def composite(tmp_path_factory, testdata) -> Path:
     if shutil.which("ffmpeg") is None:
         pytest.skip("the ffmpeg command-line tool is needed to build composites (.ci/run installs it)")
     m = ShotManifest.model_validate({"fps": 25, "size": [320, 180], "detectors": ["content"], "clips": [SPEC]})
     work = tmp_path_factory.mktemp("shot_pipeline")
     folder = work / "videos"
     folder.mkdir()
-    shutil.copy(build_clip(m.clips[0], m, TESTDATA, work / "clips"), folder / "hard.mp4")
+    shutil.copy(build_clip(m.clips[0], m, testdata, work / "clips"), folder / "hard.mp4")
     return folder
 
 
