@@ -200,6 +200,7 @@ class Store:
         nobody committed; returns the ids. Called under the database lock (no other writer runs)."""
         for name in S.CONTENT_TABLES:
             if self.exists(name):
+                self.table(name)  # repairs a table a writer was killed while creating (no version to clean)
                 cleanup_uncommitted(self.uri, name)
         if not self.exists(S.VIDEOS):
             return []

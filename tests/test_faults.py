@@ -287,3 +287,14 @@ def test_table_left_half_created_by_a_killed_writer_is_usable(tmp_path) -> None:
     assert store.exists(S.FRAMES)  # LanceDB lists it...
     assert store.rows(S.FRAMES).num_rows == 0  # ...and it reads as empty instead of "was not found"
     assert store.count(S.FRAMES) == 0
+
+
+def test_recovery_after_a_kill_inside_create_table_repairs_the_table(tmp_path) -> None:
+    """The next run's recovery (the first thing it does) meets the version-less folder before anything opens it."""
+    db = tmp_path / "db"
+    Store(str(db), DIM).table(S.VIDEOS)
+    (db / f"{S.SEGMENTS}.lance" / "_transactions").mkdir(parents=True)
+    store = Store(str(db), DIM)
+    assert store.recover() == []
+    store.table(S.SEGMENTS).add(S.table_schema(S.SEGMENTS, DIM).empty_table())
+    assert Store(str(db), DIM).count(S.SEGMENTS) == 0
