@@ -60,7 +60,8 @@ def parser() -> argparse.ArgumentParser:
         "--mode",
         default="vector",
         choices=["vector", "text", "hybrid"],
-        help="vector: embeddings; text: full-text over segment captions; hybrid: both fused by reciprocal rank",
+        help="vector: embeddings; text: full-text over segment captions and on-screen text; hybrid: both fused by "
+        "reciprocal rank",
     )
     p.add_argument("--json", action="store_true", help="print JSON")
 
@@ -95,7 +96,8 @@ def parser() -> argparse.ArgumentParser:
     p.add_argument(
         "--modes",
         default="vector",
-        help="search modes to compare, comma-separated: vector, text, hybrid (text/hybrid search segment captions)",
+        help="search modes to compare, comma-separated: vector, text, hybrid (text/hybrid search segment captions "
+        "and on-screen text)",
     )
     p.add_argument(
         "--pipeline",
@@ -260,6 +262,8 @@ def format_table(results: list[Any]) -> str:
         lines.append(f"{r.rank:>4}  {r.score:7.4f}  {span:>17}  {objects:<24}  {r.path}")
         if getattr(r, "caption", None):  # a segment's caption, on its own line under the hit
             lines.append(f"{'':>4}  {r.caption}")
+        if getattr(r, "screen_text", None):  # and the text on screen in it
+            lines.append(f"{'':>4}  on screen: {' | '.join(r.screen_text.splitlines())[:100]}")
     return "\n".join(lines)
 
 

@@ -169,7 +169,7 @@ def latency(store: Any, queries: list[str]) -> None:
     from lancedb.query import MatchQuery
     from lancedb.rerankers import RRFReranker
 
-    from pipeline.hybrid import hybrid_rows
+    from pipeline.hybrid import fuse
 
     segs = store.table("segments")
     cols = RESULT_COLUMNS["segments"]
@@ -179,7 +179,7 @@ def latency(store: Any, queries: list[str]) -> None:
     def ours(i: int) -> list[str]:
         vec = searcher.stage1(vecs[i], "segments", depth).to_pylist()
         words = text_ranking(segs, queries[i], cols, depth, None)
-        return [r["segment_id"] for r, _ in hybrid_rows(vec, words, "segment_id")[:10]]
+        return [r["segment_id"] for r, _ in fuse([vec, words], "segment_id")[:10]]
 
     def lance(i: int) -> list[str]:
         q = segs.search(query_type="hybrid").vector(vecs[i].tolist()).text(MatchQuery(queries[i], "caption"))

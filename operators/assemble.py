@@ -13,6 +13,10 @@ Shots: every frame and segment row carries ``shot_idx`` (the index of its shot i
 its shot's span ``shot_start_s``/``shot_end_s``. Without a shot detector (``segments.shots: none``) the shots
 are unknown: ``shot_idx`` is 0 and the span is null (not the whole video, which a search hit would otherwise
 offer as "the shot"); a video whose detection failed counts as one shot spanning the whole video.
+
+On-screen text: a segment's ``screen_text`` holds the distinct text lines read on its frames (whitespace
+collapsed, in order of first appearance, at most ``MAX_SCREEN_LINES``), so the segment is found by the words
+shown in it as well as by its caption (``pipeline/hybrid.py``); the ``texts`` table holds the spans themselves.
 """
 
 from __future__ import annotations
@@ -34,6 +38,7 @@ from operators.shots import ShotConfig
 from operators.text_spans import SpanConfig, text_spans
 
 Row = dict[str, Any]
+MAX_SCREEN_LINES = 64  # per segment: a scrolling ticker misread differently on each frame stays bounded
 Emit = Callable[[str, list[Row]], None]
 
 
@@ -70,6 +75,7 @@ class _Window:
     frame_ids: list[str] = field(default_factory=list)
     classes: set[str] = field(default_factory=set)
     captions: list[str | None] = field(default_factory=list)  # the caption stage's, on keyframes (else None)
+    screen: dict[str, None] = field(default_factory=dict)  # on-screen text lines, in order of first appearance
 
 
 @dataclass
@@ -196,6 +202,10 @@ class VideoAssembler:
         self.window.classes.update(classes)
         caption = row.get("caption")  # Ray Data turns a block's all-null column into NaN floats: text or None
         self.window.captions.append(caption if isinstance(caption, str) else None)
+        if row.get("ocr_text") is not None:
+            for line in row["ocr_text"]:
+                if len(self.window.screen) < MAX_SCREEN_LINES and line.strip():
+                    self.window.screen.setdefault(" ".join(line.split()), None)
 
     def _track(self, row: Row, fid: str, w: int, h: int) -> list[Row]:
         assert self.tracker is not None and self.detect is not None
@@ -289,6 +299,7 @@ class VideoAssembler:
                     "class_names": sorted(win.classes),
                     **self._shot_columns(win.k, start, end, video_end),
                     "caption": win.captions[middle],
+                    "screen_text": "\n".join(win.screen) or None,
                 }
             ],
         )

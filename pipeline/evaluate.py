@@ -51,8 +51,8 @@ CAPTIONS_NEED_PRETRAINED = (
     "captions are meaningless text and these modes' numbers below carry no meaning."
 )
 NO_CAPTIONS = (
-    "NOTE: config '{name}' stored no segment captions (the caption stage is off or absent), so modes {modes} "
-    "find nothing by words: their numbers below measure nothing."
+    "NOTE: config '{name}' stored no segment captions (the caption stage is off or absent) and no on-screen text, "
+    "so modes {modes} find nothing by words: their numbers below measure nothing."
 )
 
 
@@ -227,9 +227,9 @@ def evaluate(
     searcher = Searcher(cfg.db.path, cfg)
     queries = manifest.queries if mode == "vector" else [q for q in manifest.queries if q.text is not None]
     if mode != "vector" and searcher.store.exists(S.SEGMENTS):
-        from pipeline.hybrid import ensure_caption_index
+        from pipeline.hybrid import ensure_word_indexes
 
-        ensure_caption_index(searcher.store.table(S.SEGMENTS))  # evaluate runs without `maintain`
+        ensure_word_indexes(searcher.store.table(S.SEGMENTS))  # evaluate runs without `maintain`
     durations = {
         r["path"]: float(r["duration_s"])
         for r in searcher.store.complete_videos().select(["path", "duration_s"]).to_pylist()
@@ -341,6 +341,14 @@ def caption_notices(name: str, db: str, random: bool, modes: list[str]) -> list[
     if not words:
         return []
     store = Store(db)
-    captioned = store.exists(S.SEGMENTS) and store.table(S.SEGMENTS).count_rows("caption IS NOT NULL") > 0
-    notes = [] if captioned else [NO_CAPTIONS.format(name=name, modes="/".join(words))]
+    segments = store.table(S.SEGMENTS) if store.exists(S.SEGMENTS) else None
+
+    def stored(column: str) -> bool:
+        return (
+            segments is not None
+            and column in segments.schema.names
+            and segments.count_rows(f"{column} IS NOT NULL") > 0
+        )
+
+    notes = [] if stored("caption") or stored("screen_text") else [NO_CAPTIONS.format(name=name, modes="/".join(words))]
     return notes + ([CAPTIONS_NEED_PRETRAINED.format(name=name, modes="/".join(words))] if random else [])

@@ -1,5 +1,5 @@
-"""Full-text and hybrid search over segment captions: the stage 1 of ``Searcher.search`` in ``text`` and
-``hybrid`` mode (``vector`` mode is the embedding search of ``pipeline/search.py``).
+"""Full-text and hybrid search over segment captions and on-screen text: the stage 1 of ``Searcher.search`` in
+``text`` and ``hybrid`` mode (``vector`` mode is the embedding search of ``pipeline/search.py``).
 
 - **Index**: LanceDB's native inverted index ``caption_fts`` on ``segments.caption``, built by ``maintain``
   (``pipeline/maintenance.py``) through the same ``ensure_fts_index`` as the on-screen text index. Captions are
@@ -8,13 +8,20 @@
   woman rides". ``benchmarks/hybrid.py`` measures the choice against unstemmed words and character trigrams.
   Rows added after the build are searched too (LanceDB scans the unindexed part) until ``maintain`` folds them
   in with ``optimize()``.
+- **On-screen text**: ``segments.screen_text`` (the OCR lines read on the segment's frames) has its own index
+  ``screen_text_fts`` of character trigrams, as the ``texts`` level's (OCR drops, merges and misreads characters:
+  "GATE7CL0SED" still shares most trigrams with "gate 7 closed"). Its candidates are re-scored by the query's
+  approximate match inside a line (``screen_ranking``), so a sentence that merely shares trigrams with a sign is
+  not a hit. ``maintain`` builds the index once some segment has screen text.
 - **text** mode: the query's words as a ``MatchQuery`` (any word may match; BM25), never parsed as query syntax,
   so quotes, ``AND`` or ``:`` in a query are words, not operators. Score: BM25 divided by the best candidate's,
   so the top hit scores 1 (BM25 has no fixed range and the fusion re-rankers add a score in [-1, 1]).
-- **hybrid** mode: the vector ranking (``Searcher.stage1``, exactly vector mode's) and the text ranking, each
-  ``k * search.overfetch`` deep and prefiltered by the same ``where``, fused by reciprocal-rank fusion:
-  ``rrf(d) = sum over the lists containing d of 1 / (rrf_k + rank)``, reported scaled by ``(rrf_k + 1) / 2`` so
-  a segment first in both lists scores 1. Ties go to the vector ranking's order, then the text ranking's.
+  With screen text too, the caption and screen rankings are fused by RRF (below) when both found something.
+- **hybrid** mode: the vector ranking (``Searcher.stage1``, exactly vector mode's) and the word rankings
+  (caption, then screen text, each where its index exists), each ``k * search.overfetch`` deep and prefiltered
+  by the same ``where``, fused by reciprocal-rank fusion: ``rrf(d) = sum over the lists containing d of
+  1 / (rrf_k + rank)``, reported scaled by ``(rrf_k + 1) / n_lists`` so a segment first in every list scores 1.
+  Ties go to the vector ranking's order, then the caption ranking's, then the screen text's.
 
 Why RRF is computed here rather than by LanceDB's ``query_type="hybrid"`` with ``RRFReranker``: that builder
 applies one ``select`` to both legs, so neither ``_distance`` nor ``_score`` can be named (lance then logs a
@@ -32,13 +39,16 @@ from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 from typing import Any, Literal, cast
 
+from operators.text_spans import normalise
 from pipeline import schema as S
-from pipeline.text_search import ensure_fts_index
+from pipeline.text_search import ensure_fts_index, match_score, ocr_tokens
 
 Mode = Literal["vector", "text", "hybrid"]
 MODES: tuple[str, ...] = ("vector", "text", "hybrid")
 CAPTION_COLUMN = "caption"
 CAPTION_FTS = "caption_fts"
+SCREEN_COLUMN = "screen_text"
+SCREEN_FTS = "screen_text_fts"
 #: The levels whose rows carry a caption (and so a caption index).
 CAPTION_LEVELS: tuple[str, ...] = (S.SEGMENTS,)
 #: Word tokens for generated English sentences (see the module docstring and benchmarks/hybrid.py).
@@ -72,6 +82,20 @@ def ensure_caption_index(table: Any, replace: bool = False) -> bool:
     return ensure_fts_index(table, CAPTION_COLUMN, CAPTION_FTS, replace, **CAPTION_TOKENS)
 
 
+def ensure_screen_index(table: Any, replace: bool = False) -> bool:
+    """Build ``screen_text_fts`` (character trigrams, as the ``texts`` level's: tolerant of OCR errors) on
+    ``table.screen_text`` if it is missing; returns whether it was built."""
+    return ensure_fts_index(table, SCREEN_COLUMN, SCREEN_FTS, replace, **ocr_tokens("ngram"))
+
+
+def ensure_word_indexes(table: Any) -> None:
+    """The caption index, and the on-screen text index once some segment has screen text (what ``maintain``
+    builds; for callers that run without it, like ``evaluate``)."""
+    ensure_caption_index(table)
+    if SCREEN_COLUMN in table.schema.names and table.count_rows(f"{SCREEN_COLUMN} IS NOT NULL") > 0:
+        ensure_screen_index(table)
+
+
 def check_mode(mode: str, level: str, text: Any, image: Any) -> None:
     """Refuse a mode that cannot serve the request, before any model loads."""
     if mode not in MODES:
@@ -80,8 +104,8 @@ def check_mode(mode: str, level: str, text: Any, image: Any) -> None:
         return
     if level not in CAPTION_LEVELS:
         raise CaptionSearchError(
-            f"mode '{mode}' searches captions, which only {', '.join(CAPTION_LEVELS)} have; use level "
-            f"{CAPTION_LEVELS[0]} or mode vector"
+            f"mode '{mode}' searches captions and on-screen text, which only {', '.join(CAPTION_LEVELS)} have; use "
+            f"level {CAPTION_LEVELS[0]} or mode vector"
         )
     if image is not None or text is None:
         raise CaptionSearchError(f"mode '{mode}' matches the words of a text query; an image needs mode vector")
@@ -91,17 +115,19 @@ def check_mode(mode: str, level: str, text: Any, image: Any) -> None:
         raise CaptionSearchError("the query text must be valid Unicode text") from None
 
 
-def check_caption_index(table: Any) -> None:
-    """The caption column and its full-text index must exist on ``table``."""
+def check_word_indexes(table: Any) -> list[str]:
+    """The word-searchable columns of ``table`` (those with a full-text index: caption, screen text), caption
+    first; none is an error that names the command fixing it."""
+    names = {ix.name for ix in table.list_indices()}
+    legs = [column for column, index in ((CAPTION_COLUMN, CAPTION_FTS), (SCREEN_COLUMN, SCREEN_FTS)) if index in names]
+    if legs:
+        return legs
     if CAPTION_COLUMN not in table.schema.names:
         raise CaptionSearchError(
             "this database predates segment captions: run `vidsearch maintain` to add the column, then index "
             "with captions on"
         )
-    if not any(ix.name == CAPTION_FTS for ix in table.list_indices()):
-        raise CaptionSearchError(
-            "the segment captions have no full-text index yet: run `vidsearch maintain` to build it"
-        )
+    raise CaptionSearchError("the segment captions have no full-text index yet: run `vidsearch maintain` to build it")
 
 
 def text_ranking(table: Any, text: str, columns: list[str], fetch: int, where: str | None) -> list[dict[str, Any]]:
@@ -113,6 +139,30 @@ def text_ranking(table: Any, text: str, columns: list[str], fetch: int, where: s
     if where:
         q = q.where(where, prefilter=True)
     return q.select([*columns, "_score"]).limit(fetch).to_list()  # type: ignore[no-any-return]
+
+
+def screen_ranking(
+    table: Any, text: str, columns: list[str], fetch: int, where: str | None, min_similarity: float = 0.6
+) -> list[dict[str, Any]]:
+    """Up to ``fetch`` rows whose on-screen text holds ``text`` best, prefiltered by ``where``: the n-gram index
+    proposes candidates, each is re-scored as the ``texts`` level does (``pipeline/text_search.py``: the query's
+    best approximate match inside one of the segment's lines, case, accents and spaces ignored) and kept from
+    ``min_similarity``, so a query must be (nearly) written on screen, not merely share trigrams with it. Each row
+    holds ``columns`` and ``_score``, the similarity in [0, 1]."""
+    from lancedb.query import MatchQuery
+
+    q = table.search(MatchQuery(text, SCREEN_COLUMN), query_type="fts")  # type: ignore[call-arg]
+    if where:
+        q = q.where(where, prefilter=True)
+    rows = q.select([*dict.fromkeys([*columns, SCREEN_COLUMN]), "_score"]).limit(max(50, 4 * fetch)).to_list()
+    key = normalise(text)
+    scored = []
+    for r in rows:
+        sim, cover = max((match_score(key, line) for line in (r[SCREEN_COLUMN] or "").splitlines()), default=(0, 0))
+        if sim >= min_similarity:
+            scored.append(((sim, cover, float(r["_score"])), {**r, "_score": sim}))
+    scored.sort(key=lambda x: x[0], reverse=True)
+    return [r for _, r in scored[:fetch]]
 
 
 def text_scores(rows: list[dict[str, Any]]) -> list[float]:
@@ -135,12 +185,14 @@ def rrf(rankings: list[list[str]], k: int = 60) -> list[tuple[str, float]]:
     return sorted(((key, s * scale) for key, s in score.items()), key=lambda x: (-x[1], first[x[0]]))
 
 
-def hybrid_rows(
-    vector: list[dict[str, Any]], text: list[dict[str, Any]], key: str, k: int = 60
-) -> list[tuple[dict[str, Any], float]]:
-    """Rows of both rankings fused by ``rrf`` on ``key``, each with its fused score."""
-    by_id = {r[key]: r for r in text} | {r[key]: r for r in vector}
-    return [(by_id[i], s) for i, s in rrf([[r[key] for r in vector], [r[key] for r in text]], k)]
+def fuse(rankings: list[list[dict[str, Any]]], key: str, k: int = 60) -> list[tuple[dict[str, Any], float]]:
+    """Rows of the rankings fused by ``rrf`` on ``key``, each with its fused score (a row that several rankings
+    hold is taken from the first)."""
+    by_id: dict[Any, dict[str, Any]] = {}
+    for ranking in rankings:
+        for r in ranking:
+            by_id.setdefault(r[key], r)
+    return [(by_id[i], s) for i, s in rrf([[r[key] for r in ranking] for ranking in rankings], k)]
 
 
 def caption_stage1(
@@ -159,15 +211,32 @@ def caption_stage1(
 
     ``columns``: those a result is built from, its key first. ``depth``: how deep each ranking goes before
     fusion (hybrid). ``vector(n)``: the vector ranking, ``n`` deep; ``keep``: whether a row may be returned
-    (its video is complete), applied to each ranking before fusion, as vector mode applies it to its own."""
-    check_caption_index(table)
-    if mode == "text":
-        rows = [r for r in text_ranking(table, text, columns, fetch, where) if keep(r)]
-        return list(zip(rows, text_scores(rows), strict=True))
-    text_rows = _pool().submit(text_ranking, table, text, columns, depth, where)  # both rankings at once
-    vector_rows = vector(depth)
-    words = [r for r in text_rows.result() if keep(r)]
-    return hybrid_rows([r for r in vector_rows if keep(r)], words, columns[0], rrf_k)[:fetch]
+    (its video is complete), applied to each ranking before fusion, as vector mode applies it to its own.
+
+    The word rankings are the caption's and the on-screen text's, each where its index exists. ``text`` mode
+    with one ranking that found something scores as that ranking does (BM25 over the best, or the on-screen
+    similarity); with two, they are fused by ``rrf``. ``hybrid`` fuses the vector ranking with every word
+    ranking that has an index (found something or not, so a database's scores do not depend on the query)."""
+    legs = check_word_indexes(table)
+    n = fetch if mode == "text" else depth
+    rank = {
+        CAPTION_COLUMN: lambda: text_ranking(table, text, columns, n, where),
+        SCREEN_COLUMN: lambda: screen_ranking(table, text, columns, n, where),
+    }
+    pending = [_pool().submit(rank[leg]) for leg in legs]  # the word rankings run beside the vector one
+    vector_rows = vector(depth) if mode == "hybrid" else []
+    words = [[r for r in p.result() if keep(r)] for p in pending]
+    key = columns[0]
+    if mode == "hybrid":
+        return fuse([[r for r in vector_rows if keep(r)], *words], key, rrf_k)[:fetch]
+    found = [(leg, rows) for leg, rows in zip(legs, words, strict=True) if rows]
+    if len(found) > 1:
+        return fuse([rows for _, rows in found], key, rrf_k)[:fetch]
+    if not found:
+        return []
+    leg, rows = found[0]
+    scores = text_scores(rows) if leg == CAPTION_COLUMN else [float(r["_score"]) for r in rows]
+    return list(zip(rows, scores, strict=True))
 
 
 _POOL: ThreadPoolExecutor | None = None

@@ -67,6 +67,8 @@ SCALAR_INDEXES[S.TEXTS] = {"text_id": "BTREE", "video_id": "BTREE"}
 TEXT_FTS = "texts_fts"
 #: The segment captions' full-text index (stemmed words: pipeline/hybrid.py, text and hybrid search).
 CAPTION_FTS = "caption_fts"
+#: The segments' on-screen text index (n-grams, like the texts table's: pipeline/hybrid.py).
+SCREEN_FTS = "screen_text_fts"
 
 FTS_INDEXES: dict[str, list[str]] = {
     S.VIDEOS: ["path"],
@@ -200,6 +202,11 @@ def _maintain_table(
 
             ensure_caption_index(table)
             report["actions"].append("FTS index (stemmed words) on caption")
+        if _needs_screen_index(table, name, existing):
+            from pipeline.hybrid import ensure_screen_index
+
+            ensure_screen_index(table)
+            report["actions"].append("FTS index (n-grams) on screen_text")
     small = int(table.stats()["fragment_stats"]["num_small_fragments"])
     unindexed = sum(int(ix["unindexed_rows"] or 0) for ix in existing.values())
     if force or small >= cfg.compact_min_fragments or unindexed:
@@ -232,7 +239,7 @@ def needs_maintenance(store: Store, cfg: MaintenanceConfig) -> bool:
             return True
         if cfg.fts and n and name == S.TEXTS and TEXT_FTS not in names:
             return True
-        if cfg.fts and n and _needs_caption_index(table, name, names):
+        if cfg.fts and n and (_needs_caption_index(table, name, names) or _needs_screen_index(table, name, names)):
             return True
         if any((table.index_stats(ix) or _Empty).num_unindexed_rows for ix in names):
             return True
@@ -245,6 +252,14 @@ def _needs_caption_index(table: Any, name: str, existing: Any) -> bool:
     """Segments with a caption column (``Store.migrate`` adds it) and no caption index (``pipeline/hybrid.py``);
     new rows are folded in by ``optimize()`` like every index's."""
     return name == S.SEGMENTS and "caption" in table.schema.names and CAPTION_FTS not in existing
+
+
+def _needs_screen_index(table: Any, name: str, existing: Any) -> bool:
+    """Segments with on-screen text (OCR was on for some video) and no index over it (``pipeline/hybrid.py``); a
+    database indexed without OCR gets none, so its hybrid scores keep fusing two rankings, not three."""
+    if name != S.SEGMENTS or SCREEN_FTS in existing or "screen_text" not in table.schema.names:
+        return False
+    return int(table.count_rows("screen_text IS NOT NULL")) > 0
 
 
 class _Empty:

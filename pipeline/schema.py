@@ -157,6 +157,9 @@ def segments_schema(dim: int) -> pa.Schema:
             added("shot_start_s", pa.float64()),
             added("shot_end_s", pa.float64()),
             added("caption", pa.string()),  # the captioner's description of the segment's keyframe; null if off
+            # The on-screen text read on the segment's frames: its distinct lines in order of first appearance,
+            # one per line; null where OCR is off or read nothing. Searched by words next to the caption.
+            added("screen_text", pa.string()),
         ]
     )
 

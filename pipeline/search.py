@@ -72,6 +72,7 @@ class SearchResult:
     shot_start_s: float | None = None
     shot_end_s: float | None = None
     caption: str | None = None  # segments: the captioner's description of the keyframe (null when captions are off)
+    screen_text: str | None = None  # segments: the on-screen text read in the segment, a line each (null: none)
 
     def as_dict(self) -> dict[str, Any]:
         return asdict(self)
@@ -130,8 +131,9 @@ class Searcher:
         rerank: str | None | Literal["default"] = "default",
         mode: Mode = "vector",
     ) -> list[SearchResult]:
-        """``mode``: ``vector`` (embedding search), ``text`` (full-text over captions) or ``hybrid`` (both, fused
-        by reciprocal rank; ``pipeline/hybrid.py``). The filters and the re-ranker apply in every mode."""
+        """``mode``: ``vector`` (embedding search), ``text`` (full-text over captions and on-screen text) or
+        ``hybrid`` (both, fused by reciprocal rank; ``pipeline/hybrid.py``). The filters and the re-ranker apply
+        in every mode."""
         if level not in S.LEVELS:
             raise SearchError(f"level must be one of {', '.join(S.LEVELS)}")
         if not isinstance(k, int) or isinstance(k, bool) or not 1 <= k <= self.cfg.search.max_k:
@@ -270,14 +272,19 @@ class Searcher:
             ]
 
     def _attach_captions(self, level: str, results: list[SearchResult]) -> None:
-        """Segment hits carry their caption (one read of the hits' rows; tables from before captions have none)."""
-        if level != "segments" or not results or "caption" not in self.store.table(S.SEGMENTS).schema.names:
+        """Segment hits carry their caption and on-screen text (one read of the hits' rows; tables from before
+        these columns have none)."""
+        if level != "segments" or not results:
+            return
+        columns = [c for c in ("caption", "screen_text") if c in self.store.table(S.SEGMENTS).schema.names]
+        if not columns:
             return
         ids = [r.id for r in results]
-        rows = self.store.rows(S.SEGMENTS, in_list("segment_id", ids), ["segment_id", "caption"]).to_pylist()
-        by_id = {r["segment_id"]: r["caption"] for r in rows}
+        rows = self.store.rows(S.SEGMENTS, in_list("segment_id", ids), ["segment_id", *columns]).to_pylist()
+        by_id = {r["segment_id"]: r for r in rows}
         for r in results:
-            r.caption = by_id.get(r.id)
+            row = by_id.get(r.id, {})
+            r.caption, r.screen_text = row.get("caption"), row.get("screen_text")
 
     # -- stage 2 --------------------------------------------------------------------------------------------
     def reranker(self, name: str) -> Any:

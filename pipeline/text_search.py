@@ -74,11 +74,16 @@ def ensure_fts_index(table: Any, column: str, name: str, replace: bool = False, 
     return True
 
 
-def ensure_text_index(table: Any, tokenizer: Tokenizer = "ngram", replace: bool = False) -> None:
-    """Build the full-text index of ``texts.text`` if it is missing (or ``replace``)."""
+def ocr_tokens(tokenizer: Tokenizer = "ngram") -> dict[str, Any]:
+    """The tokenizer options of an index over on-screen text (see the module docstring)."""
     common = {"remove_stop_words": False, "stem": False, "ascii_folding": True}
     tokens = {"base_tokenizer": "ngram", "ngram_min_length": 3, "ngram_max_length": 3} if tokenizer == "ngram" else {}
-    ensure_fts_index(table, "text", INDEX_NAME, replace, **common, **tokens)
+    return common | tokens
+
+
+def ensure_text_index(table: Any, tokenizer: Tokenizer = "ngram", replace: bool = False) -> None:
+    """Build the full-text index of ``texts.text`` if it is missing (or ``replace``)."""
+    ensure_fts_index(table, "text", INDEX_NAME, replace, **ocr_tokens(tokenizer))
 
 
 def substring_distance(query: str, text: str) -> int:

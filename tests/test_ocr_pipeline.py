@@ -1,6 +1,7 @@
 """On-screen text through the whole pipeline: a real clip with "GATE 7 CLOSED" drawn in is indexed on Ray with
 the bundled OCR models (the ``text_db`` fixture); the text spans land in the ``texts`` table through the same
-commit as every other row, exactly once across a rerun, and ``search --level texts`` finds the moment."""
+commit as every other row, exactly once across a rerun, and ``search --level texts`` finds the moment; the
+segments hold the text read on their frames, so ``search --mode text`` finds them by it too."""
 
 from __future__ import annotations
 
@@ -9,6 +10,7 @@ import json
 import pytest
 
 from pipeline import schema as S
+from pipeline.search import Searcher
 from pipeline.store import Store
 from pipeline.text_search import TextSearcher
 from tests.helpers import gate_manifest
@@ -41,6 +43,16 @@ def test_text_spans_are_indexed_once_and_found_by_their_words(text_clip, text_db
     assert main(["search", "gate closed", "--level", "texts", "--config", "tiny", "--db", str(db), "--json"]) == 0
     out = json.loads(capsys.readouterr().out)
     assert out[0]["text_id"] == gate[0]["text_id"] and out[0]["video_id"] == gate[0]["video_id"]
+
+    # The segments carry the text read on their frames, and `--mode text` finds them by it (after `maintain`).
+    segs = store.rows(S.SEGMENTS, columns=["segment_id", "start_s", "end_s", "screen_text"]).to_pylist()
+    shown = {s["segment_id"] for s in segs if "GATE" in (s["screen_text"] or "").upper()}
+    assert shown and {s["segment_id"] for s in segs if s["start_s"] <= 3.0 < s["end_s"]} <= shown
+    assert all(s["end_s"] >= 2.0 and s["start_s"] <= 4.0 for s in segs if s["segment_id"] in shown)
+    assert main(["maintain", "--config", "tiny", "--db", str(db)]) == 0
+    capsys.readouterr()
+    hits = Searcher(store, cfg).search(text="GATE 7 CL0SED", k=3, mode="text", rerank=None)
+    assert hits and hits[0].id in shown and "GATE" in (hits[0].screen_text or "").upper()
 
 
 def test_evaluate_indexes_the_manifest_through_the_pipeline(testdata, ray_session, tmp_path, capsys) -> None:

@@ -142,6 +142,15 @@ function captionLine(result) {
   return line;
 }
 
+// The text read on screen in a segment (its lines joined); none where OCR is off or read nothing.
+function screenLine(result) {
+  if (!result.screen_text) return null;
+  const text = result.screen_text.split("\n").join(" · ");
+  const line = el("div", "screen-text small", text);
+  line.title = `On screen: ${text}`;
+  return line;
+}
+
 function render(body) {
   if (body.level === "texts") return renderTexts(body);
   const grid = $("results");
@@ -162,6 +171,8 @@ function render(body) {
     meta.append(top, name, sub);
     const caption = captionLine(r);
     if (caption) meta.append(caption);
+    const screen = screenLine(r);
+    if (screen) meta.append(screen);
     card.append(thumb(r), meta);
     card.addEventListener("click", () => play(r, card));
     grid.append(card);
@@ -190,7 +201,8 @@ function play(result, card) {
   }
 }
 
-// Text and hybrid modes search captions, which only segments have; an image query is always a vector search.
+// Text and hybrid modes search captions and on-screen text, which only segments have; an image query is always
+// a vector search.
 function syncMode() {
   const image = Boolean($("image").files[0]);
   if (image) $("mode").value = "vector";
