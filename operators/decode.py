@@ -22,7 +22,7 @@ import os
 import time
 from collections.abc import Iterator
 from dataclasses import dataclass
-from typing import Literal
+from typing import TYPE_CHECKING, Literal, TypeVar
 
 import numpy as np
 import numpy.typing as npt
@@ -32,7 +32,12 @@ from operators.base import Batch, Operator, StrictModel, objects
 from operators.contract import fingerprint
 from operators.media_probe import DecodeError, Header, container_hint, probe, short_error
 
-__all__ = ["Decode", "DecodeConfig", "DecodeError", "VideoInfo", "sample_indices", "target_size"]
+if TYPE_CHECKING:
+    import av
+
+_F = TypeVar("_F")
+
+__all__ = ["Decode", "DecodeConfig", "DecodeError", "VideoInfo", "relabelled", "sample_indices", "target_size"]
 
 
 class DecodeConfig(StrictModel):
@@ -138,30 +143,62 @@ class _PyAVReader:
             stream.codec_context.thread_count = 1  # frames in flight (each full size) do not grow with cores
             stream.codec_context.skip_frame = self.skip_frame
             tb = float(stream.time_base or 0)
-            for packet in container.demux(stream):
-                if time.monotonic() > deadline:
-                    raise TimeoutError
-                try:
-                    decoded = packet.decode()
-                except av.error.InvalidDataError:
-                    continue  # a corrupt packet: the decoder conceals it in the frames that follow
-                for frame in decoded:
-                    t = frame.pts * tb if frame.pts is not None else float(frame.time or 0.0)
-                    j = int(np.argmin(np.abs(wanted - t)))
-                    if taken[j] or abs(wanted[j] - t) > 1e-6:
-                        continue
-                    taken[j] = True
-                    rgb: npt.NDArray[np.uint8] = frame.reformat(
-                        width=stored_w, height=stored_h, format="rgb24"
-                    ).to_ndarray()  # type: ignore[assignment]
-                    out.append(np.ascontiguousarray(np.rot90(rgb, k)) if k else rgb)
-                    if len(out) == chunk:
-                        yield np.stack(out)
-                        out = []
+            for t, frame in relabelled(self._decoded(container, stream, tb, deadline)):
+                j = int(np.argmin(np.abs(wanted - t)))
+                if taken[j] or abs(wanted[j] - t) > 1e-6:
+                    continue
+                taken[j] = True
+                rgb: npt.NDArray[np.uint8] = frame.reformat(
+                    width=stored_w, height=stored_h, format="rgb24"
+                ).to_ndarray()  # type: ignore[assignment]
+                out.append(np.ascontiguousarray(np.rot90(rgb, k)) if k else rgb)
+                if len(out) == chunk:
+                    yield np.stack(out)
+                    out = []
                 if taken.all():
                     break
         if out:
             yield np.stack(out)
+
+    @staticmethod
+    def _decoded(
+        container: av.container.InputContainer, stream: av.VideoStream, tb: float, deadline: float
+    ) -> Iterator[tuple[float, av.VideoFrame]]:
+        """(presentation time as labelled, frame) in the order the decoder emits them."""
+        import av
+
+        for packet in container.demux(stream):
+            if time.monotonic() > deadline:
+                raise TimeoutError
+            try:
+                decoded = packet.decode()
+            except av.error.InvalidDataError:
+                continue  # a corrupt packet: the decoder conceals it in the frames that follow
+            for frame in decoded:
+                yield (frame.pts * tb if frame.pts is not None else float(frame.time or 0.0)), frame
+
+
+def relabelled(frames: Iterator[tuple[float, _F]]) -> Iterator[tuple[float, _F]]:
+    """The decoder's (time, frame) pairs, with a too-late label handed on to the frame after it.
+
+    A decoder emits frames in presentation order, so a label that runs backwards is a mislabel, not a late
+    frame: PyAV labels the frames of MPEG-4 ASP AVIs with packed B-frames 1, 2, 4, 3, 5, 7, 6 ... (ffprobe's
+    best-effort timestamps, decord's decode order and the pictures themselves all give the emitted order), and
+    matching by those labels would store frame 3 under frame 4's time. One frame is held back: when the next
+    label lies between the last time given out and the held frame's label, the two swap labels. A label that
+    falls back further (a timestamp reset) is kept as it is.
+    """
+    last = -math.inf
+    held: tuple[float, _F] | None = None
+    for t, frame in frames:
+        if held is not None:
+            if last < t < held[0]:
+                held, t = (t, held[1]), held[0]
+            last = held[0]
+            yield held
+        held = (t, frame)
+    if held is not None:
+        yield held
 
 
 class _KeyframeReader(_PyAVReader):

@@ -20,14 +20,14 @@ import math
 import os
 import threading
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from dataclasses import asdict, dataclass, field
 from typing import Any, Literal
 
 import numpy as np
 import numpy.typing as npt
 
-from operators.decode import Decode, DecodeConfig, DecodeError, encode_jpeg, target_size
+from operators.decode import Decode, DecodeConfig, DecodeError, encode_jpeg, relabelled, target_size
 from operators.vqa import QuestionError, VqaConfig, VqaModel, build_vqa
 from pipeline import schema as S
 from pipeline.config import Config
@@ -108,24 +108,28 @@ def _scan(path: str, want: float, seek: bool, deadline: float, timeout_s: float)
         tb = float(stream.time_base or 0.0)
         if seek:
             container.seek(int(want / tb), stream=stream, backward=True)
-        first = True
-        for packet in container.demux(stream):
-            if time.monotonic() > deadline:
-                raise DecodeError(f"decoding took longer than {timeout_s:g} s")
-            if seek and first and packet.pts is not None:
-                if not packet.is_keyframe or packet.pts * tb > want + 1e-6:
-                    return None
-                first = False
-            try:
-                decoded = packet.decode()
-            except av.error.InvalidDataError:
-                continue
-            for frame in decoded:
-                ft = frame.pts * tb if frame.pts is not None else float(frame.time or 0.0)
-                if abs(ft - want) <= 1e-6:
-                    return frame
-                if seek and ft > want + 1e-6:
-                    return None  # past it without meeting it
+
+        def frames() -> Iterator[tuple[float, Any]]:  # ends without a frame when the seek missed a keyframe
+            first = True
+            for packet in container.demux(stream):
+                if time.monotonic() > deadline:
+                    raise DecodeError(f"decoding took longer than {timeout_s:g} s")
+                if seek and first and packet.pts is not None:
+                    if not packet.is_keyframe or packet.pts * tb > want + 1e-6:
+                        return
+                    first = False
+                try:
+                    decoded = packet.decode()
+                except av.error.InvalidDataError:
+                    continue
+                for frame in decoded:
+                    yield (frame.pts * tb if frame.pts is not None else float(frame.time or 0.0)), frame
+
+        for ft, frame in relabelled(frames()):  # labels as indexing reads them (packed B-frames, see there)
+            if abs(ft - want) <= 1e-6:
+                return frame
+            if seek and ft > want + 1e-6:
+                return None  # past it without meeting it
     return None
 
 

@@ -7,7 +7,7 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from operators.decode import Decode, DecodeConfig, sample_indices
+from operators.decode import Decode, DecodeConfig, relabelled, sample_indices
 from tests.helpers import clip
 
 CLIPS = [
@@ -30,9 +30,11 @@ def pyav_frames(path: str) -> tuple[np.ndarray, list[np.ndarray]]:
             times.append(float(frame.pts * stream.time_base))
             img = frame.to_ndarray(format="rgb24")
             images.append(np.rot90(img, (int(frame.rotation or 0) // 90) % 4))
-    t = np.asarray(times)
-    order = np.argsort(t, kind="stable")
-    return t[order] - t[order][0], [images[i] for i in order]
+    # The decoder emits frames in presentation order; only the labels can be out of order (packed B-frames in
+    # mmaction2/test.avi, see test_packed_b_frames_come_out_at_their_own_times), so the k-th emitted picture is
+    # the k-th time. On every other clip here the labels already increase.
+    t = np.sort(np.asarray(times))
+    return t - t[0], images
 
 
 def decode_all(path: str, **cfg: object) -> dict[str, np.ndarray]:
@@ -70,6 +72,39 @@ def test_variable_frame_rate_timestamps_are_real_frame_times() -> None:
     for t in out["t"]:
         assert np.min(np.abs(ref_t - t)) < 1e-3
     assert out["backend"][0] == "pyav"
+
+
+@pytest.mark.parametrize("fps", [12.5, 24.0])
+def test_packed_b_frames_come_out_at_their_own_times(fps: float) -> None:
+    """An MPEG-4 ASP AVI with packed B-frames: the decoder emits frames in presentation order, but PyAV labels
+    them 1, 2, 4, 3, 5, 7, 6 ... (ffprobe's best-effort timestamps and decord, which reads by decode position,
+    both give the emitted order). At a rate that takes one frame of a swapped pair, each sample must still be
+    the frame at its own index, not its neighbour."""
+    import decord
+
+    path = clip("mmaction2/test.avi")
+    with av.open(path) as c:
+        labels = [f.pts for f in c.decode(video=0)]
+    assert any(b < a for a, b in zip(labels, labels[1:], strict=False))  # the clip really is mislabelled
+    ref = decord.VideoReader(path, num_threads=1)
+    ref_img = ref.get_batch(list(range(len(ref)))).asnumpy().astype(float)
+    out = decode_all(path, fps=fps, max_side=10_000, backend="pyav")
+    assert out["backend"][0] == "pyav" and len(out["frame"]) > 60
+    for i, frame in zip(out["frame_idx"], out["frame"], strict=True):
+        near = range(max(0, i - 1), min(len(ref_img), i + 2))
+        diffs = {j: np.abs(frame.astype(float) - ref_img[j]).mean() for j in near}
+        assert min(diffs, key=diffs.__getitem__) == i and diffs[i] < 0.01, (i, diffs)
+
+
+def test_relabelling_hands_a_too_late_label_on_but_keeps_a_reset() -> None:
+    def times(labels: list[float]) -> list[float]:
+        return [t for t, _ in relabelled(iter([(t, i) for i, t in enumerate(labels)]))]
+
+    assert times([1, 2, 4, 3, 5, 7, 6, 8]) == [1, 2, 3, 4, 5, 6, 7, 8]  # packed B-frames
+    assert times([1, 2, 5, 3, 4, 6]) == [1, 2, 3, 4, 5, 6]  # a label two frames late travels on
+    assert times([10, 11, 0, 1, 2]) == [10, 11, 0, 1, 2]  # a timestamp reset is not a mislabel
+    assert times([0, 1, 1, 2]) == [0, 1, 1, 2]  # duplicate labels stay (the reader takes the first)
+    assert [i for _, i in relabelled(iter([(1, "a"), (3, "b"), (2, "c")]))] == ["a", "b", "c"]  # order kept
 
 
 def test_resize_happens_in_the_decoder_and_keeps_aspect() -> None:
