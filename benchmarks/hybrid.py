@@ -11,7 +11,10 @@ full-text index). Then:
    and hybrid; text mode without a re-ranker never runs it).
 2. Stage 1 only, the hybrid fusion two ways on the same queries: ``pipeline/hybrid.py`` (the two rankings,
    explicit RRF) and LanceDB's ``query_type="hybrid"`` with ``RRFReranker``; how often their top 10 agree.
-3. Tokenizers on a separate table of the same captions: build time, query latency and recall of queries whose
+3. On-screen text (``--screen-share`` of the segments carry a sign, "EXIT 1234"-like, in ``screen_text``, which
+   ``maintain`` indexes as n-grams): text and hybrid search by a sign with one misread character, their latency
+   and R@1, and the cost the screen ranking adds to caption queries (the same queries with its index dropped).
+4. Tokenizers on a separate table of the same captions: build time, query latency and recall of queries whose
    words are inflected differently from the caption ("dogs rides bikes" for "a dog riding a bike"): stemmed
    words without stop words (the choice), plain words, character trigrams.
 
@@ -67,7 +70,22 @@ def captions(n: int, seed: int) -> tuple[list[str], np.ndarray]:
     return [f"a {ADJECTIVES[a]} {subj[s]} {act[c]} {place[p]}" for a, s, c, p in parts], parts
 
 
-def build(db: Path, rows: int) -> Any:
+SIGNS = ["EXIT", "GATE", "PLATFORM", "SALE", "ROOM", "BUS", "TRACK", "LEVEL", "ZONE", "DOCK"]
+
+
+def signs(rows: int, share: float) -> list[str | None]:
+    """A unique sign ("GATE 4711") on ``share`` of the segments, none on the others."""
+    rng = np.random.default_rng(2)
+    return [f"{SIGNS[i % len(SIGNS)]} {i}" if rng.random() < share else None for i in range(rows)]
+
+
+def misread(sign: str, rng: np.random.Generator) -> str:
+    """``sign`` with one letter of its word replaced, as OCR misreads it."""
+    i = int(rng.integers(0, sign.index(" ")))
+    return sign[:i] + ("0" if sign[i] != "0" else "O") + sign[i + 1 :]
+
+
+def build(db: Path, rows: int, screen_share: float = 0.0) -> Any:
     from pipeline import schema as S
     from pipeline.config import MaintenanceConfig
     from pipeline.maintenance import maintain
@@ -91,6 +109,7 @@ def build(db: Path, rows: int) -> Any:
             "thumb_id": [f"frame-{i:07d}" for i in range(rows)],
             "class_names": pa.array([[("person", "dog", "car")[i % 3]] for i in range(rows)], pa.list_(pa.string())),
             "caption": caps,
+            "screen_text": pa.array(signs(rows, screen_share), pa.string()),
         },
         S.segments_schema(DIM),
     )
@@ -201,6 +220,50 @@ def latency(store: Any, queries: list[str]) -> None:
     print(f"\ntop 10 identical in order: {same}/{n} queries; same top-10 set: {top}/{n}")
 
 
+def screen(store: Any, rows: int, share: float, queries: list[str]) -> None:
+    """Sign queries with one misread letter (relevant: the segment with that sign), then the caption queries with
+    and without the screen index, all through ``Searcher.search`` (k=10, no re-rank)."""
+    from pipeline.config import load_config
+    from pipeline.hybrid import SCREEN_FTS, ensure_screen_index
+    from pipeline.search import Searcher
+
+    cfg = load_config("default", ["encoder.pretrained=null"])
+    n = len(queries)
+    searcher = Searcher(store, cfg, encoder=StubEncoder(n))  # type: ignore[arg-type]
+    shown = [(i, t) for i, t in enumerate(signs(rows, share)) if t]
+    rng = np.random.default_rng(4)
+    picks = [shown[int(j)] for j in rng.integers(0, len(shown), n)]
+    asked = [misread(t, rng) for _, t in picks]
+    out = []
+    for mode in ("text", "hybrid"):
+        got: list[list[str]] = []
+
+        def sign(i: int, mode: str = mode, got: list[list[str]] = got) -> None:
+            got.append([h.id for h in searcher.search(text=asked[i], k=10, mode=mode, rerank=None)])  # type: ignore[arg-type]
+
+        sign(0)
+        got.clear()
+        wall, cpu = timed(sign, n)
+        r1 = sum(g[:1] == [f"seg-{i:07d}"] for g, (i, _) in zip(got, picks, strict=True)) / n
+        r10 = sum(f"seg-{i:07d}" in g for g, (i, _) in zip(got, picks, strict=True)) / n
+        out.append(row(f"{mode}, sign with one misread letter", wall, cpu, **{"R@1": r1, "R@10": r10}))
+    segs = store.table("segments")
+    for indexed in (True, False):
+        if not indexed:
+            segs.drop_index(SCREEN_FTS)
+        for mode in ("text", "hybrid"):
+
+            def caption(i: int, mode: str = mode) -> Any:
+                return searcher.search(text=queries[i], k=10, mode=mode, rerank=None)  # type: ignore[arg-type]
+
+            caption(0)
+            wall, cpu = timed(caption, n)
+            out.append(row(f"{mode}, caption query, {'with' if indexed else 'without'} the screen index", wall, cpu))
+    ensure_screen_index(segs)
+    print(f"\n## On-screen text: {len(shown)} of {rows} segments show a sign, {n} queries\n")
+    print(table(out))
+
+
 def tokenizers(store: Any, rows: int, n_queries: int) -> None:
     """Recall@10 of inflected queries: a hit is relevant when it has the query's subject, action and place."""
     from pipeline.text_search import ensure_fts_index
@@ -253,15 +316,18 @@ def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--rows", type=int, default=100_000)
     ap.add_argument("--queries", type=int, default=40)
+    ap.add_argument("--screen-share", type=float, default=0.3, help="share of segments with on-screen text")
     ap.add_argument("--db", help="where to build the database (default: a temp dir, removed)")
     args = ap.parse_args()
     header(f"hybrid search: {args.rows} segments, {args.queries} queries")
     folder = Path(args.db) if args.db else Path(tempfile.mkdtemp(prefix="vidsearch-hybrid-"))
     try:
-        store = build(folder / "db", args.rows)
+        store = build(folder / "db", args.rows, args.screen_share)
         caps, _ = captions(args.queries, seed=5)
         queries = [c.removeprefix("a ") for c in caps]  # a caption-like query: "tired dog running in a park"
         latency(store, queries)
+        if args.screen_share > 0:
+            screen(store, args.rows, args.screen_share, queries)
         tokenizers(store, args.rows, args.queries * 5)
     finally:
         if not args.db:

@@ -158,7 +158,8 @@ def screen_ranking(
     key = normalise(text)
     scored = []
     for r in rows:
-        sim, cover = max((match_score(key, line) for line in (r[SCREEN_COLUMN] or "").splitlines()), default=(0, 0))
+        lines = (r[SCREEN_COLUMN] or "").splitlines()
+        sim, cover = max((match_score(key, line, min_similarity) for line in lines), default=(0.0, 0.0))
         if sim >= min_similarity:
             scored.append(((sim, cover, float(r["_score"])), {**r, "_score": sim}))
     scored.sort(key=lambda x: x[0], reverse=True)

@@ -18,6 +18,7 @@ Only spans of videos marked ``complete`` are returned, so a run in progress or a
 from __future__ import annotations
 
 import warnings
+from collections import Counter
 from dataclasses import asdict, dataclass
 from typing import Any, Literal
 
@@ -97,10 +98,14 @@ def substring_distance(query: str, text: str) -> int:
     return min(prev)
 
 
-def match_score(query_key: str, text: str) -> tuple[float, float]:
-    """(substring similarity, coverage) of a normalised query in a span's text."""
+def match_score(query_key: str, text: str, floor: float = 0.0) -> tuple[float, float]:
+    """(substring similarity, coverage) of a normalised query in a span's text. With ``floor``, a text that
+    cannot reach it scores (0, 0) without the edit distance: a query character the text has fewer of costs an
+    edit each, so their count bounds the distance from below (most candidates of a long query fail here)."""
     key = normalise(text)
     if not query_key or not key:
+        return 0.0, 0.0
+    if floor > 0 and sum((Counter(query_key) - Counter(key)).values()) > (1.0 - floor) * len(query_key):
         return 0.0, 0.0
     sim = 1.0 - substring_distance(query_key, key) / len(query_key)
     return max(0.0, sim), min(1.0, len(query_key) / len(key))
@@ -159,7 +164,7 @@ class TextSearcher:
         for r in rows:
             if r["video_id"] not in videos:  # belt and braces: the where clause already restricts to them
                 continue
-            sim, cover = match_score(key, r["text"])
+            sim, cover = match_score(key, r["text"], self.cfg.min_similarity)
             if sim >= self.cfg.min_similarity:
                 scored.append(((sim, cover, float(r["_score"])), r))
         scored.sort(key=lambda x: x[0], reverse=True)

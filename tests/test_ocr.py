@@ -201,6 +201,14 @@ def test_match_score():
     sim, cover = match_score("closed", "GATE 7 CLOSED")
     assert sim == 1.0 and cover == pytest.approx(6 / 11)
     assert match_score("clsoed", "GATE 7 CLOSED")[0] == pytest.approx(1 - 2 / 6)
+    # the character-count bound skips the edit distance only where the floor cannot be reached
+    assert match_score("clsoed", "GATE 7 CLOSED", floor=0.6) == match_score("clsoed", "GATE 7 CLOSED")
+    assert match_score("gate7clxxxx", "GATE 7 CLOSED", floor=0.6) == match_score("gate7clxxxx", "GATE 7 CLOSED")
+    assert match_score("tireddogrunning", "EXIT 12", floor=0.6) == (0.0, 0.0)
+    for query in ["gate7closed", "gte7closd", "gatez7", "closedgate", "xyzgate", "7", "gate7closedtoday"]:
+        sim = match_score(query, "GATE 7 CLOSED")[0]
+        floored = match_score(query, "GATE 7 CLOSED", floor=0.6)[0]
+        assert floored == sim if sim >= 0.6 else floored in (0.0, sim), query
 
 
 def test_evaluate_dispatches_an_ocr_manifest(clip, testdata, tmp_path):
