@@ -119,7 +119,9 @@ class Api:
         if req.rerank not in (None, S.RERANK_NONE, S.RERANK_DEFAULT):
             raise SearchError("re-rankers do not apply to on-screen text (level texts): leave rerank out")
         if req.mode != "vector":
-            raise SearchError("modes are for captions: on-screen text (level texts) is always searched by words")
+            raise SearchError(
+                "modes are for segments (their captions and on-screen text): level texts is always searched by words"
+            )
         if not isinstance(req.k, int) or not 1 <= req.k <= self.cfg.search.max_k:
             raise SearchError(f"k must be an integer from 1 to {self.cfg.search.max_k}")
         t0 = time.perf_counter()

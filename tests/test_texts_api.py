@@ -83,7 +83,7 @@ def test_what_does_not_apply_to_text_is_a_clear_400(live) -> None:
     res = _search(live, text="gate", rerank="attention")
     assert res.status_code == 400 and "re-rankers" in res.json()["detail"]
     res = _search(live, text="gate", mode="hybrid")  # modes are about captions
-    assert res.status_code == 400 and "modes are for captions" in res.json()["detail"]
+    assert res.status_code == 400 and "modes are for segments" in res.json()["detail"]
     res = _search(live, text="   ")
     assert res.status_code == 400 and "empty" in res.json()["detail"]
     jpeg = b"\xff\xd8\xff\xe0 not decoded: refused before any decoding"

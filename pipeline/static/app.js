@@ -271,7 +271,7 @@ function levelChanged() {
     $("image").value = ""; // words only: a chosen image is let go
     pickImage();
   }
-  if (texts) $("mode").value = "vector"; // on-screen text has its own word search; modes are about captions
+  if (texts) $("mode").value = "vector"; // text spans have their own word search; modes are about segments
   for (const id of TEXT_ONLY_OFF) $(id).disabled = texts;
   $("image").closest("label").classList.toggle("disabled", texts);
   // On-screen text is read by trained OCR models: the random-weights warning is about the vector levels.
