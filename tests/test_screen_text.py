@@ -12,13 +12,15 @@ import httpx
 import numpy as np
 import pyarrow as pa
 import pytest
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
 
 from operators.assemble import MAX_SCREEN_LINES, SegmentConfig, assemble_video
 from pipeline import schema as S
 from pipeline.config import MaintenanceConfig
 from pipeline.hybrid import CAPTION_FTS, SCREEN_FTS
 from pipeline.maintenance import maintain, needs_maintenance
-from pipeline.search import Searcher
+from pipeline.search import Searcher, SearchError
 from pipeline.server import create_app
 from pipeline.store import Store
 from tests.helpers import TINY_DIM, content, running, tables_of, tiny_config, video_row
@@ -232,3 +234,16 @@ def test_page_cards_show_the_screen_text(db, browser) -> None:
         )
         page.close()
     assert shown == [" · ".join(r.screen_text.splitlines()) if r.screen_text else None for r in want]
+
+
+@settings(max_examples=30, deadline=None, derandomize=True, suppress_health_check=[HealthCheck.function_scoped_fixture])
+@given(text=st.text(max_size=40) | st.sampled_from(["*:*", "((((", "GATE\x00", "'", "\\", "a", "7", "\u202e gate"]))
+def test_any_query_reaches_the_screen_index_or_gets_a_clear_refusal(db, text) -> None:  # type: ignore[no-untyped-def]
+    _, searcher = db
+    for mode in ("text", "hybrid"):
+        try:
+            hits = searcher.search(text=text, k=5, mode=mode, rerank=None)  # type: ignore[arg-type]
+        except SearchError as exc:
+            assert str(exc) and "\n" not in str(exc)
+        else:
+            assert len(hits) <= 5 and [h.score for h in hits] == sorted((h.score for h in hits), reverse=True)
