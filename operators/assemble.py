@@ -16,7 +16,8 @@ offer as "the shot"); a video whose detection failed counts as one shot spanning
 
 On-screen text: a segment's ``screen_text`` holds the distinct text lines read on its frames (whitespace
 collapsed, in order of first appearance, at most ``MAX_SCREEN_LINES``), so the segment is found by the words
-shown in it as well as by its caption (``pipeline/hybrid.py``); the ``texts`` table holds the spans themselves.
+shown in it as well as by its caption (``pipeline/hybrid.py``); the ``texts`` table holds the spans themselves,
+and each frame row its own readings (``text_lines``: text, confidence and box per line).
 """
 
 from __future__ import annotations
@@ -35,7 +36,7 @@ from operators.contract import FRAMES, SEGMENTS, TEXTS, THUMBNAILS, TRACKS, make
 from operators.detect_track import DetectConfig, VideoTracker
 from operators.keyframes import SampleGrid, keyframe_index, shot_segment_windows
 from operators.shots import ShotConfig
-from operators.text_spans import SpanConfig, text_spans
+from operators.text_spans import SpanConfig, frame_lines, text_spans
 
 Row = dict[str, Any]
 MAX_SCREEN_LINES = 64  # per segment: a scrolling ticker misread differently on each frame stays bounded
@@ -169,6 +170,8 @@ class VideoAssembler:
         w, h = _jpeg_size(row["thumb"])
         boxes = self._track(row, fid, w, h) if self.tracker is not None else []
         classes = sorted({b["class_name"] for b in boxes})
+        read = row.get("ocr_text") is not None  # the lines read on the frame are stored with it (null: OCR off)
+        lines = frame_lines(row["ocr_text"], row["ocr_boxes"], row["ocr_conf"]) if read else None
         self.emit(
             FRAMES,
             [
@@ -181,6 +184,7 @@ class VideoAssembler:
                     "boxes": boxes,
                     "class_names": classes,
                     "shot_idx": self.shot,
+                    "text_lines": lines,
                 }
             ],
         )

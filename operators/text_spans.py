@@ -23,7 +23,7 @@ import numpy as np
 from operators.base import StrictModel
 from operators.contract import make_id
 
-__all__ = ["SpanConfig", "normalise", "similarity", "text_spans"]
+__all__ = ["SpanConfig", "frame_lines", "normalise", "similarity", "text_spans"]
 
 
 class SpanConfig(StrictModel):
@@ -75,6 +75,16 @@ def _iou(a: Any, b: Any) -> float:
     h = max(0.0, min(a[3], b[3]) - max(a[1], b[1]))
     union = (a[2] - a[0]) * (a[3] - a[1]) + (b[2] - b[0]) * (b[3] - b[1]) - w * h
     return w * h / union if union > 0 else 0.0
+
+
+def frame_lines(texts: Sequence[str], boxes: Any, confs: Sequence[float]) -> list[dict[str, Any]]:
+    """One frame's OCR readings (``ocr_text``, ``ocr_boxes`` [N, 4] normalised, ``ocr_conf``) as the rows of its
+    ``frames.text_lines`` (``pipeline.schema.TEXT_LINE``), in the order read."""
+    box = np.asarray(boxes, dtype=np.float32).reshape(-1, 4).tolist()
+    return [
+        {"text": str(s), "conf": float(c), "x1": b[0], "y1": b[1], "x2": b[2], "y2": b[3]}
+        for s, b, c in zip(texts, box, confs, strict=True)
+    ]
 
 
 @dataclass

@@ -21,7 +21,7 @@ import math
 import re
 import statistics
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any, Literal
 
@@ -94,6 +94,28 @@ def _cer(truth: str, read: str) -> float:
     return min(1.0, edit_distance(a, b) / max(1, len(a)))
 
 
+def frame_cers(
+    drawn: list[str],
+    gts: list[list[tuple[float, float, float, float] | None]],
+    texts: Sequence[Sequence[str]],
+    boxes: Sequence[Any],
+) -> list[float]:
+    """The OCR's character error rates on one clip: per drawn text (``drawn``, its ink box per sampled frame in
+    ``gts``) and sampled frame where it is fully on screen, the CER of the line read there (``texts``, ``boxes``:
+    per sampled frame, boxes [N, 4] normalised) whose box best overlaps the ink (IoU > 0.1); none counts 1."""
+    from pipeline.evaluate import box_iou
+
+    out = []
+    for text, gt in zip(drawn, gts, strict=True):
+        for i, box in enumerate(gt):
+            if box is None or box[0] <= 0.001 or box[2] >= 0.999:  # absent, or cut by the frame edge
+                continue
+            lines = [(box_iou(box, _box4(b)), s) for s, b in zip(texts[i], boxes[i], strict=True)]
+            best = max(lines, default=(0.0, ""))
+            out.append(_cer(text, best[1]) if best[0] > 0.1 else 1.0)
+    return out
+
+
 def evaluate_ocr(
     manifest: OcrManifest,
     media_root: str | Path,
@@ -105,7 +127,6 @@ def evaluate_ocr(
 ) -> dict[str, dict[str, Any]]:
     """Results per tokenizer: ``{"summary": {...}, "queries": [...]}`` (see the module docstring)."""
     from pipeline import schema as S
-    from pipeline.evaluate import box_iou
     from pipeline.text_search import TextSearchConfig, TextSearcher
 
     root, work = Path(media_root), Path(work_dir)
@@ -133,13 +154,7 @@ def evaluate_ocr(
             duration_s=c.duration,
         )
         videos.append(_video_row(vid, c, str(path)))
-        for d, gt in zip(c.texts, gts[c.id], strict=True):
-            for i, box in enumerate(gt):
-                if box is None or box[0] <= 0.001 or box[2] >= 0.999:  # absent, or cut by the frame edge
-                    continue
-                lines = [(box_iou(box, _box4(b)), s) for s, b in zip(r["texts"][i], r["boxes"][i], strict=True)]
-                best = max(lines, default=(0.0, ""))
-                cers.append(_cer(d.text, best[1]) if best[0] > 0.1 else 1.0)
+        cers += frame_cers([d.text for d in c.texts], gts[c.id], r["texts"], r["boxes"])
     frames = sum(r["frames"] for r in reads.values())
     cost = {
         "ocr_cpu_ms_per_frame": 1000 * sum(r["cpu_s"] for r in reads.values()) / max(1, frames),

@@ -9,7 +9,10 @@ Two modes, reported side by side under their own labels:
   encoder; detection is off): they change no text result, and the default encoder's trained weights need a
   download. Cost: Ray Data's CPU seconds per graph stage and the driver's.
 - ``direct``: the clips are decoded and ``OcrFrames`` + ``text_spans`` run in this process
-  (``pipeline/ocr_eval.py``, ``evaluate_ocr``); it also gives the per-frame OCR character error rate.
+  (``pipeline/ocr_eval.py``, ``evaluate_ocr``).
+
+Both report the per-frame OCR character error rate (``frame_cers``: in pipeline mode on the readings the index
+stores with each frame, ``frames.text_lines``) and the spans' (``span CER``).
 
 ``--set eval.mode=pipeline|direct|both`` chooses; ``text_search.tokenizer`` picks one tokenizer (default both).
 """
@@ -29,8 +32,10 @@ import yaml
 from pipeline.config import Config
 from pipeline.ocr_clips import build_clip, decode_frames, ink_box
 from pipeline.ocr_eval import (
+    BoxAt,
     OcrManifest,
     evaluate_ocr,
+    frame_cers,
     load_ocr_manifest,
     score_queries,
     span_cer,
@@ -101,17 +106,36 @@ def evaluate_ocr_pipeline(
         "driver CPU s": round(driver_cpu, 1),
     }
     cer = span_cer(manifest, vids, spans, box_at)
+    frame_cer = stored_frame_cer(store, manifest, vids, box_at)
     results: dict[str, dict[str, Any]] = {}
     for tok in tokenizers:
         ensure_text_index(store.table(S.TEXTS), tok, replace=True)  # type: ignore[arg-type]
         searcher = TextSearcher(store, TextSearchConfig(tokenizer=tok))  # type: ignore[arg-type]
         per_query = score_queries(searcher, manifest, vids, box_at, k)
         results[tok] = {
-            "summary": {**summarise_queries(per_query, k), **{"CER": None, "span CER": cer}, **cost},
+            "summary": {**summarise_queries(per_query, k), "CER": frame_cer, "span CER": cer, **cost},
             "queries": per_query,
             "run": {"graph_stages": stages, "stages": summary.stages},
         }
     return results
+
+
+def stored_frame_cer(store: Any, manifest: OcrManifest, vids: dict[str, str], box_at: BoxAt) -> float:
+    """``frame_cers`` over the readings stored on the indexed frames (``frames.text_lines``), in time order."""
+    from pipeline import schema as S
+    from pipeline.store import in_list
+
+    where = in_list("video_id", list(vids.values()))
+    rows = store.rows(S.FRAMES, where, ["video_id", "t", "text_lines"]).to_pylist()
+    cers: list[float] = []
+    for c in manifest.clips:
+        frames = sorted((r for r in rows if r["video_id"] == vids[c.id]), key=lambda r: r["t"])
+        lines = [r["text_lines"] or [] for r in frames]
+        gts = [[box_at(c.id, i, r["t"]) for r in frames] for i in range(len(c.texts))]
+        texts = [[line["text"] for line in ls] for ls in lines]
+        boxes = [[(line["x1"], line["y1"], line["x2"], line["y2"]) for line in ls] for ls in lines]
+        cers += frame_cers([d.text for d in c.texts], gts, texts, boxes)
+    return float(np.mean(cers)) if cers else float("nan")
 
 
 def run_ocr_configs(
@@ -169,8 +193,8 @@ def run_ocr_configs(
         notices.append(
             "NOTE: 'pipeline' columns: the clips indexed on Ray by the real pipeline into a fresh database (the "
             "config's decode/OCR/span settings, decode.fps = the manifest's; tiny models for the encoder, detection "
-            "off: they read no text), then searched with TextSearcher. CER there is n/a: the index keeps spans, not "
-            "per-frame readings ('span CER' is the spans' text)."
+            "off: they read no text), then searched with TextSearcher. CER is per sampled frame, on the readings the "
+            "index stores with each frame (frames.text_lines); 'span CER' is the spans' text."
         )
     if mode in ("direct", "both"):
         notices.append(

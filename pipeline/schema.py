@@ -77,6 +77,18 @@ TIMED_BOX = [
 # mask_area: the fraction of the frame covered by the mask; -1 without masks
 OBSERVATION = pa.struct([*TIMED_BOX, ("mask_area", pa.float32())])
 
+#: One line of on-screen text read on a frame: the recogniser's text and confidence, its box (normalised xyxy).
+TEXT_LINE = pa.struct(
+    [
+        ("text", pa.string()),
+        ("conf", pa.float32()),
+        ("x1", pa.float32()),
+        ("y1", pa.float32()),
+        ("x2", pa.float32()),
+        ("y2", pa.float32()),
+    ]
+)
+
 
 def vector(dim: int) -> pa.DataType:
     return pa.list_(pa.float32(), dim)
@@ -137,6 +149,9 @@ def frames_schema(dim: int) -> pa.Schema:
             ("boxes", pa.list_(BOX)),
             ("class_names", pa.list_(pa.string())),
             added("shot_idx", pa.int32()),  # index of the frame's shot in its video (0 without shot detection)
+            # The lines of on-screen text read on the frame, as the OCR stage read them; null where OCR is off,
+            # empty where it read nothing (the ``texts`` table joins them across frames into spans).
+            added("text_lines", pa.list_(TEXT_LINE)),
         ]
     )
 

@@ -26,6 +26,7 @@ from pipeline.schema import Level
 from pipeline.store import Store, in_list, quote
 
 SHOT_COLUMNS = ("shot_idx", "shot_start_s", "shot_end_s")
+FRAME_TEXT = "text_lines"  # frames: the lines of on-screen text read on the frame
 #: Per level: the columns stage 1 reads, those ``Searcher._result`` builds a result from.
 RESULT_COLUMNS: dict[str, list[str]] = {
     "segments": ["segment_id", "video_id", "start_s", "end_s", "thumb_id"],
@@ -72,7 +73,8 @@ class SearchResult:
     shot_start_s: float | None = None
     shot_end_s: float | None = None
     caption: str | None = None  # segments: the captioner's description of the keyframe (null when captions are off)
-    screen_text: str | None = None  # segments: the on-screen text read in the segment, a line each (null: none)
+    # The on-screen text read in the segment (or on the frame, for frame hits), a line each (null: none read)
+    screen_text: str | None = None
 
     def as_dict(self) -> dict[str, Any]:
         return asdict(self)
@@ -169,6 +171,7 @@ class Searcher:
         results = results[:k]
         self._attach_boxes(level, results)
         self._attach_captions(level, results)
+        self._attach_frame_text(level, results)
         for i, r in enumerate(results):
             r.rank = i + 1
         return results
@@ -285,6 +288,17 @@ class Searcher:
         for r in results:
             row = by_id.get(r.id, {})
             r.caption, r.screen_text = row.get("caption"), row.get("screen_text")
+
+    def _attach_frame_text(self, level: str, results: list[SearchResult]) -> None:
+        """Frame hits carry the lines of text read on the frame in ``screen_text`` (one read of the hits' rows;
+        tables from before ``frames.text_lines`` have none until ``Store.migrate``, and then only nulls)."""
+        if level != S.FRAMES or not results or FRAME_TEXT not in self.store.table(S.FRAMES).schema.names:
+            return
+        rows = self.store.rows(S.FRAMES, in_list("frame_id", [r.id for r in results]), ["frame_id", FRAME_TEXT])
+        by_id = {r["frame_id"]: r[FRAME_TEXT] or [] for r in rows.to_pylist()}
+        for r in results:
+            lines = (" ".join(str(line["text"]).split()) for line in by_id.get(r.id, []))
+            r.screen_text = "\n".join(line for line in lines if line) or None
 
     # -- stage 2 --------------------------------------------------------------------------------------------
     def reranker(self, name: str) -> Any:
