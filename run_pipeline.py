@@ -159,7 +159,7 @@ def start_ray(cfg: Any, address: str | None, verbose: bool = False) -> None:
     import ray
 
     from pipeline.fragments import job_runtime_env
-    from pipeline.logs import quiet_ray, ray_log_dir
+    from pipeline.logs import quiet_ray, ray_log_dir, start_local_ray
 
     if ray.is_initialized():
         return
@@ -168,7 +168,7 @@ def start_ray(cfg: Any, address: str | None, verbose: bool = False) -> None:
     if address:
         ray.init(address=address, runtime_env=job_runtime_env(cfg.ray.runtime_env, cfg.db.path), **quiet)
     else:
-        ray.init(num_cpus=cfg.ray.num_cpus, include_dashboard=False, **quiet)
+        start_local_ray(num_cpus=cfg.ray.num_cpus, include_dashboard=False, **quiet)
     logging.getLogger(__name__).info("Ray session logs (workers, raylet, Ray Data): %s", ray_log_dir())
 
 

@@ -92,6 +92,23 @@ def quiet_ray(verbose: bool = False) -> dict[str, Any]:
     return {"log_to_driver": verbose, "configure_logging": False}
 
 
+def start_local_ray(attempts: int = 3, **kwargs: Any) -> None:
+    """``ray.init(**kwargs)`` for a Ray started on this machine, tried again when its node does not register in
+    time: Ray gives the raylet a fixed 30 s, which a loaded machine can exceed ("The current node timed out during
+    startup"); the half-started processes are shut down before the next try."""
+    import ray
+
+    for attempt in range(1, attempts + 1):
+        try:
+            ray.init(**kwargs)
+            return
+        except Exception as exc:
+            if "timed out during startup" not in str(exc) or attempt == attempts:
+                raise
+            logging.getLogger(__name__).warning("Ray's node was slow to start (%s); trying again", exc)
+            ray.shutdown()
+
+
 def _raylet_messages_to_log() -> None:
     """The driver prints the cluster's error messages (a worker killed for lack of memory, one line per task and
     retry; a crashed worker) straight to stdout through ``ray._private.worker.print_to_stdstream``, whatever

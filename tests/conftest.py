@@ -26,8 +26,10 @@ def ray_session():
     """One local Ray for the whole test session (2 CPUs, like this machine)."""
     import ray
 
+    from pipeline.logs import start_local_ray
+
     if not ray.is_initialized():
-        ray.init(num_cpus=2, include_dashboard=False, log_to_driver=False, configure_logging=False)
+        start_local_ray(num_cpus=2, include_dashboard=False, log_to_driver=False, configure_logging=False)
     yield ray
     ray.shutdown()
 

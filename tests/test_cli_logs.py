@@ -108,3 +108,37 @@ def test_shipped_configs_and_trackers_are_found_from_any_folder(monkeypatch, tmp
     assert tracker_args(default, 2.0).tracker_type == "botsort"
     (tmp_path / "mine.yaml").write_text(shipped("tiny.yaml").read_text())  # type: ignore[union-attr]
     assert load_config("mine.yaml") == cfg  # a path given still wins
+
+
+def test_a_local_ray_slow_to_start_is_started_again(monkeypatch) -> None:
+    """Ray gives its node a fixed 30 s to register; a loaded machine can miss it. That one error is retried after a
+    shutdown of the half-started processes; any other error, or the last attempt's, is raised."""
+    import ray
+
+    from pipeline.logs import start_local_ray
+
+    calls: list[str] = []
+    outcomes: list[Exception | None] = []
+
+    def init(**kwargs: object) -> None:
+        calls.append(f"init {kwargs}")
+        error = outcomes.pop(0)
+        if error is not None:
+            raise error
+
+    monkeypatch.setattr(ray, "init", init)
+    monkeypatch.setattr(ray, "shutdown", lambda: calls.append("shutdown"))
+    slow = Exception("The current node timed out during startup. This could happen because ...")
+    outcomes[:] = [slow, None]
+    start_local_ray(num_cpus=2)
+    assert calls == ["init {'num_cpus': 2}", "shutdown", "init {'num_cpus': 2}"]
+    calls.clear()
+    outcomes[:] = [ValueError("bad argument")]
+    with pytest.raises(ValueError, match="bad argument"):
+        start_local_ray(num_cpus=2)
+    assert calls == ["init {'num_cpus': 2}"]
+    calls.clear()
+    outcomes[:] = [slow, slow]
+    with pytest.raises(Exception, match="timed out during startup"):
+        start_local_ray(attempts=2, num_cpus=2)
+    assert calls == ["init {'num_cpus': 2}", "shutdown", "init {'num_cpus': 2}"]
