@@ -210,12 +210,13 @@ def score_queries(
             ),
             None,
         )
-        tiou, biou = 0.0, 0.0
+        tiou, biou = 0.0, (0.0 if not hits or hits[0].box is not None else None)  # None: hits without a box
         if hits and hits[0].video_id == vid:
             top = hits[0]
             tiou = temporal_iou((top.start_s, top.end_s), (d.start, min(d.end, c.duration)))
             gt_box = box_at(c.id, q.target, top.best_t)
-            biou = box_iou(gt_box, _box4(top.box)) if gt_box is not None else 0.0
+            if top.box is not None:
+                biou = box_iou(gt_box, _box4(top.box)) if gt_box is not None else 0.0
         per_query.append(
             {
                 "id": q.id,
@@ -250,6 +251,10 @@ def span_cer(manifest: OcrManifest, vids: dict[str, str], spans: list[dict[str, 
     return float(np.mean(out)) if out else math.nan
 
 
+def _mean(values: list[float]) -> float | None:
+    return float(np.mean(values)) if values else None
+
+
 def _box4(b: Any) -> tuple[float, float, float, float]:
     return (float(b[0]), float(b[1]), float(b[2]), float(b[3]))
 
@@ -264,7 +269,7 @@ def summarise_queries(per_query: list[dict[str, Any]], k: int) -> dict[str, Any]
         "R@10": float(np.mean([r <= 10 for r in ranks])),
         "median_rank": med if math.isfinite(med) else f">{k}",
         "mean_tIoU": float(np.mean([q["tiou"] for q in per_query])),
-        "mean_box_IoU": float(np.mean([q["box_iou"] for q in per_query])),
+        "mean_box_IoU": _mean([q["box_iou"] for q in per_query if q["box_iou"] is not None]),
     }
     for kind in sorted({q["kind"] for q in per_query}):
         sub = [q for q in per_query if q["kind"] == kind]

@@ -11,6 +11,11 @@ Two modes, reported side by side under their own labels:
 - ``direct``: the clips are decoded and ``OcrFrames`` + ``text_spans`` run in this process
   (``pipeline/ocr_eval.py``, ``evaluate_ocr``).
 
+The pipeline mode also searches the indexed **segments** in ``--mode text`` (``segments`` column: the words read
+on a segment's frames, ``segments.screen_text``, found through its n-gram index; see ``pipeline/hybrid.py``): a
+hit is relevant when it is the query's clip and overlaps the drawn interval; its tIoU is the segment window's
+against that interval (segments are coarser than text spans), and it has no box.
+
 Both report the per-frame OCR character error rate (``frame_cers``: in pipeline mode on the readings the index
 stores with each frame, ``frames.text_lines``) and the spans' (``span CER``).
 
@@ -117,7 +122,41 @@ def evaluate_ocr_pipeline(
             "queries": per_query,
             "run": {"graph_stages": stages, "stages": summary.stages},
         }
+    from pipeline.hybrid import ensure_word_indexes
+    from pipeline.search import Searcher
+
+    ensure_word_indexes(store.table(S.SEGMENTS))  # evaluate runs without `maintain`
+    per_query = score_queries(SegmentTextSearch(Searcher(store, cfg)), manifest, vids, box_at, k)
+    results["segments"] = {
+        "summary": {**summarise_queries(per_query, k), "CER": frame_cer, "span CER": cer, **cost},
+        "queries": per_query,
+        "run": {"graph_stages": stages, "stages": summary.stages},
+    }
     return results
+
+
+class SegmentTextSearch:
+    """``Searcher.search(mode="text")`` over segments with the ``TextSearcher.search`` call shape that
+    ``score_queries`` uses; a hit's ``text`` is the segment's screen text, its time the window's middle."""
+
+    def __init__(self, searcher: Any) -> None:
+        self.searcher = searcher
+
+    def search(self, text: str, k: int = 10) -> list[Any]:
+        from types import SimpleNamespace
+
+        hits = self.searcher.search(text=text, k=k, mode="text", rerank=None)
+        return [
+            SimpleNamespace(
+                video_id=h.video_id,
+                start_s=h.start_s,
+                end_s=h.end_s,
+                best_t=(h.start_s + h.end_s) / 2,
+                box=None,
+                text=h.screen_text,
+            )
+            for h in hits
+        ]
 
 
 def stored_frame_cer(store: Any, manifest: OcrManifest, vids: dict[str, str], box_at: BoxAt) -> float:
@@ -148,7 +187,7 @@ def run_ocr_configs(
     start_ray: Any = None,
 ) -> tuple[dict[str, dict[str, Any]], list[str]]:
     """``evaluate`` for an OCR manifest: results by label (``pipeline <config>/texts/<tokenizer>``,
-    ``direct <config>/texts/<tokenizer>``) and the notices to print. Overrides: any config key (``ocr.*``,
+    ``pipeline <config>/segments/text mode``, ``direct <config>/texts/<tokenizer>``) and the notices to print. Overrides: any config key (``ocr.*``,
     ``spans.*``, ``decode.*``...), ``text_search.tokenizer=ngram|word`` and ``eval.mode=pipeline|direct|both``."""
     from pipeline.evaluate import default_media_root
 
@@ -180,7 +219,8 @@ def run_ocr_configs(
                 if start_ray is not None:
                     start_ray(cfg)
                 for t, r in evaluate_ocr_pipeline(manifest, root, work, cfg, tokenizers, k).items():
-                    results[f"pipeline {label}/texts/{t}"] = r
+                    level = "segments/text mode" if t == "segments" else f"texts/{t}"
+                    results[f"pipeline {label}/{level}"] = r
             finally:
                 shutil.rmtree(db, ignore_errors=True)
         if mode in ("direct", "both"):
@@ -193,8 +233,9 @@ def run_ocr_configs(
         notices.append(
             "NOTE: 'pipeline' columns: the clips indexed on Ray by the real pipeline into a fresh database (the "
             "config's decode/OCR/span settings, decode.fps = the manifest's; tiny models for the encoder, detection "
-            "off: they read no text), then searched with TextSearcher. CER is per sampled frame, on the readings the "
-            "index stores with each frame (frames.text_lines); 'span CER' is the spans' text."
+            "off: they read no text), then searched with TextSearcher (texts) and in --mode text (segments, by the "
+            "words read on their frames; tIoU of the segment window, no box). CER is per sampled frame, on the "
+            "readings the index stores with each frame (frames.text_lines); 'span CER' is the spans' text."
         )
     if mode in ("direct", "both"):
         notices.append(

@@ -76,11 +76,19 @@ def test_evaluate_indexes_the_manifest_through_the_pipeline(testdata, ray_sessio
     assert main([*args, *sets]) == 0
     printed = capsys.readouterr().out
     results = json.loads(out.read_text())
-    assert list(results) == ["pipeline default/texts/ngram", "direct default/texts/ngram"]
+    assert list(results) == [
+        "pipeline default/texts/ngram",
+        "pipeline default/segments/text mode",
+        "direct default/texts/ngram",
+    ]
     piped, direct = results["pipeline default/texts/ngram"], results["direct default/texts/ngram"]
     assert piped["summary"]["R@1"] == 1.0 and piped["summary"]["mean_tIoU"] >= 0.7
     assert 0.5 < piped["summary"]["mean_box_IoU"] <= 1.0 and piped["summary"]["span CER"] < 0.2
     assert piped["summary"]["frames"] == 7 and piped["summary"]["text spans"] >= 1  # 4 + 3 sampled frames
+    # The segments, searched in text mode by the words read on their frames: the drawn text's window first.
+    segs = results["pipeline default/segments/text mode"]["summary"]
+    assert segs["R@1"] == 1.0 and segs["R@1 one-error"] == 1.0 and 0 < segs["mean_tIoU"] <= 1.0
+    assert segs["mean_box_IoU"] is None  # a segment hit has no text box to score
     assert piped["summary"]["OCR stage CPU s"] > 0
     assert any("ocr" in name for name in piped["run"]["graph_stages"])
     assert direct["summary"]["R@1"] == 1.0 and direct["summary"]["CER"] < 0.2
