@@ -59,6 +59,17 @@ def clock(fn: Callable[[], object], repeat: int = 1) -> tuple[float, object]:
     return best, out
 
 
+def timed(fn: Callable[[int], object], n: int) -> tuple[list[float], list[float]]:
+    """``fn(i)`` for i in 0..n-1: the wall and process-CPU milliseconds of each call."""
+    wall, cpu = [], []
+    for i in range(n):
+        t0, c0 = time.perf_counter(), time.process_time()
+        fn(i)
+        wall.append(1000 * (time.perf_counter() - t0))
+        cpu.append(1000 * (time.process_time() - c0))
+    return wall, cpu
+
+
 def pct(values: list[float] | npt.NDArray[np.float64], q: float) -> float:
     return float(np.percentile(np.asarray(values, dtype=np.float64), q))
 

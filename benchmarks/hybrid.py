@@ -32,7 +32,7 @@ from typing import Any
 
 import numpy as np
 import pyarrow as pa
-from _common import ClusteredEmbeddings, header, pct, table
+from _common import ClusteredEmbeddings, header, pct, table, timed
 
 ADJECTIVES = ["young", "old", "tall", "small", "happy", "tired", "busy", "quiet", "smiling", "lonely"]
 #: word -> a differently inflected form a user might type (stemming maps the regular ones together)
@@ -141,16 +141,6 @@ class StubEncoder:
         v = self.vectors[self.i % len(self.vectors)]
         self.i += 1
         return v, v[None]
-
-
-def timed(fn: Any, n: int) -> tuple[list[float], list[float]]:
-    wall, cpu = [], []
-    for i in range(n):
-        t0, c0 = time.perf_counter(), time.process_time()
-        fn(i)
-        wall.append(1000 * (time.perf_counter() - t0))
-        cpu.append(1000 * (time.process_time() - c0))
-    return wall, cpu
 
 
 def row(name: str, wall: list[float], cpu: list[float], **extra: Any) -> dict[str, Any]:

@@ -26,7 +26,7 @@ import time
 from pathlib import Path
 from typing import Any
 
-from _common import clip, header, pct, table
+from _common import clip, header, pct, table, timed
 
 QUESTIONS = [
     "what color is the flower",
@@ -89,12 +89,7 @@ def time_frames(path: str, thumbs: list[bytes], n: int) -> list[dict[str, object
         ("decoded at t from the video", lambda i: decode_frame(path, 0.37 + (i % 9) * 0.5, cfg)),
     ):
         fn(0)
-        wall, cpu = [], []
-        for i in range(n):
-            t0, c0 = time.perf_counter(), time.process_time()
-            fn(i)
-            wall.append(1000 * (time.perf_counter() - t0))
-            cpu.append(1000 * (time.process_time() - c0))
+        wall, cpu = timed(fn, n)
         rows.append({"step": name, "n": n, "wall p50 ms": pct(wall, 50), "cpu p50 ms": pct(cpu, 50)})
     return rows
 
@@ -131,12 +126,10 @@ def main() -> None:
                 torch.set_num_threads(threads)
                 for i in range(2):
                     vqa.answer(images[i], QUESTIONS[i])
-                wall, cpu = [], []
-                for i in range(args.questions):
-                    t0, c0 = time.perf_counter(), time.process_time()
-                    vqa.answer(images[i % len(images)], QUESTIONS[i % len(QUESTIONS)])
-                    wall.append(1000 * (time.perf_counter() - t0))
-                    cpu.append(1000 * (time.process_time() - c0))
+                wall, cpu = timed(
+                    lambda i, vqa=vqa: vqa.answer(images[i % len(images)], QUESTIONS[i % len(QUESTIONS)]),
+                    args.questions,
+                )
                 rows.append(
                     {
                         "model": name if name == "vilt" else f"blip ({max_tokens} answer tokens)",
