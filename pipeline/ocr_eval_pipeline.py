@@ -187,8 +187,9 @@ def run_ocr_configs(
     start_ray: Any = None,
 ) -> tuple[dict[str, dict[str, Any]], list[str]]:
     """``evaluate`` for an OCR manifest: results by label (``pipeline <config>/texts/<tokenizer>``,
-    ``pipeline <config>/segments/text mode``, ``direct <config>/texts/<tokenizer>``) and the notices to print. Overrides: any config key (``ocr.*``,
-    ``spans.*``, ``decode.*``...), ``text_search.tokenizer=ngram|word`` and ``eval.mode=pipeline|direct|both``."""
+    ``pipeline <config>/segments/text mode``, ``direct <config>/texts/<tokenizer>``) and the notices to print.
+    Overrides: any config key (``ocr.*``, ``spans.*``, ``decode.*``...), ``text_search.tokenizer=ngram|word`` and
+    ``eval.mode=pipeline|direct|both``."""
     from pipeline.evaluate import default_media_root
 
     extra: dict[str, dict[str, Any]] = {s: {} for s in EVAL_ONLY}
