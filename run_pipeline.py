@@ -158,8 +158,8 @@ def _config(args: argparse.Namespace) -> Any:
 def start_ray(cfg: Any, address: str | None, verbose: bool = False) -> None:
     import ray
 
-    from pipeline.fragments import job_runtime_env
     from pipeline.logs import quiet_ray, ray_log_dir, start_local_ray
+    from pipeline.store.fragments import job_runtime_env
 
     if ray.is_initialized():
         return
@@ -173,12 +173,12 @@ def start_ray(cfg: Any, address: str | None, verbose: bool = False) -> None:
 
 
 def cmd_index(args: argparse.Namespace) -> int:
-    from pipeline.lock import DatabaseLock
+    from pipeline.store.lock import DatabaseLock
 
     cfg = _config(args)
     # The lock first, before the heavy imports: a scheduled run that finds another one going leaves at once.
     with DatabaseLock(cfg.db.path, "index", cfg.db.lock_dir):
-        from pipeline.runner import preflight, run_index
+        from pipeline.index.runner import preflight, run_index
 
         # The random-weights notice comes from run_index (a logged warning, shown on the terminal).
         preflight(cfg)  # a missing checkpoint stops the run here, before Ray starts or anything is written
@@ -201,14 +201,14 @@ def cmd_index(args: argparse.Namespace) -> int:
 
 def _store(cfg: Any) -> Any:
     from operators.encoders import embedding_dim
-    from pipeline.store import Store
+    from pipeline.store.db import Store
 
     return Store(cfg.db.path, embedding_dim(cfg.encoder))
 
 
 def cmd_prune(args: argparse.Namespace) -> int:
-    from pipeline.lock import DatabaseLock
-    from pipeline.maintenance import prune
+    from pipeline.store.lock import DatabaseLock
+    from pipeline.store.maintenance import prune
 
     cfg = _config(args)
     with DatabaseLock(cfg.db.path, "prune", cfg.db.lock_dir):
@@ -221,8 +221,8 @@ def cmd_prune(args: argparse.Namespace) -> int:
 
 
 def cmd_maintain(args: argparse.Namespace) -> int:
-    from pipeline.lock import DatabaseLock
-    from pipeline.maintenance import maintain
+    from pipeline.store.lock import DatabaseLock
+    from pipeline.store.maintenance import maintain
 
     cfg = _config(args)
     with DatabaseLock(cfg.db.path, "maintain", cfg.db.lock_dir):
@@ -233,7 +233,7 @@ def cmd_maintain(args: argparse.Namespace) -> int:
 
 
 def cmd_status(args: argparse.Namespace) -> int:
-    from pipeline.status import collect, format_status
+    from pipeline.store.status import collect, format_status
 
     cfg = _config(args)
     st = collect(_store(cfg), cfg.pipeline_version(), last_runs=args.runs)
@@ -272,7 +272,7 @@ MAX_IMAGE_BYTES = 50 * 1024 * 1024
 
 def _read_image_arg(path: str) -> bytes:
     """The bytes of ``--image``; a missing, unreadable or oversized file is a clear error, not a traceback."""
-    from pipeline.search import SearchError
+    from pipeline.search.searcher import SearchError
 
     if not os.path.isfile(path):
         raise SearchError(f"--image {path!r} is not a file")
@@ -286,15 +286,15 @@ def _read_image_arg(path: str) -> bytes:
 
 
 def cmd_search(args: argparse.Namespace) -> int:
-    from pipeline.runner import RANDOM_WEIGHTS_NOTICE
-    from pipeline.search import Searcher
+    from pipeline.index.runner import RANDOM_WEIGHTS_NOTICE
+    from pipeline.search.searcher import Searcher
 
     cfg = _config(args)
     if cfg.random_weights:
         print(RANDOM_WEIGHTS_NOTICE, file=sys.stderr)
     if args.level == "texts":  # on-screen text: full-text search over the text spans
-        from pipeline.search import SearchError
-        from pipeline.text_search import TextSearcher
+        from pipeline.search.searcher import SearchError
+        from pipeline.search.text import TextSearcher
 
         if args.mode != "vector":
             raise SearchError("--mode does not apply to level texts (on-screen text is always searched by its words)")
@@ -320,7 +320,7 @@ def cmd_search(args: argparse.Namespace) -> int:
 
 
 def _shots_through_pipeline(args: argparse.Namespace) -> dict:
-    from pipeline.evaluate_shots_pipeline import run_shots_pipeline
+    from pipeline.evaluation.shots_pipeline import run_shots_pipeline
 
     if args.configs and len(args.configs) > 1:
         raise SystemExit("--pipeline compares shot detectors under one --config")
@@ -332,9 +332,12 @@ def _shots_through_pipeline(args: argparse.Namespace) -> dict:
 
 
 def cmd_evaluate(args: argparse.Namespace) -> int:
-    from pipeline.evaluate import comparison_table, manifest_kind, run_configs, run_shots
+    from pipeline.evaluation.manifests import manifest_kind
+    from pipeline.evaluation.retrieval import comparison_table, run_configs
+    from pipeline.evaluation.shots import run_shots
 
-    if manifest_kind(args.manifest) == "shots":  # shot boundaries: no index, no Ray
+    kind = manifest_kind(args.manifest)
+    if kind == "shots":  # shot boundaries: no index, no Ray
         if args.modes != "vector":
             from pipeline.config import ConfigError
 
@@ -348,7 +351,16 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
             with open(args.json, "w") as f:
                 json.dump(results, f, indent=2, default=str)
         return 0
-    results, notices = run_configs(
+    if kind == "ocr":  # on-screen text: its own evaluation, always searched by words
+        from pipeline.config import ConfigError
+        from pipeline.evaluation.ocr_pipeline import run_ocr_configs
+
+        if args.modes != "vector":
+            raise ConfigError("--modes applies to retrieval manifests; on-screen text is always searched by words")
+        evaluate = run_ocr_configs
+    else:
+        evaluate = run_configs  # type: ignore[assignment]
+    results, notices = evaluate(
         args.manifest,
         args.configs or ["default"],
         args.overrides,
@@ -356,7 +368,7 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
         args.work_dir,
         k=args.k,
         start_ray=lambda cfg: start_ray(cfg, args.address, args.verbose),
-        modes=[m.strip() for m in args.modes.split(",") if m.strip()],
+        **({} if kind == "ocr" else {"modes": [m.strip() for m in args.modes.split(",") if m.strip()]}),
     )
     for n in notices:
         print(n)
@@ -368,8 +380,8 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
 
 
 def cmd_serve(args: argparse.Namespace) -> int:
-    from pipeline.runner import RANDOM_WEIGHTS_NOTICE
-    from pipeline.server import serve
+    from pipeline.index.runner import RANDOM_WEIGHTS_NOTICE
+    from pipeline.serve.app import serve
 
     cfg = _config(args)
     if cfg.random_weights:
@@ -393,7 +405,7 @@ def cmd_serve(args: argparse.Namespace) -> int:
 
 def cmd_ask(args: argparse.Namespace) -> int:
     from operators.vqa import RANDOM_NOTICE
-    from pipeline.ask import Asker
+    from pipeline.search.ask import Asker
 
     if args.model:
         args.overrides.append(f"vqa.model={args.model}")
@@ -429,8 +441,8 @@ COMMANDS = {
 
 def main(argv: list[str] | None = None) -> int:
     args = parser().parse_args(argv)
-    from pipeline.lock import EXIT_LOCKED
     from pipeline.logs import setup_logging
+    from pipeline.store.lock import EXIT_LOCKED
 
     log_file = setup_logging(args.command, args.verbose)
     try:
@@ -445,7 +457,7 @@ def main(argv: list[str] | None = None) -> int:
 
 def _run(args: argparse.Namespace) -> int:
     from pipeline.config import ConfigError
-    from pipeline.lock import EXIT_LOCKED, LockBusy
+    from pipeline.store.lock import EXIT_LOCKED, LockBusy
 
     try:
         return COMMANDS[args.command](args)
@@ -454,9 +466,9 @@ def _run(args: argparse.Namespace) -> int:
         return EXIT_LOCKED
     except Exception as exc:
         logging.getLogger(__name__).info("%s failed", args.command, exc_info=True)  # the log file only
-        # Imported only now: pipeline.search pulls in LanceDB (seconds), which a run refused by the lock never needs.
+        # Imported only now: the searcher pulls in LanceDB (seconds), which a run refused by the lock never needs.
         from operators.encoders import MissingCheckpointError
-        from pipeline.search import SearchError
+        from pipeline.search.searcher import SearchError
 
         if isinstance(exc, MissingCheckpointError | ConfigError | SearchError):
             print(f"error: {exc}", file=sys.stderr)

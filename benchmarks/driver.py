@@ -74,10 +74,10 @@ def old_path(cfg: Any, paths: list[str]) -> int:
     """The data path as it was: frame rows to the driver, buffered per video, assembled and written there."""
     import numpy as np
 
-    from pipeline.assembly import assemble_tables
-    from pipeline.catalog import list_videos
-    from pipeline.graph import frame_dataset
-    from pipeline.runner import Runner, preflight
+    from pipeline.index.assembly import assemble_tables
+    from pipeline.index.catalog import list_videos
+    from pipeline.index.graph import frame_dataset
+    from pipeline.index.runner import Runner, preflight
 
     runner = Runner(cfg, progress=False)
     files, _ = list_videos(paths)
@@ -133,7 +133,7 @@ def one(kind: str, paths: list[str], db: str) -> dict[str, Any]:
     import ray
 
     from pipeline.config import load_config
-    from pipeline.runner import run_index
+    from pipeline.index.runner import run_index
 
     cfg = load_config("tiny", [f"db.path={db}", *ROWS])
     ray.init(num_cpus=2, include_dashboard=False, log_to_driver=False, configure_logging=False)

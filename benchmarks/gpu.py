@@ -242,7 +242,7 @@ def pipeline_phase(args: argparse.Namespace, mon: GpuMonitor, out: list[dict[str
 
     from operators.decode import Decode, DecodeConfig
     from pipeline.config import load_config
-    from pipeline.runner import run_index
+    from pipeline.index.runner import run_index
 
     work = Path(tempfile.mkdtemp(prefix="bench-gpu-"))
     try:

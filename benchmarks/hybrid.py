@@ -9,7 +9,7 @@ full-text index). Then:
    time per query. The query encoder is a stub that returns precomputed vectors, so the numbers are the
    search's own (the text tower, ~86 ms CPU for ViT-B/32, is in BENCHMARKS.md item 5 and is the same for vector
    and hybrid; text mode without a re-ranker never runs it).
-2. Stage 1 only, the hybrid fusion two ways on the same queries: ``pipeline/hybrid.py`` (the two rankings,
+2. Stage 1 only, the hybrid fusion two ways on the same queries: ``pipeline/search/hybrid.py`` (the two rankings,
    explicit RRF) and LanceDB's ``query_type="hybrid"`` with ``RRFReranker``; how often their top 10 agree.
 3. On-screen text (``--screen-share`` of the segments carry a sign, "EXIT 1234"-like, in ``screen_text``, which
    ``maintain`` indexes as n-grams): text and hybrid search by a sign with one misread character, their latency
@@ -86,10 +86,10 @@ def misread(sign: str, rng: np.random.Generator) -> str:
 
 
 def build(db: Path, rows: int, screen_share: float = 0.0) -> Any:
-    from pipeline import schema as S
     from pipeline.config import MaintenanceConfig
-    from pipeline.maintenance import maintain
-    from pipeline.store import Store
+    from pipeline.store import schema as S
+    from pipeline.store.db import Store
+    from pipeline.store.maintenance import maintain
 
     store = Store(str(db), DIM)
     n_videos = max(1, rows // PER_VIDEO)
@@ -156,8 +156,8 @@ def row(name: str, wall: list[float], cpu: list[float], **extra: Any) -> dict[st
 
 def latency(store: Any, queries: list[str]) -> None:
     from pipeline.config import load_config
-    from pipeline.hybrid import text_ranking
-    from pipeline.search import RESULT_COLUMNS, Searcher
+    from pipeline.search.hybrid import text_ranking
+    from pipeline.search.searcher import RESULT_COLUMNS, Searcher
 
     cfg = load_config("default", ["encoder.pretrained=null"])
     n = len(queries)
@@ -178,7 +178,7 @@ def latency(store: Any, queries: list[str]) -> None:
     from lancedb.query import MatchQuery
     from lancedb.rerankers import RRFReranker
 
-    from pipeline.hybrid import fuse
+    from pipeline.search.hybrid import fuse
 
     segs = store.table("segments")
     cols = RESULT_COLUMNS["segments"]
@@ -199,7 +199,7 @@ def latency(store: Any, queries: list[str]) -> None:
     stage = []
     for name, fn in (("vector ranking (Searcher.stage1)", lambda i: searcher.stage1(vecs[i], "segments", depth)),
                      ("text ranking (BM25, MatchQuery)", lambda i: text_ranking(segs, queries[i], cols, depth, None)),
-                     ("hybrid: both + explicit RRF (pipeline/hybrid.py)", ours),
+                     ("hybrid: both + explicit RRF (pipeline/search/hybrid.py)", ours),
                      ("hybrid: LanceDB query_type=hybrid + RRFReranker", lance)):  # fmt: skip
         wall, cpu = timed(fn, n)
         stage.append(row(name, wall, cpu))
@@ -214,8 +214,8 @@ def screen(store: Any, rows: int, share: float, queries: list[str]) -> None:
     """Sign queries with one misread letter (relevant: the segment with that sign), then the caption queries with
     and without the screen index, all through ``Searcher.search`` (k=10, no re-rank)."""
     from pipeline.config import load_config
-    from pipeline.hybrid import SCREEN_FTS, ensure_screen_index
-    from pipeline.search import Searcher
+    from pipeline.search.hybrid import SCREEN_FTS, ensure_screen_index
+    from pipeline.search.searcher import Searcher
 
     cfg = load_config("default", ["encoder.pretrained=null"])
     n = len(queries)
@@ -256,7 +256,7 @@ def screen(store: Any, rows: int, share: float, queries: list[str]) -> None:
 
 def tokenizers(store: Any, rows: int, n_queries: int) -> None:
     """Recall@10 of inflected queries: a hit is relevant when it has the query's subject, action and place."""
-    from pipeline.text_search import ensure_fts_index
+    from pipeline.search.text import ensure_fts_index
 
     caps, parts = captions(rows, seed=1)
     tbl = store.db.create_table("tok", pa.table({"id": np.arange(rows), "caption": caps}), mode="overwrite")

@@ -25,8 +25,8 @@ import numpy as np
 import pyarrow as pa
 from _common import ClusteredEmbeddings, header, table
 
-from pipeline import schema as S
-from pipeline.store import Store
+from pipeline.store import schema as S
+from pipeline.store.db import Store
 
 DIM = 512
 FRAMES_PER_VIDEO = 100

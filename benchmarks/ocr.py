@@ -31,8 +31,8 @@ from _common import ROOT, TESTDATA, header
 
 def _frames(work: Path, quick: bool) -> tuple[list[tuple[str, np.ndarray]], float]:
     """(clip id, frame) of every sampled frame, and the decode CPU seconds spent on them."""
-    from pipeline.ocr_clips import build_clip, decode_frames
-    from pipeline.ocr_eval import load_ocr_manifest
+    from pipeline.evaluation.ocr import load_ocr_manifest
+    from pipeline.evaluation.ocr_clips import build_clip, decode_frames
 
     manifest = load_ocr_manifest(ROOT / "eval" / "ocr_text.yaml")
     out, decode_s = [], 0.0

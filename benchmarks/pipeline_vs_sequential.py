@@ -2,7 +2,7 @@
 
 Sequential baseline (no Ray): for one video after another, ``Decode`` -> ``Detector`` -> ``Preprocess`` ->
 ``Embed`` -> ``Assembler`` -> ``Store.commit`` (videos committed in groups of ``db.commit_every_videos``, as
-the runner does), torch with its default thread count (all cores). Candidate: ``pipeline.runner.run_index``
+the runner does), torch with its default thread count (all cores). Candidate: ``pipeline.index.runner.run_index``
 on a local Ray with 2 CPUs, same config, same videos. Both databases must hold identical rows: the same
 frame, segment and track ids, with embeddings equal within 1e-5.
 
@@ -86,10 +86,10 @@ def run_sequential(cfg: Any, paths: list[str], threads: int) -> dict[str, Any]:
     from operators.detect_track import Detector
     from operators.embed import Embed, Preprocess
     from operators.encoders import embedding_dim
-    from pipeline.assembly import assemble_tables
-    from pipeline.catalog import list_videos
-    from pipeline.runner import preflight
-    from pipeline.store import Store, now
+    from pipeline.index.assembly import assemble_tables
+    from pipeline.index.catalog import list_videos
+    from pipeline.index.runner import preflight
+    from pipeline.store.db import Store, now
 
     torch.set_num_threads(threads)
     busy: dict[str, float] = defaultdict(float)
@@ -163,7 +163,7 @@ def _concat(parts: list[Any]) -> Any:
 
 
 def _video_row(f: Any, cfg: Any) -> dict[str, Any]:
-    from pipeline import schema as S
+    from pipeline.store import schema as S
 
     return {
         "video_id": f.video_id, "fingerprint": f.fingerprint, "path": f.path, "size_bytes": f.size,
@@ -184,8 +184,8 @@ def _commit(store: Any, pending: list[tuple[dict[str, Any], dict[str, Any]]]) ->
 # -- the Ray pipeline ------------------------------------------------------------------------------------------
 def run_ray(cfg: Any, paths: list[str]) -> dict[str, Any]:
     """``run_index`` on the already started local Ray; captures the dataset to read its stats afterwards."""
-    import pipeline.ingest as ingest_mod
-    import pipeline.runner as runner_mod
+    import pipeline.index.ingest as ingest_mod
+    import pipeline.index.runner as runner_mod
 
     captured: list[Any] = []
     original = ingest_mod.build_dataset
@@ -271,8 +271,8 @@ def thread_scaling(cfg: Any, repeat: int = 7) -> list[dict[str, Any]]:
 
 # -- comparison ------------------------------------------------------------------------------------------------
 def table_rows(db: str, dim: int) -> dict[str, dict[str, np.ndarray]]:
-    from pipeline import schema as S
-    from pipeline.store import Store
+    from pipeline.store import schema as S
+    from pipeline.store.db import Store
 
     store = Store(db, dim)
     out = {}

@@ -1,6 +1,6 @@
 """End-to-end query latency on the 1M-segment database: text encode (ViT-B-32 text tower, random weights) +
 stage-1 ANN over ``segments`` + attention re-rank of the top 50 (k=10 x overfetch 5), through
-``pipeline.search.Searcher`` exactly as the CLI and HTTP API call it.
+``pipeline.search.searcher.Searcher`` exactly as the CLI and HTTP API call it.
 
 Uses the database ``benchmarks/vector_search.py`` leaves (1M segments with the project's vector index) and
 adds, once, what the searcher reads besides it: a ``videos`` table (4,000 complete videos of 1,000 s), a
@@ -28,7 +28,7 @@ import pyarrow as pa
 from _common import TESTDATA, header, pct, table
 from vector_search import DEFAULT_DB, DIM, SEGMENTS_PER_VIDEO, video_id
 
-from pipeline import schema as S
+from pipeline.store import schema as S
 
 FRAMES_PER_SEGMENT = 4
 
@@ -120,7 +120,7 @@ def scalar_indexes(db_dir: Path) -> float:
     """The scalar indexes ``maintain`` builds on every table (BTREE on video_id, t, ...), as production has them."""
     import lancedb
 
-    from pipeline.maintenance import build_scalar_indexes
+    from pipeline.store.maintenance import build_scalar_indexes
 
     db = lancedb.connect(str(db_dir))
     t0 = time.perf_counter()
@@ -144,7 +144,7 @@ def measure(searcher: Any, texts: list[str], warmup: int = 3) -> dict[str, list[
     and its parts: query encoding, stage 1 (ANN + its rows), re-rank contexts, re-rank scoring; ``rest`` is
     the remainder (complete-video list, results, keyframe boxes). ``<part> cpu``: process CPU seconds inside
     the part (on a loaded machine wall time includes waiting for a core; CPU seconds do not)."""
-    import pipeline.search as search_module
+    import pipeline.search.searcher as search_module
 
     spent: dict[str, float] = {}
 
@@ -191,8 +191,8 @@ def measure(searcher: Any, texts: list[str], warmup: int = 3) -> dict[str, list[
 def compare_former(searcher: Any, texts: list[str]) -> list[dict[str, Any]]:
     """The context lookup of the re-rank on each query's 50 stage-1 candidates: the former one (one query over
     the span of all candidates, cut in Python; kept in tests/test_search_contexts.py as the test's reference)
-    against ``pipeline.contexts``, on the same candidates, alternating; and that both return the same arrays."""
-    from pipeline.contexts import contexts
+    against ``pipeline.search.contexts``, on the same candidates, alternating; and that both return the same arrays."""
+    from pipeline.search.contexts import contexts
     from tests.test_search_contexts import reference_contexts
 
     fetch = 10 * searcher.cfg.search.overfetch
@@ -234,7 +234,7 @@ def main() -> None:
     import torch
 
     from pipeline.config import load_config
-    from pipeline.search import Searcher
+    from pipeline.search.searcher import Searcher
 
     if args.torch_threads:
         torch.set_num_threads(args.torch_threads)

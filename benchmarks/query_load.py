@@ -34,7 +34,7 @@ from _common import ROOT, header, pct, table
 from query_latency import add_context_tables, queries
 from vector_search import DEFAULT_DB, ensure_data, write_table
 
-from pipeline import schema as S
+from pipeline.store import schema as S
 
 
 def free_port() -> int:

@@ -95,7 +95,7 @@ def index_samples(db: Path, config: str, overrides: list[str]) -> None:
     import ray
 
     from pipeline.config import load_config
-    from pipeline.runner import run_index
+    from pipeline.index.runner import run_index
 
     videos = db.parent / "videos"
     videos.mkdir(exist_ok=True)
@@ -127,7 +127,7 @@ def main() -> None:
     header("search latency on the sample videos, per re-ranker")
 
     from pipeline.config import load_config
-    from pipeline.search import Searcher
+    from pipeline.search.searcher import Searcher
 
     work = Path(tempfile.mkdtemp(prefix="vidsearch-latency-"))
     try:

@@ -10,7 +10,7 @@ Reported as CPU ms (process time, so the shared machine's load does not inflate 
 as a share of the production CPU pipeline's ~244 CPU ms per video second (BENCHMARKS.md section 7: 75 CPU s
 for 307 s of video at 1 fps with YOLO11n + ViT-B/32).
 
-Quality: ``pipeline.evaluate_shots`` on the manifest (precision/recall/F1 per transition kind, false cuts on
+Quality: ``pipeline.evaluation.shots`` on the manifest (precision/recall/F1 per transition kind, false cuts on
 clips without a cut, tIoU of segments) for every detector variant, in the same run.
 
     python benchmarks/shots.py --quick          # two clips, no F1
@@ -165,8 +165,8 @@ def main() -> None:
     print(table(shares, ".1f"))
     out: dict[str, Any] = {"cost": rows, "share": shares}
     if not args.quick:
-        from pipeline.evaluate import comparison_table
-        from pipeline.evaluate_shots import evaluate_shots, load_shot_manifest
+        from pipeline.evaluation.retrieval import comparison_table
+        from pipeline.evaluation.shots import evaluate_shots, load_shot_manifest
 
         t0 = time.perf_counter()
         res = evaluate_shots(load_shot_manifest(args.manifest), TESTDATA, args.work_dir, F1_VARIANTS)

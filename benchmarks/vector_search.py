@@ -1,7 +1,7 @@
 """Vector search at scale: LanceDB ANN vs exact numpy brute force on clustered 512-d embeddings.
 
 Builds a ``segments`` table of N rows (default 1,000,000; ``--quick`` 100,000) with the project's schema and
-the vector index the project builds (``pipeline.maintenance.build_vector_index`` with ``MaintenanceConfig``),
+the vector index the project builds (``pipeline.store.maintenance.build_vector_index`` with ``MaintenanceConfig``),
 and, for comparison, other index types on copies of the
 same vectors. For every index and a sweep of ``nprobes`` / ``ef`` / ``refine_factor`` it reports recall@10
 against exact search, p50/p95 single-query latency and the speed-up over numpy brute force (one query at a
@@ -29,9 +29,9 @@ import numpy.typing as npt
 import pyarrow as pa
 from _common import ClusteredEmbeddings, exact_topk, header, pct, table
 
-from pipeline import schema as S
 from pipeline.config import MaintenanceConfig
-from pipeline.search import RESULT_COLUMNS
+from pipeline.search.searcher import RESULT_COLUMNS
+from pipeline.store import schema as S
 
 DIM = 512
 SEGMENTS_PER_VIDEO = 250  # 1000 s videos at 4 s segments
@@ -68,11 +68,11 @@ def segment_rows(start: int, emb: npt.NDArray[np.float32]) -> pa.Table:
 
 def build_index(tbl: Any, cfg: MaintenanceConfig, n_rows: int) -> tuple[float, str]:
     """Build the vector index exactly as the project does; returns (seconds, which code path built it)."""
-    from pipeline.maintenance import build_vector_index
+    from pipeline.store.maintenance import build_vector_index
 
     t0 = time.perf_counter()
     build_vector_index(tbl, cfg, n_rows, force=True)
-    return time.perf_counter() - t0, "pipeline.maintenance.build_vector_index"
+    return time.perf_counter() - t0, "pipeline.store.maintenance.build_vector_index"
 
 
 def ensure_data(db_dir: Path, n: int, reuse: bool) -> npt.NDArray[np.float32]:
@@ -178,7 +178,7 @@ def numpy_latency(data: npt.NDArray[np.float32], qs: npt.NDArray[np.float32], k:
 
 def filter_cases(n: int) -> dict[str, tuple[str, npt.NDArray[np.bool_]]]:
     """Prefilters that keep 10% of the rows, compiled by the search code itself: name -> (where, row mask)."""
-    from pipeline.search import Filters, compile_filters
+    from pipeline.search.searcher import Filters, compile_filters
 
     idx = np.arange(n)
     n_videos = (n + SEGMENTS_PER_VIDEO - 1) // SEGMENTS_PER_VIDEO
@@ -210,7 +210,7 @@ def filtered_recall(
 ) -> list[dict[str, Any]]:
     """Recall@k and latency of prefiltered searches (each filter keeps 10% of the rows) against exact search
     over the rows the filter keeps, at one (nprobes, ef, refine) setting."""
-    from pipeline.maintenance import build_scalar_indexes
+    from pipeline.store.maintenance import build_scalar_indexes
 
     t0 = time.perf_counter()
     built = build_scalar_indexes(tbl, S.SEGMENTS, {ix.name for ix in tbl.list_indices()})

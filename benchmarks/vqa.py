@@ -79,8 +79,8 @@ def save_production_random(folder: Path) -> dict[str, str]:
 def time_frames(path: str, thumbs: list[bytes], n: int) -> list[dict[str, object]]:
     """Getting the frame: JPEG thumbnail decode vs decoding at t from the original (probe + seek + decode)."""
     from operators.vqa import VqaConfig
-    from pipeline.ask import decode_frame
-    from pipeline.search import load_image
+    from pipeline.search.ask import decode_frame
+    from pipeline.search.searcher import load_image
 
     rows = []
     cfg = VqaConfig()
@@ -106,7 +106,7 @@ def main() -> None:
 
     from operators.decode import encode_jpeg
     from operators.vqa import VqaConfig, build_vqa
-    from pipeline.ask import decode_frame
+    from pipeline.search.ask import decode_frame
 
     path = clip("mdn/flower.webm")
     images = [decode_frame(path, t, VqaConfig())[1] for t in (0.5, 1.5, 2.5, 3.5, 4.5)]

@@ -16,7 +16,7 @@ offer as "the shot"); a video whose detection failed counts as one shot spanning
 
 On-screen text: a segment's ``screen_text`` holds the distinct text lines read on its frames (whitespace
 collapsed, in order of first appearance, at most ``MAX_SCREEN_LINES``), so the segment is found by the words
-shown in it as well as by its caption (``pipeline/hybrid.py``); the ``texts`` table holds the spans themselves,
+shown in it as well as by its caption (``pipeline/search/hybrid.py``); the ``texts`` table holds the spans themselves,
 and each frame row its own readings (``text_lines``: text, confidence and box per line).
 """
 

@@ -1,7 +1,7 @@
 """The data contract between stages, declared once: deterministic ids, table names, and the columns a frame
 row carries from stage to stage.
 
-``pipeline/schema.py`` builds the Arrow schemas of the tables on top of this module; operators read it
+``pipeline/store/schema.py`` builds the Arrow schemas of the tables on top of this module; operators read it
 directly, so ``operators/`` never imports ``pipeline/``.
 """
 

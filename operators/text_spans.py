@@ -14,7 +14,7 @@ from __future__ import annotations
 
 import re
 import unicodedata
-from collections.abc import Sequence
+from collections.abc import Hashable, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -43,7 +43,8 @@ def normalise(text: str) -> str:
     return _SPACE.sub("", folded.casefold())
 
 
-def edit_distance(a: str, b: str) -> int:
+def edit_distance(a: Sequence[Hashable], b: Sequence[Hashable]) -> int:
+    """Levenshtein distance of two sequences (characters of strings, or words)."""
     prev = list(range(len(b) + 1))
     for i, ca in enumerate(a, 1):
         cur = [i]
@@ -79,7 +80,7 @@ def _iou(a: Any, b: Any) -> float:
 
 def frame_lines(texts: Sequence[str], boxes: Any, confs: Sequence[float]) -> list[dict[str, Any]]:
     """One frame's OCR readings (``ocr_text``, ``ocr_boxes`` [N, 4] normalised, ``ocr_conf``) as the rows of its
-    ``frames.text_lines`` (``pipeline.schema.TEXT_LINE``), in the order read."""
+    ``frames.text_lines`` (``pipeline.store.schema.TEXT_LINE``), in the order read."""
     box = np.asarray(boxes, dtype=np.float32).reshape(-1, 4).tolist()
     return [
         {"text": str(s), "conf": float(c), "x1": b[0], "y1": b[1], "x2": b[2], "y2": b[3]}
@@ -105,7 +106,7 @@ def text_spans(
     step_s: float | None = None,
     duration_s: float | None = None,
 ) -> list[dict[str, Any]]:
-    """Rows of the ``texts`` table for one video (see ``pipeline.schema.texts_schema``), ordered by start.
+    """Rows of the ``texts`` table for one video (see ``pipeline.store.schema.texts_schema``), ordered by start.
 
     ``t``/``frame_idx``/``texts``/``boxes``/``confs`` are per sampled frame, in time order (boxes [N, 4]
     normalised). ``step_s`` is the sampling step (default: the median step of ``t``); ``duration_s`` clips

@@ -73,12 +73,12 @@ class DbConfig(StrictModel):
     commit_every_s: float = 30.0
     fragment_rows: int = 4096  # an assembler writes a table's buffered rows of a video as a fragment at this many
     # Where the write lock of an object-store database lives (local disk of the driver); a local database keeps
-    # its lock inside its own directory. See pipeline/lock.py.
+    # its lock inside its own directory. See pipeline/store/lock.py.
     lock_dir: str | None = None
 
 
 class MaintenanceConfig(StrictModel):
-    """Index maintenance after ingest (pipeline/maintenance.py); the vector-index parameters need measured
+    """Index maintenance after ingest (pipeline/store/maintenance.py); the vector-index parameters need measured
     recall before they are trusted (benchmarks/)."""
 
     vector_index_min_rows: int = 50_000  # below this, exact search is fast and exact
@@ -112,7 +112,7 @@ class SearchConfig(StrictModel):
     max_k: int = 1000
     rerank: str | None = "attention"
     rerank_weight: float = 0.5
-    rrf_k: int = Field(default=60, gt=0)  # reciprocal-rank fusion constant of hybrid search (pipeline/hybrid.py)
+    rrf_k: int = Field(default=60, gt=0)  # reciprocal-rank fusion constant of hybrid search (pipeline/search/hybrid.py)
     rerankers: dict[str, dict[str, Any]] = Field(default_factory=dict)
 
 
@@ -131,7 +131,7 @@ class Config(StrictModel):
     maintenance: MaintenanceConfig = MaintenanceConfig()
     failures: FailureConfig = FailureConfig()
     search: SearchConfig = SearchConfig()
-    vqa: VqaConfig = VqaConfig()  # questions about a frame (pipeline/ask.py); not part of the index
+    vqa: VqaConfig = VqaConfig()  # questions about a frame (pipeline/search/ask.py); not part of the index
     random_weights: bool = False  # set by configs whose models are randomly initialised
 
     def pipeline_version(self) -> str:

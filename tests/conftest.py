@@ -65,7 +65,7 @@ def sample_folder(tmp_path_factory, testdata) -> Path:
 @pytest.fixture(scope="session")
 def indexed_db(tmp_path_factory, sample_folder, ray_session):
     """The sample folder indexed once with the tiny config; tests must not modify it (copy it first)."""
-    from pipeline.runner import run_index
+    from pipeline.index.runner import run_index
 
     db = tmp_path_factory.mktemp("db") / "vidsearch_db"
     cfg = tiny_config(db)
@@ -77,7 +77,7 @@ def indexed_db(tmp_path_factory, sample_folder, ray_session):
 @pytest.fixture(scope="session")
 def text_clip(testdata, tmp_path_factory) -> Path:
     """A folder holding one real clip (6 s) with ``GATE`` ("GATE 7 CLOSED", tests/helpers.py) drawn in by ffmpeg."""
-    from pipeline.ocr_clips import FONT_DIR, ClipSpec, build_clip
+    from pipeline.evaluation.ocr_clips import FONT_DIR, ClipSpec, build_clip
     from tests.helpers import GATE
 
     if shutil.which("ffmpeg") is None or not (FONT_DIR / GATE.font).exists():
@@ -93,7 +93,7 @@ def text_clip(testdata, tmp_path_factory) -> Path:
 def text_db(tmp_path_factory, text_clip, ray_session):
     """``text_clip`` indexed once on Ray with the tiny config and the bundled OCR models on every sampled frame
     (detection off: it reads no text); tests must not modify it."""
-    from pipeline.runner import run_index
+    from pipeline.index.runner import run_index
 
     db = tmp_path_factory.mktemp("text_db") / "vidsearch_db"
     cfg = tiny_config(db, "ocr.engine=rapidocr", "ocr.select=all", "detect.enabled=false")

@@ -15,9 +15,9 @@ import numpy as np
 import pyarrow as pa
 import pytest
 
-from pipeline import schema as S
-from pipeline.ocr_clips import DrawnText
-from pipeline.store import Store
+from pipeline.evaluation.ocr_clips import DrawnText
+from pipeline.store import schema as S
+from pipeline.store.db import Store
 
 ROOT = Path(__file__).resolve().parent.parent
 TESTDATA = Path(os.environ.get("VIDSEARCH_TESTDATA", ROOT.parent / "shared" / "testdata")).resolve()

@@ -1,4 +1,4 @@
-"""Asking a question about a moment of an indexed video (pipeline/ask.py): the frame comes from the stored
+"""Asking a question about a moment of an indexed video (pipeline/search/ask.py): the frame comes from the stored
 thumbnail near the time or is decoded there from the original; hits resolve to their keyframe; and the same
 answer comes through Python, the CLI, ``POST /api/ask`` and the page's Ask box in Chromium, with clear errors.
 
@@ -20,11 +20,11 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from pipeline import schema as S
-from pipeline.ask import Asker, AskError, decode_frame
-from pipeline.search import Searcher, load_image
-from pipeline.server import create_app
-from pipeline.store import Store, quote
+from pipeline.search.ask import Asker, AskError, decode_frame
+from pipeline.search.searcher import Searcher, load_image
+from pipeline.serve.app import create_app
+from pipeline.store import schema as S
+from pipeline.store.db import Store, quote
 from tests.helpers import AUTH, ROOT, TOKEN, clip, running, tiny_config, wait_until
 
 QUESTION = "What colour is the flower?"
@@ -32,7 +32,7 @@ QUESTION = "What colour is the flower?"
 
 @pytest.fixture(scope="module")
 def indexed(tmp_path_factory, ray_session) -> dict[str, Any]:
-    from pipeline.runner import run_index
+    from pipeline.index.runner import run_index
 
     folder = tmp_path_factory.mktemp("ask-videos")
     shutil.copy(clip("mdn/flower.webm"), folder / "flower.webm")

@@ -14,9 +14,9 @@ from PIL import Image
 from operators.assemble import SegmentConfig, VideoAssembler, assemble_video
 from operators.contract import FRAMES, SEGMENTS, TEXTS, THUMBNAILS, TRACKS
 from operators.detect_track import DetectConfig
-from pipeline import schema as S
-from pipeline.fragments import FragmentBuffer, table_uri
-from pipeline.store import Store
+from pipeline.store import schema as S
+from pipeline.store.db import Store
+from pipeline.store.fragments import FragmentBuffer, table_uri
 
 DIM = 8
 N = 24  # sampled frames at 1 fps
@@ -158,7 +158,7 @@ def test_fragments_are_invisible_until_committed_and_recovery_removes_orphans(tm
 
 def test_cpu_requests_that_overfill_the_cluster_are_scaled_to_fit_it() -> None:
     from pipeline.config import load_config
-    from pipeline.graph import cpu_plan, fit_to_cluster
+    from pipeline.index.graph import cpu_plan, fit_to_cluster
 
     cfg = load_config("tiny", ["ocr.engine=rapidocr", "segments.shots.detector=content"])
     actors, task = cpu_plan(cfg)

@@ -8,9 +8,9 @@ from pathlib import Path
 
 import pytest
 
-from pipeline import schema as S
-from pipeline.search import Searcher
-from pipeline.server import create_app
+from pipeline.search.searcher import Searcher
+from pipeline.serve.app import create_app
+from pipeline.store import schema as S
 from tests.helpers import TOKEN, running, wait_until
 
 pytestmark = pytest.mark.browser

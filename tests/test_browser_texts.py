@@ -9,9 +9,9 @@ from pathlib import Path
 
 import pytest
 
-from pipeline.search import Searcher
-from pipeline.server import create_app
-from pipeline.text_search import TextSearcher
+from pipeline.search.searcher import Searcher
+from pipeline.search.text import TextSearcher
+from pipeline.serve.app import create_app
 from tests.helpers import TOKEN, running, wait_until
 
 pytestmark = pytest.mark.browser

@@ -10,12 +10,12 @@ import shutil
 
 from operators.captions import RANDOM_CAPTIONS_NOTICE
 from operators.contract import make_id
-from pipeline import schema as S
-from pipeline.catalog import list_videos
-from pipeline.graph import frame_dataset
-from pipeline.runner import run_index
-from pipeline.search import Searcher
-from pipeline.store import Store
+from pipeline.index.catalog import list_videos
+from pipeline.index.graph import frame_dataset
+from pipeline.index.runner import run_index
+from pipeline.search.searcher import Searcher
+from pipeline.store import schema as S
+from pipeline.store.db import Store
 from run_pipeline import format_table
 from tests.helpers import clip, tiny_config
 
@@ -29,9 +29,9 @@ def test_segments_get_their_keyframe_caption_exactly_once(ray_session, tmp_path,
     small_blocks = ["decode.fps=2", "decode.chunk_frames=2", "ray.captions.batch_size=2"]
     cfg = tiny_config(tmp_path / "db", *small_blocks)
     assert cfg.captions.model == "blip" and cfg.captions.random_weights
-    with caplog.at_level(logging.WARNING, logger="pipeline.runner"):
+    with caplog.at_level(logging.WARNING, logger="pipeline.index.runner"):
         first = run_index(cfg, [str(folder)], progress=False)
-    notes = [r.getMessage() for r in caplog.records if r.name == "pipeline.runner" and "NOTE:" in r.getMessage()]
+    notes = [r.getMessage() for r in caplog.records if r.name == "pipeline.index.runner" and "NOTE:" in r.getMessage()]
     assert len(notes) == 1 and "carry no meaning" in notes[0] and RANDOM_CAPTIONS_NOTICE in notes[0]  # one line
     assert (first.indexed, first.failed, first.segments) == (1, 0, 3), first.failures
     store = Store(cfg.db.path)

@@ -39,7 +39,7 @@ def restore_logging(monkeypatch, tmp_path):  # type: ignore[no-untyped-def]
 
 
 def _emit() -> None:
-    logging.getLogger("pipeline.runner").warning("our own warning")
+    logging.getLogger("pipeline.index.runner").warning("our own warning")
     logging.getLogger("ray.data._internal.progress.logging_progress").info("Total Progress: 0/?")
     logging.getLogger("ray").warning("Token authentication is enabled for this Ray cluster.")
     logging.getLogger("lancedb").warning("lancedb says something")

@@ -28,9 +28,9 @@ from pathlib import Path
 
 import pytest
 
-from pipeline import schema as S
 from pipeline.config import load_config
-from pipeline.store import Store
+from pipeline.store import schema as S
+from pipeline.store.db import Store
 from tests.helpers import TINY_DIM as DIM
 from tests.helpers import assert_same_tables
 

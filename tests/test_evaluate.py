@@ -9,18 +9,16 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from pipeline.evaluate import (
+from pipeline.evaluation.manifests import ImageSpec, query_image
+from pipeline.evaluation.metrics import box_iou, temporal_iou
+from pipeline.evaluation.retrieval import (
     Hit,
-    ImageSpec,
     Manifest,
-    box_iou,
     comparison_table,
     evaluate,
     load_manifest,
-    query_image,
     score_query,
     summarize,
-    temporal_iou,
 )
 
 ROOT = Path(__file__).resolve().parent.parent

@@ -28,8 +28,8 @@ from typing import Any
 import psutil
 import pytest
 
-from pipeline import schema as S
-from pipeline.store import Store, quote
+from pipeline.store import schema as S
+from pipeline.store.db import Store, quote
 from tests.helpers import TINY_DIM, tiny_config
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -71,7 +71,7 @@ def assert_exactly_once(db: str | Path, folder: Path) -> None:
 
 
 def run_in_thread(cfg: Any, inputs: list[str]) -> tuple[threading.Thread, dict[str, Any]]:
-    from pipeline.runner import run_index
+    from pipeline.index.runner import run_index
 
     out: dict[str, Any] = {}
 
@@ -150,7 +150,7 @@ def encoder_actor_busy() -> int | None:
 
 
 def rerun(db: Path, folder: Path) -> Any:
-    from pipeline.runner import run_index
+    from pipeline.index.runner import run_index
 
     summary = run_index(tiny_config(db, *OVERRIDES), [str(folder)], progress=False)
     assert summary.failed == 0, summary.failures
@@ -199,7 +199,7 @@ def test_writer_killed_mid_run_then_rerun_indexes_each_video_once(folder, ray_se
 
 
 def _fail_once(original: Callable[..., Any], table: str, exc: BaseException) -> Callable[..., Any]:
-    """Wraps the per-table commit (``pipeline.fragments.commit_table``) so that its first call on ``table``
+    """Wraps the per-table commit (``pipeline.store.fragments.commit_table``) so that its first call on ``table``
     raises ``exc``."""
     fired = []
 
@@ -217,12 +217,14 @@ def test_lancedb_commit_failing_once_stops_the_run_and_a_rerun_recovers(
 ) -> None:  # type: ignore[no-untyped-def]
     """The segments commit of the first group fails (the frames of that group are already committed): the run
     stops with the storage error; the rerun deletes the half-committed video and indexes everything once."""
-    import pipeline.store
-    from pipeline.runner import run_index
+    import pipeline.store.db
+    from pipeline.index.runner import run_index
 
     db = tmp_path / "db"
     failure = RuntimeError("lance error: Commit conflict for version 3 (injected)")
-    monkeypatch.setattr(pipeline.store, "commit_table", _fail_once(pipeline.store.commit_table, S.SEGMENTS, failure))
+    monkeypatch.setattr(
+        pipeline.store.db, "commit_table", _fail_once(pipeline.store.db.commit_table, S.SEGMENTS, failure)
+    )
     with pytest.raises(RuntimeError, match="Commit conflict"):
         run_index(tiny_config(db, *OVERRIDES), [str(folder)], progress=False)
     gc.collect()  # the abandoned Ray Data iterator shuts its executor down now, not at exit (see the report)
@@ -249,7 +251,7 @@ def small_disk(tmp_path):  # type: ignore[no-untyped-def]
 def test_disk_full_stops_the_run_with_enospc_and_a_rerun_after_freeing_space_finishes(
     folder, ray_session, small_disk, tmp_path, monkeypatch
 ) -> None:  # type: ignore[no-untyped-def]
-    from pipeline.runner import run_index
+    from pipeline.index.runner import run_index
 
     if small_disk is not None:
         db = small_disk / "db"

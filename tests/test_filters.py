@@ -9,9 +9,9 @@ from typing import Any
 
 import pytest
 
-from pipeline import schema as S
-from pipeline.filters import Filters, SearchError, compile_filters
-from pipeline.search import Searcher
+from pipeline.search.filters import Filters, SearchError, compile_filters
+from pipeline.search.searcher import Searcher
+from pipeline.store import schema as S
 
 PAYLOADS = [
     "' OR 1=1 --",

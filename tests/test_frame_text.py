@@ -9,10 +9,10 @@ import pyarrow as pa
 import pytest
 
 from operators.assemble import SegmentConfig, assemble_video
-from pipeline import schema as S
-from pipeline.fragments import to_arrow
-from pipeline.search import Searcher
-from pipeline.store import Store
+from pipeline.search.searcher import Searcher
+from pipeline.store import schema as S
+from pipeline.store.db import Store
+from pipeline.store.fragments import to_arrow
 from tests.helpers import TINY_DIM, content, tables_of, tiny_config, video_row
 from tests.test_assembly import DIM, frames
 

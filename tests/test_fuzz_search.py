@@ -20,8 +20,8 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from pipeline import schema as S
-from pipeline.search import Searcher, SearchError
+from pipeline.search.searcher import Searcher, SearchError
+from pipeline.store import schema as S
 
 FUZZ = settings(
     max_examples=60,
@@ -260,7 +260,8 @@ def test_cli_fuzzed_options_exit_0_or_2(indexed_db, k, times, level) -> None:  #
 @pytest.fixture(scope="module")
 def http(indexed_db, searcher):  # type: ignore[no-untyped-def]
     server = pytest.importorskip(
-        "pipeline.server", reason="pipeline/server.py (the HTTP API) is not in this checkout; HTTP fuzzing skipped"
+        "pipeline.serve.app",
+        reason="pipeline/serve/app.py (the HTTP API) is not in this checkout; HTTP fuzzing skipped",
     )
     from fastapi.testclient import TestClient
 

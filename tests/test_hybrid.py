@@ -23,14 +23,14 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 from PIL import Image
 
-from pipeline import schema as S
 from pipeline.config import MaintenanceConfig
-from pipeline.hybrid import CAPTION_FTS, MODES
-from pipeline.maintenance import CAPTION_FTS as MAINTAINED_FTS
-from pipeline.maintenance import maintain, needs_maintenance
-from pipeline.search import Searcher, SearchError
-from pipeline.server import create_app
-from pipeline.store import Store
+from pipeline.search.hybrid import CAPTION_FTS, MODES
+from pipeline.search.searcher import Searcher, SearchError
+from pipeline.serve.app import create_app
+from pipeline.store import schema as S
+from pipeline.store.db import Store
+from pipeline.store.maintenance import CAPTION_FTS as MAINTAINED_FTS
+from pipeline.store.maintenance import maintain, needs_maintenance
 from tests.helpers import (
     AUTH,
     ROOT,
@@ -332,7 +332,7 @@ def test_evaluate_runs_text_queries_in_every_mode(tmp_path, capsys) -> None:
     segment's caption find it first by words; image queries run in vector mode only; ``evaluate`` builds the
     caption index itself (it runs without ``maintain``)."""
     import run_pipeline
-    from pipeline.evaluate import CAPTIONS_NEED_PRETRAINED, NO_CAPTIONS, Manifest, caption_notices, evaluate
+    from pipeline.evaluation.retrieval import CAPTIONS_NEED_PRETRAINED, NO_CAPTIONS, Manifest, caption_notices, evaluate
 
     rel = ["mdn/flower.webm", "mmaction2/test.avi"]
     paths = [clip(r) for r in rel]

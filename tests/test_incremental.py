@@ -14,11 +14,11 @@ import os
 import shutil
 from pathlib import Path
 
-from pipeline import schema as S
-from pipeline.catalog import fingerprint, list_videos
-from pipeline.runner import Runner, RunSummary, run_index
-from pipeline.status import collect
-from pipeline.store import Store
+from pipeline.index.catalog import fingerprint, list_videos
+from pipeline.index.runner import Runner, RunSummary, run_index
+from pipeline.store import schema as S
+from pipeline.store.db import Store
+from pipeline.store.status import collect
 from tests.helpers import tiny_config
 
 CLIPS = {

@@ -12,10 +12,10 @@ import av
 import numpy as np
 
 from operators.decode import Decode
-from pipeline import schema as S
-from pipeline.runner import run_index
-from pipeline.search import Searcher
-from pipeline.store import Store
+from pipeline.index.runner import run_index
+from pipeline.search.searcher import Searcher
+from pipeline.store import schema as S
+from pipeline.store.db import Store
 from tests.helpers import ROOT, tiny_config
 
 

@@ -10,9 +10,10 @@ import threading
 import numpy as np
 import pytest
 
-from pipeline import schema as S
 from pipeline.config import MaintenanceConfig
-from pipeline.maintenance import (
+from pipeline.store import schema as S
+from pipeline.store.db import Store
+from pipeline.store.maintenance import (
     FTS_INDEXES,
     SCALAR_INDEXES,
     VECTOR_INDEX,
@@ -20,8 +21,7 @@ from pipeline.maintenance import (
     maintain,
     needs_maintenance,
 )
-from pipeline.status import collect, format_status
-from pipeline.store import Store
+from pipeline.store.status import collect, format_status
 from tests.helpers import SYNTHETIC_DIM as DIM
 from tests.helpers import content, tables_of, video_row
 

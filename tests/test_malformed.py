@@ -21,8 +21,8 @@ import psutil
 import pytest
 
 from operators.encoders import embedding_dim
-from pipeline import schema as S
-from pipeline.store import Store, quote
+from pipeline.store import schema as S
+from pipeline.store.db import Store, quote
 from tests.helpers import tiny_config
 from tests.media_corpus import Case, build_corpus, decode_peak_rss, remove_corpus, replace_file
 
@@ -78,7 +78,7 @@ def _plain_readable_file(path: str) -> bool:
 
 
 def test_corpus_indexes_or_fails_each_file_with_its_reason(corpus, ray_session, tmp_path, monkeypatch) -> None:  # type: ignore[no-untyped-def]
-    import pipeline.runner as runner
+    import pipeline.index.runner as runner
 
     folder, cases = corpus
     cfg = tiny_config(tmp_path / "db")
@@ -187,7 +187,7 @@ def test_8k_decode_memory_is_bounded(corpus) -> None:  # type: ignore[no-untyped
 def test_replaced_file_is_refused_by_decode(corpus, tmp_path) -> None:  # type: ignore[no-untyped-def]
     """A file swapped while its frames are being read: the last chunk is withheld and an error row replaces it."""
     from operators.decode import Decode, DecodeConfig
-    from pipeline.catalog import fingerprint
+    from pipeline.index.catalog import fingerprint
 
     folder, _ = corpus
     path = tmp_path / "moving.mp4"

@@ -3,7 +3,7 @@ driver SIGKILLed mid-commit then resumed, through the CLI with the standard AWS_
 the bucket refuses a second writer (exit 75) from any process.
 
 The CLI joins the test session's Ray (``--address``); the object-store variables travel to its workers in the
-job's runtime_env (``pipeline.fragments.job_runtime_env``).
+job's runtime_env (``pipeline.store.fragments.job_runtime_env``).
 """
 
 from __future__ import annotations
@@ -17,9 +17,9 @@ from pathlib import Path
 
 import pytest
 
-from pipeline import schema as S
-from pipeline.lock import EXIT_LOCKED, DatabaseLock, LockBusy
-from pipeline.store import Store
+from pipeline.store import schema as S
+from pipeline.store.db import Store
+from pipeline.store.lock import EXIT_LOCKED, DatabaseLock, LockBusy
 from tests.helpers import assert_same_tables, killed_mid_commit_env
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -107,7 +107,7 @@ def test_the_lease_in_the_bucket_refuses_a_second_writer(s3_env, sample_folder, 
         assert run.returncode == EXIT_LOCKED, run.stderr[-3000:]
         assert "another vidsearch run" in run.stderr
         # A second lock object in this process is refused too (the lease, not a local file, decides).
-        from pipeline.lease import S3Lease
+        from pipeline.store.lease import S3Lease
 
         assert S3Lease(db, "index").acquire() is not None
     # Released: the next run takes it.
@@ -116,7 +116,7 @@ def test_the_lease_in_the_bucket_refuses_a_second_writer(s3_env, sample_folder, 
 
 
 def test_an_expired_lease_of_a_dead_holder_is_taken_over(s3_env) -> None:
-    from pipeline.lease import S3Lease
+    from pipeline.store.lease import S3Lease
 
     db = f"s3://{BUCKET}/stale/db"
     dead = S3Lease(db, "index", lease_s=0.5)

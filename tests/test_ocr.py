@@ -12,12 +12,12 @@ import pytest
 
 from operators.ocr import OcrConfig, OcrFrames
 from operators.text_spans import SpanConfig, normalise, text_spans
-from pipeline import schema as S
-from pipeline.evaluate import box_iou, temporal_iou
-from pipeline.filters import SearchError
-from pipeline.ocr_clips import FONT_DIR, ClipSpec, DrawnText, build_clip, decode_frames, ink_box
-from pipeline.ocr_eval import read_clip
-from pipeline.text_search import TextSearchConfig, TextSearcher, match_score
+from pipeline.evaluation.metrics import box_iou, temporal_iou
+from pipeline.evaluation.ocr import read_clip
+from pipeline.evaluation.ocr_clips import FONT_DIR, ClipSpec, DrawnText, build_clip, decode_frames, ink_box
+from pipeline.search.filters import SearchError
+from pipeline.search.text import TextSearchConfig, TextSearcher, match_score
+from pipeline.store import schema as S
 from tests.helpers import GATE, gate_manifest
 
 EXIT = DrawnText(text="EXIT 12", start=3.3, end=5.9, font="DejaVuSerif.ttf", size=30, color="yellow", x=0.6, y=0.1)
@@ -214,11 +214,12 @@ def test_match_score():
 def test_evaluate_dispatches_an_ocr_manifest(clip, testdata, tmp_path):
     """``evaluate`` on a ``kind: ocr`` manifest runs the OCR evaluation (a 4 s clip, one text, one distractor), here
     in its direct mode (OCR in this process; tests/test_ocr_pipeline.py runs the pipeline mode)."""
-    from pipeline.evaluate import comparison_table, run_configs
+    from pipeline.evaluation.ocr_pipeline import run_ocr_configs
+    from pipeline.evaluation.retrieval import comparison_table
 
     path = gate_manifest(tmp_path / "ocr.yaml")
     overrides = ["text_search.tokenizer=ngram", "eval.mode=direct"]
-    results, notices = run_configs(path, ["default"], overrides, testdata, tmp_path / "work")
+    results, notices = run_ocr_configs(path, ["default"], overrides, testdata, tmp_path / "work")
     summary = results["direct default/texts/ngram"]["summary"]
     assert list(results) == ["direct default/texts/ngram"] and "direct" in notices[0]
     assert summary["R@1"] == 1.0 and summary["mean_tIoU"] >= 0.7 and summary["CER"] < 0.2

@@ -9,15 +9,15 @@ import json
 
 import pytest
 
-from pipeline import schema as S
-from pipeline.search import Searcher
-from pipeline.store import Store
-from pipeline.text_search import TextSearcher
+from pipeline.search.searcher import Searcher
+from pipeline.search.text import TextSearcher
+from pipeline.store import schema as S
+from pipeline.store.db import Store
 from tests.helpers import gate_manifest
 
 
 def test_text_spans_are_indexed_once_and_found_by_their_words(text_clip, text_db, capsys) -> None:
-    from pipeline.runner import run_index
+    from pipeline.index.runner import run_index
     from run_pipeline import main
 
     cfg, summary = text_db

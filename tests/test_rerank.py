@@ -21,7 +21,7 @@ from operators.rerank import (
     build_reranker,
     scaled_dot_product_attention,
 )
-from pipeline.search import Searcher, load_image
+from pipeline.search.searcher import Searcher, load_image
 from tests.helpers import tiny_config
 
 VOCAB = ["[PAD]", "[UNK]", "[CLS]", "[SEP]", "[MASK]", *"a the of person dog cat flower book car red on in".split()]

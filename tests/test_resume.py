@@ -18,9 +18,9 @@ from pathlib import Path
 
 import pytest
 
-from pipeline import schema as S
-from pipeline.lock import EXIT_LOCKED, lock_path
-from pipeline.store import Store
+from pipeline.store import schema as S
+from pipeline.store.db import Store
+from pipeline.store.lock import EXIT_LOCKED, lock_path
 from tests.helpers import TINY_DIM, assert_same_tables, killed_mid_commit_env
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -111,7 +111,7 @@ def test_driver_killed_from_outside_after_first_commit_then_rerun_equals_uninter
 def test_second_concurrent_run_exits_cleanly_and_search_answers_while_a_run_writes(
     tmp_path, testdata, indexed_db, ray_session
 ) -> None:
-    from pipeline.search import Searcher
+    from pipeline.search.searcher import Searcher
 
     ref_cfg, _ = indexed_db
     address = ray_session.get_runtime_context().gcs_address

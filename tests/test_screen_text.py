@@ -16,13 +16,13 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from operators.assemble import MAX_SCREEN_LINES, SegmentConfig, assemble_video
-from pipeline import schema as S
 from pipeline.config import MaintenanceConfig
-from pipeline.hybrid import CAPTION_FTS, SCREEN_FTS
-from pipeline.maintenance import maintain, needs_maintenance
-from pipeline.search import Searcher, SearchError
-from pipeline.server import create_app
-from pipeline.store import Store
+from pipeline.search.hybrid import CAPTION_FTS, SCREEN_FTS
+from pipeline.search.searcher import Searcher, SearchError
+from pipeline.serve.app import create_app
+from pipeline.store import schema as S
+from pipeline.store.db import Store
+from pipeline.store.maintenance import maintain, needs_maintenance
 from tests.helpers import TINY_DIM, content, running, tables_of, tiny_config, video_row
 from tests.test_assembly import frames
 

@@ -15,8 +15,8 @@ from typing import Any
 import httpx
 import pytest
 
-from pipeline import schema as S
-from pipeline.search import Searcher
+from pipeline.search.searcher import Searcher
+from pipeline.store import schema as S
 from tests.helpers import AUTH, ROOT, TOKEN, free_port
 
 

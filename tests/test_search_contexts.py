@@ -1,4 +1,4 @@
-"""Re-rank contexts fetched per candidate (``pipeline/contexts.py``) are exactly those of the former lookup (one
+"""Re-rank contexts fetched per candidate (``pipeline/search/contexts.py``) are exactly those of the former lookup (one
 query over the span of all candidates, cut in Python; copied below as the reference): same rows, same order,
 same float32 values, on a small database of several videos written in interleaved commits, with and without
 scalar indexes, and when the table changes between the key query and the take."""
@@ -15,10 +15,10 @@ import pyarrow as pa
 import pytest
 from lancedb.index import BTree
 
-from pipeline import contexts as C
-from pipeline import schema as S
-from pipeline.search import Searcher, SearchResult
-from pipeline.store import Store, in_list
+from pipeline.search import contexts as C
+from pipeline.search.searcher import Searcher, SearchResult
+from pipeline.store import schema as S
+from pipeline.store.db import Store, in_list
 from tests.helpers import tiny_config
 
 DIM = 8
@@ -197,7 +197,7 @@ def test_search_results_identical_to_the_former_lookup(tmp_path: Path, monkeypat
         return searcher.search(text="a dog", k=5, rerank="attention")
 
     new = run()
-    monkeypatch.setattr("pipeline.search.span_contexts", reference_contexts)
+    monkeypatch.setattr("pipeline.search.searcher.span_contexts", reference_contexts)
     old = run()
     assert [(r.id, r.score, r.stage1_score) for r in new] == [(r.id, r.score, r.stage1_score) for r in old]
     assert any(r.score != r.stage1_score for r in new) and all(math.isfinite(r.score) for r in new)

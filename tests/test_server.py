@@ -16,10 +16,10 @@ from typing import Any
 import httpx
 import pytest
 
-from pipeline import schema as S
-from pipeline.search import Searcher
-from pipeline.server import create_app
-from pipeline.store import Store
+from pipeline.search.searcher import Searcher
+from pipeline.serve.app import create_app
+from pipeline.store import schema as S
+from pipeline.store.db import Store
 from tests.helpers import AUTH, TOKEN, running
 
 JSON = {"content-type": "application/json"}
@@ -258,7 +258,7 @@ def test_traversal_and_paths_in_the_request_get_404(live, videos, tmp_path) -> N
         f"/media/{v['video_id']}.webm",
         "/media/C:%5CWindows%5Cwin.ini",
         "/media/",
-        "/static/../pipeline/server.py",
+        "/static/../pipeline/serve/app.py",
         "/static/%2e%2e/server.py",
         "/static/..%2Fserver.py",
         "/api/thumbnails/..%2F..%2Fetc%2Fpasswd",
@@ -351,7 +351,7 @@ def test_bad_input_gets_a_clear_4xx_never_a_500(client, monkeypatch) -> None:
         ("POST", "/api/search", {"data": {"text": "a", "filters": "[" * 20_000}}, 422, "filters"),
         ("POST", "/api/search", {"data": {"text": "a", "k": "many"}}, 422, "k"),
     ]
-    monkeypatch.setattr("pipeline.server.MAX_UPLOAD_BYTES", 1000)
+    monkeypatch.setattr("pipeline.serve.app.MAX_UPLOAD_BYTES", 1000)
     for method, url, kwargs, status, needle in cases:
         res = client.request(method, url, **kwargs)
         assert res.status_code == status, (url, kwargs, res.status_code, res.text)

@@ -18,9 +18,9 @@ import lancedb
 import pyarrow as pa
 import pytest
 
-from pipeline import schema as S
-from pipeline.catalog import fingerprint
-from pipeline.server import create_app
+from pipeline.index.catalog import fingerprint
+from pipeline.serve.app import create_app
+from pipeline.store import schema as S
 from tests.helpers import TESTDATA, running, tiny_config
 
 TOKEN = "pässwörd-✓-τ"  # non-ASCII on purpose: compared as UTF-8 bytes
@@ -160,7 +160,7 @@ def send_chunked(base: str, target: str, headers: dict[str, str], first: bytes, 
 
 def test_bodies_are_cut_off_at_the_limit_while_reading(media_db, monkeypatch) -> None:
     cfg, _ = media_db
-    monkeypatch.setattr("pipeline.server.MAX_UPLOAD_BYTES", 100_000)
+    monkeypatch.setattr("pipeline.serve.app.MAX_UPLOAD_BYTES", 100_000)
     app = Counting(create_app(cfg, token=TOKEN))
     total = 64 * 2**20
     with running(app) as url:
@@ -243,22 +243,22 @@ def test_sign_in_attempts_are_rate_limited_per_client(media_db) -> None:
 
 
 def test_an_uploaded_image_is_decoded_once_outside_the_lock(media_db, monkeypatch, tmp_path) -> None:
-    import pipeline.search
-    import pipeline.server
+    import pipeline.search.searcher
+    import pipeline.serve.app
 
     cfg, _ = media_db
     app = create_app(cfg, token=None)
     api = app.state.api
     decodes: list[bool] = []  # per decode of uploaded bytes: was a server lock held?
-    real = pipeline.search.load_image
+    real = pipeline.search.searcher.load_image
 
     def counting(image: Any, *args: Any) -> Any:
         if isinstance(image, bytes | bytearray):
             decodes.append(any(getattr(api, n).locked() for n in ("model_lock", "lock") if hasattr(api, n)))
         return real(image, *args)
 
-    monkeypatch.setattr(pipeline.search, "load_image", counting)
-    monkeypatch.setattr(pipeline.server, "load_image", counting)
+    monkeypatch.setattr(pipeline.search.searcher, "load_image", counting)
+    monkeypatch.setattr(pipeline.serve.app, "load_image", counting)
     from PIL import Image
 
     png = tmp_path / "query.png"

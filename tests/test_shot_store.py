@@ -10,8 +10,8 @@ import pytest
 from operators.assemble import SegmentConfig, assemble_video
 from operators.contract import FRAMES, SEGMENTS
 from operators.shots import ShotConfig
-from pipeline import schema as S
-from pipeline.fragments import to_arrow
+from pipeline.store import schema as S
+from pipeline.store.fragments import to_arrow
 from tests.test_assembly import DETECT, DIM, N, frames
 
 STARTS = [0.0, 5.0, 13.0]  # shots [0, 5), [5, 13), [13, 24)
@@ -64,9 +64,9 @@ def test_a_failed_detection_is_one_shot_over_the_whole_video() -> None:
 def test_search_and_shot_list_on_a_table_from_before_shots(tmp_path) -> None:
     """Segments tables indexed before the shot columns existed still answer: hits and the shot list carry no shot
     until ``Store.migrate`` adds the (null) columns, and then still none."""
-    from pipeline.search import Searcher
-    from pipeline.shot_list import video_shots
-    from pipeline.store import Store
+    from pipeline.search.searcher import Searcher
+    from pipeline.search.shot_list import video_shots
+    from pipeline.store.db import Store
     from tests.helpers import content, tables_of, tiny_config, video_row
 
     cfg = tiny_config(tmp_path / "db")

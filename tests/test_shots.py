@@ -23,14 +23,14 @@ from operators.shots import (
     shot_index,
     shot_windows,
 )
-from pipeline.evaluate_shots import (
+from pipeline.evaluation.metrics import prf
+from pipeline.evaluation.shots import (
     ShotClip,
     ShotManifest,
     build_clip,
     evaluate_shots,
     load_shot_manifest,
     match_boundaries,
-    prf,
     segment_tious,
 )
 from tests.helpers import ROOT, clip

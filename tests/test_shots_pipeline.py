@@ -11,12 +11,12 @@ from pathlib import Path
 import httpx
 import pytest
 
-from pipeline import schema as S
-from pipeline.evaluate_shots import ShotClip, ShotManifest, build_clip
-from pipeline.evaluate_shots_pipeline import span_tious
-from pipeline.search import Searcher
-from pipeline.server import create_app
-from pipeline.store import Store
+from pipeline.evaluation.shots import ShotClip, ShotManifest, build_clip
+from pipeline.evaluation.shots_pipeline import span_tious
+from pipeline.search.searcher import Searcher
+from pipeline.serve.app import create_app
+from pipeline.store import schema as S
+from pipeline.store.db import Store
 from tests.helpers import AUTH, TOKEN, running, tiny_config, wait_until
 
 PARTS = ["mmaction2/test.mp4", "mmaction2/demo.mp4", "decord/flipping_a_pancake.mkv"]
@@ -40,7 +40,7 @@ def composite(tmp_path_factory, testdata) -> Path:
 
 @pytest.fixture(scope="module")
 def indexed(composite, ray_session, tmp_path_factory):  # type: ignore[no-untyped-def]
-    from pipeline.runner import run_index
+    from pipeline.index.runner import run_index
 
     cfg = tiny_config(tmp_path_factory.mktemp("shot_db") / "db", "segments.shots=content", "decode.fps=2")
     summary = run_index(cfg, [str(composite)], progress=False)

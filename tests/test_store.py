@@ -12,10 +12,10 @@ from pathlib import Path
 import pyarrow as pa
 import pytest
 
-from pipeline import schema as S
-from pipeline.lock import EXIT_LOCKED, DatabaseLock, LockBusy, lock_path
-from pipeline.maintenance import prune
-from pipeline.store import Store
+from pipeline.store import schema as S
+from pipeline.store.db import Store
+from pipeline.store.lock import EXIT_LOCKED, DatabaseLock, LockBusy, lock_path
+from pipeline.store.maintenance import prune
 from tests.helpers import SYNTHETIC_DIM, content, tables_of, video_row
 
 DIM = SYNTHETIC_DIM
@@ -128,7 +128,7 @@ def test_prune_removes_only_videos_whose_files_are_gone_under_existing_roots(tmp
 
 HOLDER = """
 import sys, time
-from pipeline.lock import DatabaseLock
+from pipeline.store.lock import DatabaseLock
 with DatabaseLock(sys.argv[1], "index"):
     print("locked", flush=True)
     time.sleep(120)

@@ -11,11 +11,11 @@ from collections.abc import Iterator
 import httpx
 import pytest
 
-from pipeline import schema as S
-from pipeline.search import Searcher
-from pipeline.server import create_app
-from pipeline.store import Store
-from pipeline.text_search import TextSearcher
+from pipeline.search.searcher import Searcher
+from pipeline.search.text import TextSearcher
+from pipeline.serve.app import create_app
+from pipeline.store import schema as S
+from pipeline.store.db import Store
 from tests.helpers import AUTH, GATE, TOKEN, running, tiny_config
 
 JSON = {"content-type": "application/json"}

@@ -19,7 +19,7 @@ from operators.decode import Decode, DecodeConfig
 from operators.detect_track import DetectConfig, Detector, FrameDetections
 from operators.embed import Embed, Preprocess
 from operators.regions import RegionConfig
-from pipeline.assembly import assemble_tables
+from pipeline.index.assembly import assemble_tables
 from tests.helpers import clip, tiny_config
 
 W, H = 1920, 1080

@@ -1,7 +1,7 @@
 """Fault injection for tests, loaded only by processes a test starts with this folder on PYTHONPATH
 (``tests.helpers.killed_mid_commit_env``): ``VIDSEARCH_FAULT=after-rows:N`` makes the process SIGKILL itself
 in its N-th commit, after the content tables are committed and before the videos are marked complete (the
-worst moment for a crash). Production code carries no hook: ``pipeline.store`` is patched as it is imported.
+worst moment for a crash). Production code carries no hook: ``pipeline.store.db`` is patched as it is imported.
 """
 
 from __future__ import annotations
@@ -36,7 +36,7 @@ def _patch(store_module: Any) -> None:
 
 class _Finder(importlib.abc.MetaPathFinder):
     def find_spec(self, name: str, path: Any, target: Any = None) -> Any:
-        if name != "pipeline.store":
+        if name != "pipeline.store.db":
             return None
         sys.meta_path.remove(self)
         spec = importlib.util.find_spec(name)

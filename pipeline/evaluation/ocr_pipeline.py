@@ -9,10 +9,10 @@ Two modes, reported side by side under their own labels:
   encoder; detection is off): they change no text result, and the default encoder's trained weights need a
   download. Cost: Ray Data's CPU seconds per graph stage and the driver's.
 - ``direct``: the clips are decoded and ``OcrFrames`` + ``text_spans`` run in this process
-  (``pipeline/ocr_eval.py``, ``evaluate_ocr``).
+  (``pipeline/evaluation/ocr.py``, ``evaluate_ocr``).
 
 The pipeline mode also searches the indexed **segments** in ``--mode text`` (``segments`` column: the words read
-on a segment's frames, ``segments.screen_text``, found through its n-gram index; see ``pipeline/hybrid.py``): a
+on a segment's frames, ``segments.screen_text``, found through its n-gram index; see ``pipeline/search/hybrid.py``): a
 hit is relevant when it is the query's clip and overlaps the drawn interval; its tIoU is the segment window's
 against that interval (segments are coarser than text spans), and it has no box.
 
@@ -35,8 +35,7 @@ import numpy as np
 import yaml
 
 from pipeline.config import Config
-from pipeline.ocr_clips import build_clip, decode_frames, ink_box
-from pipeline.ocr_eval import (
+from pipeline.evaluation.ocr import (
     BoxAt,
     OcrManifest,
     evaluate_ocr,
@@ -46,6 +45,7 @@ from pipeline.ocr_eval import (
     span_cer,
     summarise_queries,
 )
+from pipeline.evaluation.ocr_clips import build_clip, decode_frames, ink_box
 
 MODES = ("pipeline", "direct", "both")
 EVAL_ONLY = ("text_search", "eval")  # override sections read here, not by the pipeline config
@@ -71,10 +71,10 @@ def evaluate_ocr_pipeline(
 ) -> dict[str, dict[str, Any]]:
     """Index the manifest's clips with ``cfg`` (its ``db.path`` must be a fresh folder), then score the queries
     on what the index holds. Results per tokenizer: ``{"summary": {...}, "queries": [...], "run": {...}}``."""
-    from pipeline import schema as S
-    from pipeline.runner import run_index
-    from pipeline.store import Store
-    from pipeline.text_search import TextSearchConfig, TextSearcher, ensure_text_index
+    from pipeline.index.runner import run_index
+    from pipeline.search.text import TextSearchConfig, TextSearcher, ensure_text_index
+    from pipeline.store import schema as S
+    from pipeline.store.db import Store
 
     fps = cfg.decode.fps
     built = {c.id: build_clip(c, media_root, work_dir / "ocr_clips") for c in manifest.clips}
@@ -122,8 +122,8 @@ def evaluate_ocr_pipeline(
             "queries": per_query,
             "run": {"graph_stages": stages, "stages": summary.stages},
         }
-    from pipeline.hybrid import ensure_word_indexes
-    from pipeline.search import Searcher
+    from pipeline.search.hybrid import ensure_word_indexes
+    from pipeline.search.searcher import Searcher
 
     ensure_word_indexes(store.table(S.SEGMENTS))  # evaluate runs without `maintain`
     per_query = score_queries(SegmentTextSearch(Searcher(store, cfg)), manifest, vids, box_at, k)
@@ -161,8 +161,8 @@ class SegmentTextSearch:
 
 def stored_frame_cer(store: Any, manifest: OcrManifest, vids: dict[str, str], box_at: BoxAt) -> float:
     """``frame_cers`` over the readings stored on the indexed frames (``frames.text_lines``), in time order."""
-    from pipeline import schema as S
-    from pipeline.store import in_list
+    from pipeline.store import schema as S
+    from pipeline.store.db import in_list
 
     where = in_list("video_id", list(vids.values()))
     rows = store.rows(S.FRAMES, where, ["video_id", "t", "text_lines"]).to_pylist()
@@ -190,7 +190,7 @@ def run_ocr_configs(
     ``pipeline <config>/segments/text mode``, ``direct <config>/texts/<tokenizer>``) and the notices to print.
     Overrides: any config key (``ocr.*``, ``spans.*``, ``decode.*``...), ``text_search.tokenizer=ngram|word`` and
     ``eval.mode=pipeline|direct|both``."""
-    from pipeline.evaluate import default_media_root
+    from pipeline.evaluation.manifests import default_media_root
 
     extra: dict[str, dict[str, Any]] = {s: {} for s in EVAL_ONLY}
     cfg_overrides = []

@@ -3,7 +3,7 @@ it, fetched by what each candidate needs.
 
 Per table (frames, tracks) three steps, whatever the number of candidates:
 
-1. **keys**: one query on the indexed ``video_id`` column (BTREE, ``pipeline/maintenance.py``) for the
+1. **keys**: one query on the indexed ``video_id`` column (BTREE, ``pipeline/store/maintenance.py``) for the
    candidates' videos, selecting only the video id, the time columns and the row id: no embeddings, so the
    ~1,000 rows of each 1,000-second video cost a few bytes each;
 2. **cut**: per candidate, its rows by its own span, with numpy on the key columns (rows grouped by video
@@ -30,8 +30,8 @@ import numpy.typing as npt
 import pyarrow as pa
 import pyarrow.compute as pc
 
-from pipeline import schema as S
-from pipeline.store import Store, in_list
+from pipeline.store import schema as S
+from pipeline.store.db import Store, in_list
 
 EPS = 1e-6  # frame times are compared with this slack: a frame at a segment's end belongs to its context
 RETRIES = 5

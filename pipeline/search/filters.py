@@ -11,9 +11,9 @@ from typing import Any
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
 
-from pipeline import schema as S
-from pipeline.schema import Level
-from pipeline.store import in_list, quote
+from pipeline.store import schema as S
+from pipeline.store.db import in_list, quote
+from pipeline.store.schema import Level
 
 MAX_LIST = 1000  # values in one list filter
 MAX_VALUE_CHARS = 1000

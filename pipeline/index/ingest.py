@@ -16,11 +16,11 @@ from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from typing import Any
 
-from pipeline.assembly import start_assemblers
-from pipeline.catalog import VideoFile
 from pipeline.config import Config
-from pipeline.graph import build_dataset, fit_to_cluster
-from pipeline.store import Store
+from pipeline.index.assembly import start_assemblers
+from pipeline.index.catalog import VideoFile
+from pipeline.index.graph import build_dataset, fit_to_cluster
+from pipeline.store.db import Store
 
 log = logging.getLogger(__name__)
 

@@ -17,7 +17,7 @@ from typing import Any
 import numpy as np
 import pyarrow as pa
 
-from pipeline.schema import is_added
+from pipeline.store.schema import is_added
 
 Row = dict[str, Any]
 

@@ -28,10 +28,10 @@ import time
 import uuid
 from typing import Any, Final
 
-from pipeline import schema as S
-from pipeline.catalog import gone
 from pipeline.config import MaintenanceConfig
-from pipeline.store import Store, now, quote
+from pipeline.index.catalog import gone
+from pipeline.store import schema as S
+from pipeline.store.db import Store, now, quote
 
 log = logging.getLogger(__name__)
 
@@ -63,11 +63,11 @@ SCALAR_INDEXES: dict[str, dict[str, str]] = {
 }
 #: Per table: columns with a full-text index.
 SCALAR_INDEXES[S.TEXTS] = {"text_id": "BTREE", "video_id": "BTREE"}
-#: The on-screen text's own full-text index (n-gram tokens, tolerant of OCR errors: pipeline/text_search.py).
+#: The on-screen text's own full-text index (n-gram tokens, tolerant of OCR errors: pipeline/search/text.py).
 TEXT_FTS = "texts_fts"
-#: The segment captions' full-text index (stemmed words: pipeline/hybrid.py, text and hybrid search).
+#: The segment captions' full-text index (stemmed words: pipeline/search/hybrid.py, text and hybrid search).
 CAPTION_FTS = "caption_fts"
-#: The segments' on-screen text index (n-grams, like the texts table's: pipeline/hybrid.py).
+#: The segments' on-screen text index (n-grams, like the texts table's: pipeline/search/hybrid.py).
 SCREEN_FTS = "screen_text_fts"
 
 FTS_INDEXES: dict[str, list[str]] = {
@@ -193,17 +193,17 @@ def _maintain_table(
                 table.create_index(column, config=FTS(), replace=True, name=ix_name)
                 report["actions"].append(f"FTS index on {column}")
         if name == S.TEXTS and TEXT_FTS not in existing:
-            from pipeline.text_search import ensure_text_index
+            from pipeline.search.text import ensure_text_index
 
             ensure_text_index(table)
             report["actions"].append("FTS index (n-grams) on text")
         if _needs_caption_index(table, name, existing):
-            from pipeline.hybrid import ensure_caption_index
+            from pipeline.search.hybrid import ensure_caption_index
 
             ensure_caption_index(table)
             report["actions"].append("FTS index (stemmed words) on caption")
         if _needs_screen_index(table, name, existing):
-            from pipeline.hybrid import ensure_screen_index
+            from pipeline.search.hybrid import ensure_screen_index
 
             ensure_screen_index(table)
             report["actions"].append("FTS index (n-grams) on screen_text")
@@ -249,13 +249,13 @@ def needs_maintenance(store: Store, cfg: MaintenanceConfig) -> bool:
 
 
 def _needs_caption_index(table: Any, name: str, existing: Any) -> bool:
-    """Segments with a caption column (``Store.migrate`` adds it) and no caption index (``pipeline/hybrid.py``);
+    """Segments with a caption column (``Store.migrate`` adds it) and no caption index (``pipeline/search/hybrid.py``);
     new rows are folded in by ``optimize()`` like every index's."""
     return name == S.SEGMENTS and "caption" in table.schema.names and CAPTION_FTS not in existing
 
 
 def _needs_screen_index(table: Any, name: str, existing: Any) -> bool:
-    """Segments with on-screen text (OCR was on for some video) and no index over it (``pipeline/hybrid.py``); a
+    """Segments with on-screen text (OCR was on for some video) and no index over it (``pipeline/search/hybrid.py``); a
     database indexed without OCR gets none, so its hybrid scores keep fusing two rankings, not three."""
     if name != S.SEGMENTS or SCREEN_FTS in existing or "screen_text" not in table.schema.names:
         return False

@@ -1,7 +1,7 @@
 """Search: text or image -> encoder -> LanceDB vector search over segments | frames | tracks (stage 1,
 over-fetching ``k * overfetch``) -> fusion re-rank (stage 2) -> typed results.
 
-Filters (``pipeline/filters.py``) apply in every mode and level. Only rows of videos marked ``complete`` are
+Filters (``pipeline/search/filters.py``) apply in every mode and level. Only rows of videos marked ``complete`` are
 returned.
 """
 
@@ -17,13 +17,13 @@ import numpy as np
 
 from operators.encoders import OpenClipEncoder, build_encoder, embedding_dim
 from operators.rerank import RERANKERS, Query, RerankInput, build_reranker
-from pipeline import schema as S
 from pipeline.config import Config
-from pipeline.contexts import contexts as span_contexts
-from pipeline.filters import Filters, SearchError, compile_filters, parse_filters
-from pipeline.hybrid import CaptionSearchError, Mode, caption_stage1, check_mode
-from pipeline.schema import Level
-from pipeline.store import Store, in_list, quote
+from pipeline.search.contexts import contexts as span_contexts
+from pipeline.search.filters import Filters, SearchError, compile_filters, parse_filters
+from pipeline.search.hybrid import CaptionSearchError, Mode, caption_stage1, check_mode
+from pipeline.store import schema as S
+from pipeline.store.db import Store, in_list, quote
+from pipeline.store.schema import Level
 
 SHOT_COLUMNS = ("shot_idx", "shot_start_s", "shot_end_s")
 FRAME_TEXT = "text_lines"  # frames: the lines of on-screen text read on the frame
@@ -134,7 +134,7 @@ class Searcher:
         mode: Mode = "vector",
     ) -> list[SearchResult]:
         """``mode``: ``vector`` (embedding search), ``text`` (full-text over captions and on-screen text) or
-        ``hybrid`` (both, fused by reciprocal rank; ``pipeline/hybrid.py``). The filters and the re-ranker apply
+        ``hybrid`` (both, fused by reciprocal rank; ``pipeline/search/hybrid.py``). The filters and the re-ranker apply
         in every mode."""
         if level not in S.LEVELS:
             raise SearchError(f"level must be one of {', '.join(S.LEVELS)}")
@@ -205,7 +205,7 @@ class Searcher:
     def _caption_stage1(
         self, mode: Mode, query: Query, level: Level, fetch: int, depth: int, where: str | None, videos: dict[str, str]
     ) -> list[SearchResult]:
-        """Stage 1 of ``text`` and ``hybrid`` mode (``pipeline/hybrid.py``); scores in [0, 1], best 1."""
+        """Stage 1 of ``text`` and ``hybrid`` mode (``pipeline/search/hybrid.py``); scores in [0, 1], best 1."""
         try:
             pairs = caption_stage1(
                 mode,

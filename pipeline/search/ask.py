@@ -29,11 +29,11 @@ import numpy.typing as npt
 
 from operators.decode import Decode, DecodeConfig, DecodeError, encode_jpeg, relabelled, target_size
 from operators.vqa import QuestionError, VqaConfig, VqaModel, build_vqa
-from pipeline import schema as S
 from pipeline.config import Config
-from pipeline.media import Verifier
-from pipeline.search import SearchError, load_image
-from pipeline.store import Store, quote
+from pipeline.search.searcher import SearchError, load_image
+from pipeline.serve.media import Verifier
+from pipeline.store import schema as S
+from pipeline.store.db import Store, quote
 
 ID_CHARS = 36  # uuid5 ids
 DECODED_JPEG_QUALITY = 90

@@ -15,7 +15,7 @@ import stat
 from dataclasses import dataclass
 
 from operators.contract import fingerprint
-from pipeline import schema as S
+from pipeline.store import schema as S
 
 VIDEO_EXTENSIONS = frozenset(
     ".mp4 .m4v .mov .mkv .webm .avi .mpg .mpeg .ts .mts .m2ts .wmv .flv .3gp .ogv .gif .mxf".split()

@@ -1,5 +1,5 @@
 """The index run: take the database lock, recover a crashed run, list and fingerprint videos, plan (skip,
-move, re-index, replace), ingest (``pipeline/ingest.py``: the Ray graph assembles and writes on the workers,
+move, re-index, replace), ingest (``pipeline/index/ingest.py``: the Ray graph assembles and writes on the workers,
 the driver commits), then prune (``incremental``) and maintain indexes when needed.
 
 Planning, per listed file (video id = uuid5 of the content fingerprint, see ``catalog``):
@@ -25,14 +25,14 @@ from operators.caption_checkpoints import resolve_caption_checkpoint
 from operators.captions import RANDOM_CAPTIONS_NOTICE
 from operators.detect_track import resolve_yolo
 from operators.encoders import embedding_dim, resolve_checkpoint
-from pipeline import schema as S
-from pipeline.catalog import VideoFile, list_videos
 from pipeline.config import Config
-from pipeline.graph import graph_stage_times
-from pipeline.ingest import Ingest, timed
-from pipeline.lock import DatabaseLock
-from pipeline.maintenance import maintain, needs_maintenance, prune
-from pipeline.store import Store, now
+from pipeline.index.catalog import VideoFile, list_videos
+from pipeline.index.graph import graph_stage_times
+from pipeline.index.ingest import Ingest, timed
+from pipeline.store import schema as S
+from pipeline.store.db import Store, now
+from pipeline.store.lock import DatabaseLock
+from pipeline.store.maintenance import maintain, needs_maintenance, prune
 
 log = logging.getLogger(__name__)
 

@@ -1,6 +1,6 @@
 """The Ray Data streaming graph: videos -> decode (tasks, 1:N) -> detect (actors, 1:1) -> preprocess
 (tasks, 1:1) -> embed + regions (actors, 1:1) -> route (tasks, N:M) to the assembler actors, which track,
-assemble and write each video's rows as Lance fragments (``pipeline/assembly.py``) -> one small result row
+assemble and write each video's rows as Lance fragments (``pipeline/index/assembly.py``) -> one small result row
 per finished or failed video, which is all the driver receives.
 
 ``StageAdapter`` is the one place an operator meets Ray: it builds the operator inside the worker, calls
@@ -25,8 +25,8 @@ from operators.detect_track import Detector
 from operators.embed import Embed, Preprocess
 from operators.ocr import OcrFrames
 from operators.shots import ShotDetect
-from pipeline.assembly import Route
 from pipeline.config import Config
+from pipeline.index.assembly import Route
 
 
 def _limit_threads(num_cpus: float) -> None:

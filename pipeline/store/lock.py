@@ -9,7 +9,7 @@ Local (or shared-filesystem) databases: ``fcntl.flock`` on ``<db>/.vidsearch.loc
 when the holder exits, however it exits (SIGKILL, OOM, node loss on NFSv4 after the lease expires), so a crash
 never leaves a stale lock behind. The file also records who holds it, for the message the second run prints.
 
-``s3://`` databases: a lease object in the bucket taken with S3's conditional writes (``pipeline/lease.py``),
+``s3://`` databases: a lease object in the bucket taken with S3's conditional writes (``pipeline/store/lease.py``),
 so runs started from different machines exclude each other; a killed holder's lease expires (60 s).
 
 Other object stores (``gs://``, ``az://``...): the lock file lives on the driver's local disk (``db.lock_dir``,
@@ -121,7 +121,7 @@ class DatabaseLock:
             _held[key] = (fd, 1)
 
     def _acquire_lease(self, key: str) -> None:
-        from pipeline.lease import S3Lease
+        from pipeline.store.lease import S3Lease
 
         lease = S3Lease(self.db, self.command)
         holder = lease.acquire()

@@ -1,8 +1,8 @@
 """Full-text and hybrid search over segment captions and on-screen text: the stage 1 of ``Searcher.search`` in
-``text`` and ``hybrid`` mode (``vector`` mode is the embedding search of ``pipeline/search.py``).
+``text`` and ``hybrid`` mode (``vector`` mode is the embedding search of ``pipeline/search/searcher.py``).
 
 - **Index**: LanceDB's native inverted index ``caption_fts`` on ``segments.caption``, built by ``maintain``
-  (``pipeline/maintenance.py``) through the same ``ensure_fts_index`` as the on-screen text index. Captions are
+  (``pipeline/store/maintenance.py``) through the same ``ensure_fts_index`` as the on-screen text index. Captions are
   generated English sentences ("a man riding a bike down a street"), so the tokenizer splits words, lower-cases,
   folds accents, drops English stop words and stems (Snowball): "dogs" finds "a dog runs", "riding" finds "a
   woman rides". ``benchmarks/hybrid.py`` measures the choice against unstemmed words and character trigrams.
@@ -40,8 +40,8 @@ from concurrent.futures import ThreadPoolExecutor
 from typing import Any, Literal, cast
 
 from operators.text_spans import normalise
-from pipeline import schema as S
-from pipeline.text_search import ensure_fts_index, match_score, ocr_tokens
+from pipeline.search.text import ensure_fts_index, match_score, ocr_tokens
+from pipeline.store import schema as S
 
 Mode = Literal["vector", "text", "hybrid"]
 MODES: tuple[str, ...] = ("vector", "text", "hybrid")
@@ -145,7 +145,7 @@ def screen_ranking(
     table: Any, text: str, columns: list[str], fetch: int, where: str | None, min_similarity: float = 0.6
 ) -> list[dict[str, Any]]:
     """Up to ``fetch`` rows whose on-screen text holds ``text`` best, prefiltered by ``where``: the n-gram index
-    proposes candidates, each is re-scored as the ``texts`` level does (``pipeline/text_search.py``: the query's
+    proposes candidates, each is re-scored as the ``texts`` level does (``pipeline/search/text.py``: the query's
     best approximate match inside one of the segment's lines, case, accents and spaces ignored) and kept from
     ``min_similarity``, so a query must be (nearly) written on screen, not merely share trigrams with it. Each row
     holds ``columns`` and ``_score``, the similarity in [0, 1]."""

@@ -1,6 +1,6 @@
 """Temporal IoU of segment hits through the whole pipeline (``evaluate --manifest eval/shots.yaml --pipeline``).
 
-``pipeline/evaluate_shots.py`` scores shot boundaries and computes tIoU on windows directly; this indexes the
+``pipeline/evaluation/shots.py`` scores shot boundaries and computes tIoU on windows directly; this indexes the
 manifest's hard-cut composites with the real pipeline once per shot detector (``none`` always: fixed windows)
 and asks segments-level near-duplicate queries: for every point ``t`` of the 1 fps grid of a composite, the
 composite's frame nearest ``t`` re-encoded as JPEG (quality 50) searches the segments of that composite (a
@@ -24,9 +24,10 @@ from typing import Any
 import numpy as np
 
 from operators.shots import ShotConfig
-from pipeline.evaluate import ImageSpec, query_image, temporal_iou
-from pipeline.evaluate_shots import ShotClip, ShotManifest, build_clip, detector_label
-from pipeline.search import Searcher
+from pipeline.evaluation.manifests import ImageSpec, query_image
+from pipeline.evaluation.metrics import temporal_iou
+from pipeline.evaluation.shots import ShotClip, ShotManifest, build_clip, detector_label
+from pipeline.search.searcher import Searcher
 
 JPEG_QUALITY = 50
 
@@ -78,8 +79,8 @@ def evaluate_shots_pipeline(
     ``detectors``, default the manifest's) and score segment hits (``span_tious``). Databases live under
     ``work_dir`` keyed by the pipeline version, so a rerun skips indexed videos."""
     from pipeline.config import load_config
-    from pipeline.lock import DatabaseLock
-    from pipeline.runner import run_index
+    from pipeline.index.runner import run_index
+    from pipeline.store.lock import DatabaseLock
 
     cache = Path(work_dir) / "shot_clips"
     clips = [(c, str(build_clip(c, manifest, Path(media_root), cache))) for c in manifest.clips if c.category == "hard"]
@@ -120,8 +121,8 @@ def run_shots_pipeline(
     """``evaluate --manifest <shots manifest> --pipeline``: ``detectors`` are YAML strings (None: the manifest's)."""
     import yaml
 
-    from pipeline.evaluate import default_media_root
-    from pipeline.evaluate_shots import load_shot_manifest
+    from pipeline.evaluation.manifests import default_media_root
+    from pipeline.evaluation.shots import load_shot_manifest
 
     specs = [yaml.safe_load(d) for d in detectors] if detectors else None
     root = Path(media_root) if media_root else default_media_root()

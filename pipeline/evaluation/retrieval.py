@@ -16,13 +16,11 @@ A hit is relevant when it comes from the query's video and its span overlaps a r
 
 Search modes (``modes``, ``evaluate --modes vector,text,hybrid``): each config's database is indexed once and
 its text queries run in every mode, side by side (``text`` and ``hybrid`` search segment captions, see
-``pipeline/hybrid.py``; image queries run in ``vector`` mode only). The caption index is built before them.
+``pipeline/search/hybrid.py``; image queries run in ``vector`` mode only). The caption index is built before them.
 """
 
 from __future__ import annotations
 
-import hashlib
-import io
 import json
 import math
 import os
@@ -36,11 +34,10 @@ import yaml
 
 from operators.base import StrictModel
 from operators.contract import Level
-from pipeline import schema as S
-from pipeline.hybrid import Mode
-
-Span = tuple[float, float]
-Box4 = tuple[float, float, float, float]
+from pipeline.evaluation.manifests import ImageSpec, default_media_root, query_image
+from pipeline.evaluation.metrics import Box4, Span, box_iou, overlaps, temporal_iou
+from pipeline.search.hybrid import Mode
+from pipeline.store import schema as S
 
 TEXT_NEEDS_PRETRAINED = (
     "NOTE: text queries are meaningful only with pretrained weights; config '{name}' uses randomly initialised "
@@ -54,15 +51,6 @@ NO_CAPTIONS = (
     "NOTE: config '{name}' stored no segment captions (the caption stage is off or absent) and no on-screen text, "
     "so modes {modes} find nothing by words: their numbers below measure nothing."
 )
-
-
-class ImageSpec(StrictModel):
-    """How to make a query image from the query's own clip."""
-
-    t: float  # seconds; the frame nearest this time
-    crop: Box4 | None = None  # normalised x1, y1, x2, y2 of the frame to keep
-    jpeg_quality: int = 75
-    scale: float = 1.0  # resize factor applied after cropping
 
 
 class BoxLabel(StrictModel):
@@ -108,24 +96,6 @@ class Hit:
     boxes: list[Box4] = field(default_factory=list)
 
 
-def overlaps(a: Span, b: Span) -> bool:
-    return a[0] <= b[1] and b[0] <= a[1]
-
-
-def temporal_iou(a: Span, b: Span) -> float:
-    inter = max(0.0, min(a[1], b[1]) - max(a[0], b[0]))
-    union = max(a[1], b[1]) - min(a[0], b[0])
-    return inter / union if union > 0 else float(a == b)
-
-
-def box_iou(a: Box4, b: Box4) -> float:
-    w = max(0.0, min(a[2], b[2]) - max(a[0], b[0]))
-    h = max(0.0, min(a[3], b[3]) - max(a[1], b[1]))
-    inter = w * h
-    union = (a[2] - a[0]) * (a[3] - a[1]) + (b[2] - b[0]) * (b[3] - b[1]) - inter
-    return inter / union if union > 0 else 0.0
-
-
 def is_relevant(hit: Hit, video: str, spans: list[Span]) -> bool:
     return hit.path == video and any(overlaps((hit.start, hit.end), s) for s in spans)
 
@@ -166,39 +136,6 @@ def summarize(scores: list[dict], k: int) -> dict[str, Any]:
     }
 
 
-# -- query images ---------------------------------------------------------------------------------------------
-def query_image(video: str, spec: ImageSpec, cache: Path) -> bytes:
-    """The JPEG query image for ``spec`` from ``video``, made once into ``cache``."""
-    key = hashlib.sha256(json.dumps([str(video), spec.model_dump()], sort_keys=True).encode()).hexdigest()[:20]
-    path = cache / f"{key}.jpg"
-    if path.exists():
-        return path.read_bytes()
-    from PIL import Image
-
-    from operators.decode import Decode, DecodeConfig
-
-    # The index samples the 1 fps grid from the first frame; its nearest sample is the frame the index holds.
-    best: tuple[float, Any] = (math.inf, None)
-    for chunk in Decode(DecodeConfig(fps=1.0, max_side=4096)).iter_video("query", video):
-        if chunk["error"][0]:
-            raise ValueError(f"cannot make a query image from {video}: {chunk['error'][0]}")
-        i = int(np.argmin(np.abs(chunk["t"] - spec.t)))
-        if abs(chunk["t"][i] - spec.t) < best[0]:
-            best = (abs(chunk["t"][i] - spec.t), chunk["frame"][i])
-    frame = best[1]
-    img = Image.fromarray(frame)
-    if spec.crop is not None:
-        x1, y1, x2, y2 = spec.crop
-        img = img.crop((round(x1 * img.width), round(y1 * img.height), round(x2 * img.width), round(y2 * img.height)))
-    if spec.scale != 1.0:
-        img = img.resize((max(1, round(img.width * spec.scale)), max(1, round(img.height * spec.scale))))
-    buf = io.BytesIO()
-    img.save(buf, format="JPEG", quality=spec.jpeg_quality)
-    cache.mkdir(parents=True, exist_ok=True)
-    path.write_bytes(buf.getvalue())
-    return buf.getvalue()
-
-
 # -- running ------------------------------------------------------------------------------------------------
 def evaluate(
     manifest: Manifest,
@@ -212,8 +149,8 @@ def evaluate(
     """Index the manifest's videos with ``cfg`` (into ``cfg.db.path``; complete videos are skipped) and score
     every query in search ``mode`` (``text``/``hybrid``: the text queries only). Ray must be started by the
     caller when ``index`` is true. Returns the summary plus, per query, its rank."""
-    from pipeline.runner import run_index
-    from pipeline.search import Searcher, SearchResult
+    from pipeline.index.runner import run_index
+    from pipeline.search.searcher import Searcher, SearchResult
 
     root = Path(media_root)
     videos = {v: os.path.abspath(root / v) for v in manifest.all_videos()}  # the catalog's form of a path
@@ -227,7 +164,7 @@ def evaluate(
     searcher = Searcher(cfg.db.path, cfg)
     queries = manifest.queries if mode == "vector" else [q for q in manifest.queries if q.text is not None]
     if mode != "vector" and searcher.store.exists(S.SEGMENTS):
-        from pipeline.hybrid import ensure_word_indexes
+        from pipeline.search.hybrid import ensure_word_indexes
 
         ensure_word_indexes(searcher.store.table(S.SEGMENTS))  # evaluate runs without `maintain`
     durations = {
@@ -262,30 +199,6 @@ def comparison_table(results: dict[str, dict[str, Any]]) -> str:
     return "\n".join(lines)
 
 
-def manifest_kind(path: str | Path) -> str:
-    """``shots`` for a shot-boundary manifest (``kind: shots``, pipeline/evaluate_shots.py), else ``retrieval``."""
-    if str(path).endswith(".jsonl"):
-        return "retrieval"
-    data = yaml.safe_load(Path(path).read_text())
-    return str(data.get("kind", "retrieval")) if isinstance(data, dict) else "retrieval"
-
-
-def run_shots(
-    manifest_path: str | Path, detectors: list[str] | None, media_root: str | Path | None, work_dir: str | Path
-) -> dict[str, dict[str, Any]]:
-    """Shot-boundary evaluation of a ``kind: shots`` manifest, one result per detector. ``detectors`` are YAML
-    strings (a name, or a mapping of ``segments.shots`` options); None: the manifest's own list."""
-    from pipeline.evaluate_shots import evaluate_shots, load_shot_manifest
-
-    specs = [yaml.safe_load(d) for d in detectors] if detectors else None
-    root = Path(media_root) if media_root else default_media_root()
-    return evaluate_shots(load_shot_manifest(manifest_path), root, work_dir, specs)
-
-
-def default_media_root() -> Path:
-    return Path(__file__).resolve().parent.parent.parent / "shared" / "testdata"
-
-
 def run_configs(
     manifest_path: str | Path,
     configs: list[str],
@@ -300,17 +213,11 @@ def run_configs(
     complete videos are skipped) in each search mode of ``modes`` (default: vector). ``start_ray(cfg)`` is
     called before the first indexing. Returns the results by config (and mode, when more than vector) and the
     notices to print (random weights with text queries or caption modes; no captions stored)."""
-    from pipeline.config import ConfigError, load_config
-    from pipeline.hybrid import check_modes
-    from pipeline.lock import DatabaseLock
-    from pipeline.ocr_eval import is_ocr_manifest
-    from pipeline.ocr_eval_pipeline import run_ocr_configs
+    from pipeline.config import load_config
+    from pipeline.search.hybrid import check_modes
+    from pipeline.store.lock import DatabaseLock
 
     run_modes = check_modes(modes)  # before anything is indexed
-    if is_ocr_manifest(manifest_path):  # on-screen text: its own evaluation (pipeline/ocr_eval.py)
-        if run_modes != ["vector"]:
-            raise ConfigError("--modes applies to retrieval manifests; on-screen text is always searched by words")
-        return run_ocr_configs(manifest_path, configs, overrides, media_root, work_dir, k=k, start_ray=start_ray)
     manifest = load_manifest(manifest_path)
     root = Path(media_root) if media_root else default_media_root()
     results: dict[str, dict[str, Any]] = {}
@@ -335,7 +242,7 @@ def run_configs(
 
 def caption_notices(name: str, db: str, random: bool, modes: list[str]) -> list[str]:
     """What the numbers of the caption modes (text, hybrid) mean for config ``name``."""
-    from pipeline.store import Store
+    from pipeline.store.db import Store
 
     words = [m for m in modes if m != "vector"]
     if not words:

@@ -8,9 +8,9 @@ from __future__ import annotations
 
 from typing import Any
 
-from pipeline import schema as S
-from pipeline.maintenance import index_state
-from pipeline.store import Store
+from pipeline.store import schema as S
+from pipeline.store.db import Store
+from pipeline.store.maintenance import index_state
 
 TABLES = (S.VIDEOS, *S.CONTENT_TABLES, S.FAILURES, S.RUNS)
 

@@ -10,8 +10,8 @@ from __future__ import annotations
 
 from typing import Any
 
-from pipeline import schema as S
-from pipeline.store import Store, quote
+from pipeline.store import schema as S
+from pipeline.store.db import Store, quote
 
 SPAN_COLUMNS = ("shot_idx", "shot_start_s", "shot_end_s")
 

@@ -3,7 +3,8 @@
 The manifest (``eval/ocr_text.yaml``, ``kind: ocr``) names real clips from the media root and the texts to draw
 into them (ffmpeg ``drawtext``: font, size, colour, box, outline, motion). Clips are built at run time into the
 work dir (cached by content of their spec). The ground-truth box of a text at a sampled time is the ink of that
-text rendered alone on black with the same filter, so moving text is labelled exactly (``pipeline/ocr_clips.py``).
+text rendered alone on black with the same filter, so moving text is labelled exactly
+(``pipeline/evaluation/ocr_clips.py``).
 
 ``evaluate_ocr`` decodes each clip at ``fps`` (the indexer's sampling), runs ``OcrFrames`` and ``text_spans``,
 writes ``videos`` (complete) and ``texts`` tables into a LanceDB folder and queries them through
@@ -18,7 +19,6 @@ case kept, over the drawn length; a text not read counts 1).
 from __future__ import annotations
 
 import math
-import re
 import statistics
 import time
 from collections.abc import Callable, Sequence
@@ -30,8 +30,9 @@ import yaml
 
 from operators.base import StrictModel
 from operators.ocr import OcrConfig, OcrFrames
-from operators.text_spans import SpanConfig, edit_distance, text_spans
-from pipeline.ocr_clips import ClipSpec, build_clip, decode_frames, ink_box
+from operators.text_spans import SpanConfig, text_spans
+from pipeline.evaluation.metrics import box_iou, cer, overlaps, temporal_iou
+from pipeline.evaluation.ocr_clips import ClipSpec, build_clip, decode_frames, ink_box
 
 
 class OcrQuery(StrictModel):
@@ -89,11 +90,6 @@ def _gt_boxes(layer: Path, t: list[float], fps: float) -> list[tuple[float, floa
     return [ink_box(lf[int(np.argmin(np.abs(np.asarray(lt) - ti)))]) for ti in t]
 
 
-def _cer(truth: str, read: str) -> float:
-    a, b = re.sub(r"\s+", " ", truth).strip(), re.sub(r"\s+", " ", read).strip()
-    return min(1.0, edit_distance(a, b) / max(1, len(a)))
-
-
 def frame_cers(
     drawn: list[str],
     gts: list[list[tuple[float, float, float, float] | None]],
@@ -103,8 +99,6 @@ def frame_cers(
     """The OCR's character error rates on one clip: per drawn text (``drawn``, its ink box per sampled frame in
     ``gts``) and sampled frame where it is fully on screen, the CER of the line read there (``texts``, ``boxes``:
     per sampled frame, boxes [N, 4] normalised) whose box best overlaps the ink (IoU > 0.1); none counts 1."""
-    from pipeline.evaluate import box_iou
-
     out = []
     for text, gt in zip(drawn, gts, strict=True):
         for i, box in enumerate(gt):
@@ -112,7 +106,7 @@ def frame_cers(
                 continue
             lines = [(box_iou(box, _box4(b)), s) for s, b in zip(texts[i], boxes[i], strict=True)]
             best = max(lines, default=(0.0, ""))
-            out.append(_cer(text, best[1]) if best[0] > 0.1 else 1.0)
+            out.append(cer(text, best[1]) if best[0] > 0.1 else 1.0)
     return out
 
 
@@ -126,8 +120,8 @@ def evaluate_ocr(
     k: int = 10,
 ) -> dict[str, dict[str, Any]]:
     """Results per tokenizer: ``{"summary": {...}, "queries": [...]}`` (see the module docstring)."""
-    from pipeline import schema as S
-    from pipeline.text_search import TextSearchConfig, TextSearcher
+    from pipeline.search.text import TextSearchConfig, TextSearcher
+    from pipeline.store import schema as S
 
     root, work = Path(media_root), Path(work_dir)
     ocr = OcrFrames(ocr_cfg or OcrConfig())
@@ -194,8 +188,6 @@ def score_queries(
 ) -> list[dict[str, Any]]:
     """Per query: rank of the first relevant hit (its clip's video, span overlapping the drawn interval), the top
     hit's temporal IoU with the drawn interval and box IoU with the drawn ink at the hit's frame."""
-    from pipeline.evaluate import box_iou, overlaps, temporal_iou
-
     clips = {c.id: c for c in manifest.clips}
     per_query = []
     for q in manifest.queries:
@@ -234,8 +226,6 @@ def span_cer(manifest: OcrManifest, vids: dict[str, str], spans: list[dict[str, 
     """Character error rate of the spans' texts (what the index holds): per drawn text, the span of its clip that
     overlaps its interval and whose box best overlaps the drawn ink at the span's best frame (IoU > 0.1); a drawn
     text without one counts 1."""
-    from pipeline.evaluate import box_iou, overlaps
-
     out = []
     for c in manifest.clips:
         for i, d in enumerate(c.texts):
@@ -247,7 +237,7 @@ def span_cer(manifest: OcrManifest, vids: dict[str, str], spans: list[dict[str, 
                 iou = box_iou(gt, _box4(r["box"])) if gt is not None else 0.0
                 if iou > best[0]:
                     best = (iou, r["text"])
-            out.append(_cer(d.text, best[1]) if best[1] is not None else 1.0)
+            out.append(cer(d.text, best[1]) if best[1] is not None else 1.0)
     return float(np.mean(out)) if out else math.nan
 
 
@@ -281,7 +271,7 @@ def summarise_queries(per_query: list[dict[str, Any]], k: int) -> dict[str, Any]
 def _video_row(vid: str, clip: ClipSpec, path: str) -> dict[str, Any]:
     import datetime as dt
 
-    from pipeline import schema as S
+    from pipeline.store import schema as S
 
     return {
         "video_id": vid,
@@ -310,7 +300,7 @@ def _write_db(path: Path, videos: list[dict[str, Any]], texts: list[dict[str, An
     import lancedb
     import pyarrow as pa
 
-    from pipeline import schema as S
+    from pipeline.store import schema as S
 
     shutil.rmtree(path, ignore_errors=True)
     db = lancedb.connect(str(path))

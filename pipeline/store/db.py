@@ -1,9 +1,9 @@
 """The LanceDB database: tables, the single-committer write protocol, failures and run records.
 
-Exactly-once protocol (one index run at a time holds the database lock of ``pipeline/lock.py``; its workers
+Exactly-once protocol (one index run at a time holds the database lock of ``pipeline/store/lock.py``; its workers
 write data files, only its driver commits, so no two commits race):
 1. ``begin(videos)`` writes each new video's ``videos`` row with status ``started``.
-2. The assembler actors write each video's rows as uncommitted Lance fragments (``pipeline/assembly.py``);
+2. The assembler actors write each video's rows as uncommitted Lance fragments (``pipeline/index/assembly.py``);
    nobody sees them yet.
 3. ``commit_fragments(...)`` appends the fragments of a group of finished videos to each content table in one
    atomic commit per table, then flips the videos to ``complete`` in one ``merge_insert``. For a video that
@@ -26,8 +26,8 @@ from typing import Any
 import lancedb
 import pyarrow as pa
 
-from pipeline import schema as S
-from pipeline.fragments import cleanup_uncommitted, commit_table, storage_options, table_uri, write_fragments
+from pipeline.store import schema as S
+from pipeline.store.fragments import cleanup_uncommitted, commit_table, storage_options, table_uri, write_fragments
 
 
 def now() -> dt.datetime:
@@ -144,7 +144,7 @@ class Store:
         reindexed: Iterable[str] = (),
         replaces: dict[str, list[str]] | None = None,
     ) -> None:
-        """Commit the written fragments (JSON metadata, see ``pipeline/fragments.py``) of a group of finished
+        """Commit the written fragments (JSON metadata, see ``pipeline/store/fragments.py``) of a group of finished
         videos, one atomic commit per content table, then mark the videos complete.
 
         Videos of the group that already have complete rows (``reindexed``: a new pipeline version; or a

@@ -1,5 +1,5 @@
 """The state behind the HTTP routes: one ``Searcher`` shared by concurrent requests, the video and thumbnail
-lookups, and the media check (``pipeline/media.py``).
+lookups, and the media check (``pipeline/serve/media.py``).
 
 Searches run concurrently in the server's thread pool: the encoder and the attention re-ranker only read
 their weights, and LanceDB reads are thread-safe. Only the first search per re-ranker (which loads the models)
@@ -20,19 +20,19 @@ import numpy as np
 from fastapi.encoders import jsonable_encoder
 from pydantic import BaseModel, ConfigDict
 
-from pipeline import schema as S
 from pipeline.config import Config
-from pipeline.hybrid import Mode
-from pipeline.media import Verifier, media_type
-from pipeline.schema import Level
-from pipeline.search import Filters, Searcher, SearchError
-from pipeline.shot_list import video_shots
-from pipeline.store import Store, quote
-from pipeline.text_search import TextSearchConfig, TextSearcher
+from pipeline.search.hybrid import Mode
+from pipeline.search.searcher import Filters, Searcher, SearchError
+from pipeline.search.shot_list import video_shots
+from pipeline.search.text import TextSearchConfig, TextSearcher
+from pipeline.serve.media import Verifier, media_type
+from pipeline.store import schema as S
+from pipeline.store.db import Store, quote
+from pipeline.store.schema import Level
 
 SERIAL_ENV = "VIDSEARCH_SERIAL_SEARCH"  # "1": one search at a time (a baseline, or an encoder that needs it)
 THREAD_SAFE_RERANKERS = (None, "attention")  # numpy over the query and contexts; no model state
-TEXTS_LEVEL = "texts"  # on-screen text spans, searched by words (pipeline/text_search.py), not by vector
+TEXTS_LEVEL = "texts"  # on-screen text spans, searched by words (pipeline/search/text.py), not by vector
 ID = re.compile(r"[0-9a-f]{8}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{12}")  # uuid5 ids, nothing else
 
 
@@ -164,7 +164,7 @@ class Api:
         }
 
     def shots(self, video_id: str) -> dict[str, Any] | None:
-        """A complete video's shots (``pipeline/shot_list.py``), for the player's timeline; None if unknown."""
+        """A complete video's shots (``pipeline/search/shot_list.py``), for the player's timeline; None if unknown."""
         found = self.videos(video_id) if ID.fullmatch(video_id) else []
         if not found:
             return None

@@ -28,8 +28,8 @@ from operators.base import Batch
 from operators.contract import ASSEMBLY_COLUMNS, CONTENT_TABLES
 from operators.detect_track import DetectConfig
 from operators.text_spans import SpanConfig
-from pipeline import schema as S
-from pipeline.fragments import FragmentBuffer, to_arrow
+from pipeline.store import schema as S
+from pipeline.store.fragments import FragmentBuffer, to_arrow
 
 #: Columns of the result rows the driver receives.
 RESULT_COLUMNS = ("video_id", "error", "result")

@@ -2,7 +2,7 @@
 indexed file, and with HTTP Range per RFC 9110.
 
 ``Verifier`` opens the file once, checks the opened file (regular, indexed size, indexed fingerprint from
-``pipeline.catalog.fingerprint``) and hands that open descriptor to ``MediaResponse``, so a file swapped in
+``pipeline.index.catalog.fingerprint``) and hands that open descriptor to ``MediaResponse``, so a file swapped in
 after the check is never what gets sent. Fingerprints are cached per (device, inode, size, mtime, ctime):
 a file that was not touched is hashed once, a replaced or rewritten one is hashed again.
 """
@@ -21,7 +21,7 @@ from typing import Any
 import anyio
 from starlette.responses import Response
 
-from pipeline.catalog import fingerprint
+from pipeline.index.catalog import fingerprint
 
 mimetypes.add_type("video/webm", ".webm")
 mimetypes.add_type("video/x-matroska", ".mkv")

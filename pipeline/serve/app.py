@@ -5,13 +5,13 @@ Routes: ``GET /`` (the page), ``GET|POST /api/search``, ``GET /api/info``, ``GET
 HTTP Range so a browser can seek), ``GET /openapi.json`` and ``GET /docs``. With a token every route needs
 ``Authorization: Bearer <token>`` or the HttpOnly session cookie that ``POST /login`` sets (the page's
 ``<img>``/``<video>`` requests cannot send headers); only the sign-in form and its stylesheet are open.
-``pipeline/http_guard.py`` adds the Host allow-list, body limits, security headers and the sign-in limit.
+``pipeline/serve/guard.py`` adds the Host allow-list, body limits, security headers and the sign-in limit.
 
 Media are looked up by id among ``complete`` videos, never by a path from the request; the file is served
-only if it still is the indexed content (size and fingerprint, see ``pipeline/media.py``) and, with
+only if it still is the indexed content (size and fingerprint, see ``pipeline/serve/media.py``) and, with
 ``media_roots``, lies under one of them after resolving symlinks. Bad input is a 4xx with a JSON ``detail``:
 ``SearchError`` 400, validation 422, unknown ids 404, a re-ranker without weights 503.
-Searches run concurrently (``pipeline/api.py``).
+Searches run concurrently (``pipeline/serve/api.py``).
 """
 
 from __future__ import annotations
@@ -34,15 +34,15 @@ from starlette.requests import cookie_parser
 
 from operators.encoders import MissingCheckpointError
 from operators.rerank import RERANKERS
-from pipeline import schema as S
-from pipeline.api import TEXTS_LEVEL, Api, SearchRequest
-from pipeline.ask import Asker, AskError
 from pipeline.config import Config
-from pipeline.http_guard import LOOPBACK_HOSTS, Guard, LoginLimiter, Scope, Sessions, same_secret
-from pipeline.hybrid import MODES, Mode
-from pipeline.media import MediaResponse
-from pipeline.schema import Level
-from pipeline.search import Searcher, SearchError, load_image
+from pipeline.search.ask import Asker, AskError
+from pipeline.search.hybrid import MODES, Mode
+from pipeline.search.searcher import Searcher, SearchError, load_image
+from pipeline.serve.api import TEXTS_LEVEL, Api, SearchRequest
+from pipeline.serve.guard import LOOPBACK_HOSTS, Guard, LoginLimiter, Scope, Sessions, same_secret
+from pipeline.serve.media import MediaResponse
+from pipeline.store import schema as S
+from pipeline.store.schema import Level
 
 STATIC = os.path.join(os.path.dirname(os.path.abspath(__file__)), "static")
 TOKEN_ENV = "VIDSEARCH_TOKEN"
@@ -294,7 +294,7 @@ def create_app(
 
     @app.get("/api/videos/{video_id}/shots")
     def video_shots(video_id: str) -> Any:
-        """The video's shots from its segments (pipeline/shot_list.py): the page marks the cuts on the player."""
+        """The video's shots from its segments (pipeline/search/shot_list.py): the page marks the cuts on the player."""
         found = api.shots(video_id)
         return found if found is not None else _not_found("indexed video")
 
@@ -332,7 +332,7 @@ class AskRequest(BaseModel):
 
 
 def _ask_routes(app: FastAPI, cfg: Config, api: Api) -> None:
-    """``POST /api/ask`` (pipeline/ask.py): the answer with the frame it was asked on; bad input is a 4xx with
+    """``POST /api/ask`` (pipeline/search/ask.py): the answer with the frame it was asked on; bad input is a 4xx with
     a JSON ``detail`` (400 question or time, 404 unknown id, 409 frame not decodable, 503 no weights)."""
     asker = Asker(cfg, api.store, media_roots=api.media_roots)
 

@@ -34,6 +34,8 @@ from pydantic import model_validator
 
 from operators.base import StrictModel
 from operators.shots import ShotConfig, ShotDetect, shot_index, shot_windows
+from pipeline.evaluation.manifests import default_media_root
+from pipeline.evaluation.metrics import prf, temporal_iou
 
 Category = Literal["hard", "jump", "dissolve", "fade", "none"]
 CATEGORIES: tuple[Category, ...] = ("hard", "jump", "dissolve", "fade")
@@ -170,18 +172,6 @@ def match_boundaries(detected: list[float], truth: list[tuple[float, float]], to
     return tp, len(detected) - tp, len(truth) - tp
 
 
-def prf(tp: int, fp: int, fn: int) -> tuple[float, float, float]:
-    p = tp / (tp + fp) if tp + fp else 1.0
-    r = tp / (tp + fn) if tp + fn else 1.0
-    return p, r, (2 * p * r / (p + r) if p + r else 0.0)
-
-
-def _span_iou(a: tuple[float, float], b: tuple[float, float]) -> float:
-    inter = max(0.0, min(a[1], b[1]) - max(a[0], b[0]))
-    union = max(a[1], b[1]) - min(a[0], b[0])
-    return inter / union if union > 0 else 0.0
-
-
 def segment_tious(truth_starts: list[float], detected: list[float], duration: float, window_s: float) -> dict:
     """Mean tIoU of the segment holding each 1 fps sample with the true shot holding it: fixed windows,
     shot-aligned windows and whole detected shots."""
@@ -193,10 +183,10 @@ def segment_tious(truth_starts: list[float], detected: list[float], duration: fl
     for x, ti, di in zip(t, shot_index(truth_starts, t), shot_index(detected, t), strict=True):
         true = (truth_starts[ti], true_ends[ti])
         k = math.floor(x / window_s)
-        out["fixed"].append(_span_iou((k * window_s, min((k + 1) * window_s, duration)), true))
+        out["fixed"].append(temporal_iou((k * window_s, min((k + 1) * window_s, duration)), true))
         win = next(((s, e) for _, s, e in wins if s <= x < e), (wins[-1][1], wins[-1][2]))
-        out["shot_windows"].append(_span_iou(win, true))
-        out["shot_span"].append(_span_iou((detected[di], det_ends[di]), true))
+        out["shot_windows"].append(temporal_iou(win, true))
+        out["shot_span"].append(temporal_iou((detected[di], det_ends[di]), true))
     return {k: float(np.mean(v)) for k, v in out.items()}
 
 
@@ -247,3 +237,13 @@ def evaluate_shots(
         summary["CPU ms per video s"] = 1000.0 * cpu_s / video_s if video_s else math.nan
         results[detector_label(cfg)] = {"summary": summary, "clips": clips}
     return results
+
+
+def run_shots(
+    manifest_path: str | Path, detectors: list[str] | None, media_root: str | Path | None, work_dir: str | Path
+) -> dict[str, dict[str, Any]]:
+    """Shot-boundary evaluation of a ``kind: shots`` manifest, one result per detector. ``detectors`` are YAML
+    strings (a name, or a mapping of ``segments.shots`` options); None: the manifest's own list."""
+    specs = [yaml.safe_load(d) for d in detectors] if detectors else None
+    root = Path(media_root) if media_root else default_media_root()
+    return evaluate_shots(load_shot_manifest(manifest_path), root, work_dir, specs)

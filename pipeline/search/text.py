@@ -24,9 +24,9 @@ from typing import Any, Literal
 
 from operators.base import StrictModel
 from operators.text_spans import normalise
-from pipeline import schema as S
-from pipeline.filters import Filters, SearchError, parse_filters
-from pipeline.store import Store, in_list
+from pipeline.search.filters import Filters, SearchError, parse_filters
+from pipeline.store import schema as S
+from pipeline.store.db import Store, in_list
 
 Tokenizer = Literal["ngram", "word"]
 INDEX_NAME = "texts_fts"
@@ -64,7 +64,7 @@ class TextHit:
 def ensure_fts_index(table: Any, column: str, name: str, replace: bool = False, **tokens: Any) -> bool:
     """Build the full-text index ``name`` of ``table.column`` with the tokenizer options ``tokens`` if it is
     missing (or ``replace``); returns whether it was built. Shared by every native FTS index the project reads
-    through (on-screen text here, segment captions in ``pipeline/hybrid.py``)."""
+    through (on-screen text here, segment captions in ``pipeline/search/hybrid.py``)."""
     if not replace and any(ix.name == name for ix in table.list_indices()):
         return False
     with warnings.catch_warnings():
@@ -113,7 +113,7 @@ def match_score(query_key: str, text: str, floor: float = 0.0) -> tuple[float, f
 
 def _where(filters: Filters | None, videos: dict[str, str]) -> str | None:
     """The prefilter for ``filters``; video ids are listed only when a filter restricts them (the complete-video
-    restriction is applied to the candidates, as in ``pipeline.search``)."""
+    restriction is applied to the candidates, as in ``pipeline.search.searcher``)."""
     import fnmatch
 
     if filters is None:
