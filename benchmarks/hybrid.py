@@ -214,8 +214,8 @@ def screen(store: Any, rows: int, share: float, queries: list[str]) -> None:
     """Sign queries with one misread letter (relevant: the segment with that sign), then the caption queries with
     and without the screen index, all through ``Searcher.search`` (k=10, no re-rank)."""
     from pipeline.config import load_config
-    from pipeline.search.hybrid import SCREEN_FTS, ensure_screen_index
     from pipeline.search.searcher import Searcher
+    from pipeline.store.fts import SCREEN_FTS
 
     cfg = load_config("default", ["encoder.pretrained=null"])
     n = len(queries)
@@ -240,7 +240,7 @@ def screen(store: Any, rows: int, share: float, queries: list[str]) -> None:
     segs = store.table("segments")
     for indexed in (True, False):
         if not indexed:
-            segs.drop_index(SCREEN_FTS)
+            segs.drop_index(SCREEN_FTS.name)
         for mode in ("text", "hybrid"):
 
             def caption(i: int, mode: str = mode) -> Any:
@@ -249,14 +249,14 @@ def screen(store: Any, rows: int, share: float, queries: list[str]) -> None:
             caption(0)
             wall, cpu = timed(caption, n)
             out.append(row(f"{mode}, caption query, {'with' if indexed else 'without'} the screen index", wall, cpu))
-    ensure_screen_index(segs)
+    SCREEN_FTS.build(segs)
     print(f"\n## On-screen text: {len(shown)} of {rows} segments show a sign, {n} queries\n")
     print(table(out))
 
 
 def tokenizers(store: Any, rows: int, n_queries: int) -> None:
     """Recall@10 of inflected queries: a hit is relevant when it has the query's subject, action and place."""
-    from pipeline.search.text import ensure_fts_index
+    from pipeline.store.fts import FtsIndex
 
     caps, parts = captions(rows, seed=1)
     tbl = store.db.create_table("tok", pa.table({"id": np.arange(rows), "caption": caps}), mode="overwrite")
@@ -281,7 +281,7 @@ def tokenizers(store: Any, rows: int, n_queries: int) -> None:
     out = []
     for name, opts in variants.items():
         t0 = time.perf_counter()
-        ensure_fts_index(tbl, "caption", "tok_fts", replace=True, **opts)
+        FtsIndex("tok", "caption", "tok_fts", opts).build(tbl, replace=True)
         built = time.perf_counter() - t0
         for form, make in forms.items():
             top1, hits, wall, cpu = 0, 0, [], []

@@ -25,6 +25,7 @@ from operators.ocr import OcrConfig
 from operators.regions import RegionConfig
 from operators.text_spans import SpanConfig
 from operators.vqa import VqaConfig
+from pipeline.errors import ConfigError
 
 
 class RayConfig(StrictModel):
@@ -163,10 +164,6 @@ class Config(StrictModel):
             return self.segments.model_dump(exclude={"shots"})
         shots = self.segments.shots.model_dump(exclude={"device", "batch_windows", "decode_threads", "timeout_s"})
         return {**self.segments.model_dump(exclude={"shots"}), "shots": shots}
-
-
-class ConfigError(ValueError):
-    """A configuration that cannot be used; the message names the file and key."""
 
 
 def _set(tree: dict[str, Any], dotted: str, value: Any) -> None:

@@ -20,7 +20,8 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from pipeline.search.ask import Asker, AskError, decode_frame
+from pipeline.errors import AskError
+from pipeline.search.ask import Asker, decode_frame
 from pipeline.search.searcher import Searcher, load_image
 from pipeline.serve.app import create_app
 from pipeline.store import schema as S

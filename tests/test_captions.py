@@ -17,7 +17,8 @@ from operators.caption_checkpoints import resolve_caption_checkpoint, save_rando
 from operators.captions import RANDOM_CAPTIONS_NOTICE, CaptionConfig, Captions, HFCaptioner, build_captioner
 from operators.decode import Decode, DecodeConfig, sample_indices
 from operators.keyframes import SampleGrid, is_keyframe, keyframe_index, shot_segment_windows, window_bounds
-from pipeline.config import ConfigError, load_config
+from pipeline.config import load_config
+from pipeline.errors import ConfigError
 from tests.helpers import clip
 
 # -- the keyframe function ------------------------------------------------------------------------------------

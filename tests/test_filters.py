@@ -9,7 +9,8 @@ from typing import Any
 
 import pytest
 
-from pipeline.search.filters import Filters, SearchError, compile_filters
+from pipeline.errors import SearchError
+from pipeline.search.filters import Filters, compile_filters
 from pipeline.search.searcher import Searcher
 from pipeline.store import schema as S
 

@@ -20,7 +20,8 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from pipeline.search.searcher import Searcher, SearchError
+from pipeline.errors import SearchError
+from pipeline.search.searcher import Searcher
 from pipeline.store import schema as S
 
 FUZZ = settings(

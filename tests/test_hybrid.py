@@ -24,12 +24,13 @@ from hypothesis import strategies as st
 from PIL import Image
 
 from pipeline.config import MaintenanceConfig
-from pipeline.search.hybrid import CAPTION_FTS, MODES
-from pipeline.search.searcher import Searcher, SearchError
+from pipeline.errors import SearchError
+from pipeline.search.hybrid import MODES
+from pipeline.search.searcher import Searcher
 from pipeline.serve.app import create_app
 from pipeline.store import schema as S
 from pipeline.store.db import Store
-from pipeline.store.maintenance import CAPTION_FTS as MAINTAINED_FTS
+from pipeline.store.fts import CAPTION_FTS
 from pipeline.store.maintenance import maintain, needs_maintenance
 from tests.helpers import (
     AUTH,
@@ -96,7 +97,7 @@ def words(caption: str | None) -> set[str]:
 def test_a_segment_is_found_by_the_words_of_its_own_caption(db) -> None:
     _, searcher = db
     rows = [r for r in segments(searcher) if r["caption"]]
-    assert MAINTAINED_FTS == CAPTION_FTS
+    assert CAPTION_FTS.name in {ix.name for ix in searcher.store.table(S.SEGMENTS).list_indices()}  # maintained
     for r in rows[::3]:
         hits = searcher.search(text=r["caption"], k=3, mode="text", rerank=None)
         assert hits[0].id == r["segment_id"], (r["caption"], [h.id for h in hits])
@@ -236,11 +237,11 @@ def test_rows_committed_after_the_index_are_found_and_maintain_folds_them_in(tmp
     seg, caption = S.make_id("segment", "vb", 0.0), captions_of(1)[0]
     searcher = Searcher(store, cfg)
     assert searcher.search(text=str(caption), k=1, mode="text", rerank=None)[0].id == seg
-    stats = store.table(S.SEGMENTS).index_stats(CAPTION_FTS)
+    stats = store.table(S.SEGMENTS).index_stats(CAPTION_FTS.name)
     assert stats is not None and stats.num_unindexed_rows == PER_VIDEO
     assert needs_maintenance(store, MaintenanceConfig(scalar_index_min_rows=10**9))
     maintain(store, MaintenanceConfig())
-    stats = store.table(S.SEGMENTS).index_stats(CAPTION_FTS)
+    stats = store.table(S.SEGMENTS).index_stats(CAPTION_FTS.name)
     assert stats is not None and (stats.num_indexed_rows, stats.num_unindexed_rows) == (2 * PER_VIDEO, 0)
     assert searcher.search(text=str(caption), k=1, mode="text", rerank=None)[0].id == seg
 
@@ -258,20 +259,20 @@ def test_cli_mode_and_its_errors(db, capsys) -> None:
     got = json.loads(out.stdout)
     assert [r["id"] for r in got] == [r.id for r in want]
     assert [r["score"] for r in got] == pytest.approx([r.score for r in want], abs=1e-6)
-    import run_pipeline
+    from pipeline import cli
 
     for args, msg in [
         (["a dog", "--mode", "text", "--level", "frames"], "only segments have"),
         (["a dog", "--mode", "text", "--level", "texts"], "--mode does not apply to level texts"),
     ]:  # in this process (the command's error handling without the log set-up of main)
         capsys.readouterr()
-        parsed = run_pipeline.parser().parse_args(["search", "--config", "tiny", "--db", cfg.db.path, *args])
-        assert run_pipeline._run(parsed) == 2
+        parsed = cli.parser().parse_args(["search", "--config", "tiny", "--db", cfg.db.path, *args])
+        assert cli.run(parsed) == 2
         out, err = capsys.readouterr()
         lines = [ln for ln in err.splitlines() if not ln.startswith("NOTE:")]
         assert out == "" and len(lines) == 1 and lines[0].startswith("error: ") and msg in lines[0], err
     with pytest.raises(SystemExit):
-        run_pipeline.parser().parse_args(["search", "a dog", "--mode", "words"])
+        cli.parser().parse_args(["search", "a dog", "--mode", "words"])
     assert "invalid choice: 'words'" in capsys.readouterr().err
 
 
@@ -331,7 +332,7 @@ def test_evaluate_runs_text_queries_in_every_mode(tmp_path, capsys) -> None:
     """The same database searched in vector, text and hybrid mode by ``evaluate``: text queries that are a
     segment's caption find it first by words; image queries run in vector mode only; ``evaluate`` builds the
     caption index itself (it runs without ``maintain``)."""
-    import run_pipeline
+    from pipeline import cli
     from pipeline.evaluation.retrieval import CAPTIONS_NEED_PRETRAINED, NO_CAPTIONS, Manifest, caption_notices, evaluate
 
     rel = ["mdn/flower.webm", "mmaction2/test.avi"]
@@ -365,6 +366,6 @@ def test_evaluate_runs_text_queries_in_every_mode(tmp_path, capsys) -> None:
     assert caption_notices("tiny", cfg.db.path, False, ["hybrid"]) == [NO_CAPTIONS.format(name="tiny", modes="hybrid")]
 
     manifest_path = str(ROOT / "eval" / "text_queries.yaml")
-    parsed = run_pipeline.parser().parse_args(["evaluate", "--manifest", manifest_path, "--modes", "vector,words"])
-    assert run_pipeline._run(parsed) == 2
+    parsed = cli.parser().parse_args(["evaluate", "--manifest", manifest_path, "--modes", "vector,words"])
+    assert cli.run(parsed) == 2
     assert "error: unknown search mode(s) words; choose from vector, text, hybrid" in capsys.readouterr().err

@@ -11,10 +11,10 @@ import numpy as np
 import pytest
 
 from pipeline.config import MaintenanceConfig
+from pipeline.store import fts
 from pipeline.store import schema as S
 from pipeline.store.db import Store
 from pipeline.store.maintenance import (
-    FTS_INDEXES,
     SCALAR_INDEXES,
     VECTOR_INDEX,
     build_vector_index,
@@ -104,8 +104,9 @@ def test_maintain_builds_filter_and_text_indexes_and_compacts_while_readers_keep
         have = names(table)
         for column, kind in SCALAR_INDEXES[name].items():
             assert f"{column}_{kind.lower()}" in have, (name, column)
-        for column in FTS_INDEXES.get(name, []):
-            assert f"{column}_fts" in have, (name, column)
+        for ix in fts.INDEXES:
+            if ix.table == name and ix.wanted(table):
+                assert ix.name in have, (name, ix.column)
         assert table.stats()["fragment_stats"]["num_fragments"] == 1, name
     assert names(store.table(S.SEGMENTS))[VECTOR_INDEX] and report["vector_index_builds"][S.SEGMENTS]["rows"] == 600
     assert VECTOR_INDEX not in names(store.table(S.THUMBNAILS))

@@ -11,7 +11,8 @@ import torch
 
 from operators.detect_track import DetectConfig, YoloPredictor, resolve_yolo
 from operators.encoders import EncoderConfig, MissingCheckpointError, build_encoder, resolve_checkpoint
-from pipeline.config import ConfigError, load_config
+from pipeline.config import load_config
+from pipeline.errors import ConfigError
 from tests.helpers import ROOT, clip, tiny_config
 
 

@@ -17,9 +17,10 @@ from pathlib import Path
 
 import pytest
 
+from pipeline.errors import EXIT_LOCKED, LockBusy
 from pipeline.store import schema as S
 from pipeline.store.db import Store
-from pipeline.store.lock import EXIT_LOCKED, DatabaseLock, LockBusy
+from pipeline.store.lock import DatabaseLock
 from tests.helpers import assert_same_tables, killed_mid_commit_env
 
 ROOT = Path(__file__).resolve().parent.parent

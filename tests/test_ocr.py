@@ -12,10 +12,10 @@ import pytest
 
 from operators.ocr import OcrConfig, OcrFrames
 from operators.text_spans import SpanConfig, normalise, text_spans
+from pipeline.errors import SearchError
 from pipeline.evaluation.metrics import box_iou, temporal_iou
 from pipeline.evaluation.ocr import read_clip
 from pipeline.evaluation.ocr_clips import FONT_DIR, ClipSpec, DrawnText, build_clip, decode_frames, ink_box
-from pipeline.search.filters import SearchError
 from pipeline.search.text import TextSearchConfig, TextSearcher, match_score
 from pipeline.store import schema as S
 from tests.helpers import GATE, gate_manifest

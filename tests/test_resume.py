@@ -18,9 +18,10 @@ from pathlib import Path
 
 import pytest
 
+from pipeline.errors import EXIT_LOCKED
 from pipeline.store import schema as S
 from pipeline.store.db import Store
-from pipeline.store.lock import EXIT_LOCKED, lock_path
+from pipeline.store.lock import lock_path
 from tests.helpers import TINY_DIM, assert_same_tables, killed_mid_commit_env
 
 ROOT = Path(__file__).resolve().parent.parent

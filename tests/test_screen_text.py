@@ -17,11 +17,12 @@ from hypothesis import strategies as st
 
 from operators.assemble import MAX_SCREEN_LINES, SegmentConfig, assemble_video
 from pipeline.config import MaintenanceConfig
-from pipeline.search.hybrid import CAPTION_FTS, SCREEN_FTS
-from pipeline.search.searcher import Searcher, SearchError
+from pipeline.errors import SearchError
+from pipeline.search.searcher import Searcher
 from pipeline.serve.app import create_app
 from pipeline.store import schema as S
 from pipeline.store.db import Store
+from pipeline.store.fts import CAPTION_FTS, SCREEN_FTS
 from pipeline.store.maintenance import maintain, needs_maintenance
 from tests.helpers import TINY_DIM, content, running, tables_of, tiny_config, video_row
 from tests.test_assembly import frames
@@ -173,10 +174,10 @@ def test_text_and_hybrid_fuse_caption_and_screen_rankings_as_an_independent_rrf(
 
     both_text, both_hybrid = ids("text", depth), ids("hybrid", k)
     vector = ids("vector", depth)
-    table.drop_index(SCREEN_FTS)
+    table.drop_index(SCREEN_FTS.name)
     caption = ids("text", depth)
     maintain(searcher.store, MaintenanceConfig())  # rebuilds the screen index
-    table.drop_index(CAPTION_FTS)
+    table.drop_index(CAPTION_FTS.name)
     screen = ids("text", depth)
     assert caption and screen and set(caption) != set(screen), "both word rankings must matter"
 
@@ -196,7 +197,7 @@ def test_maintain_builds_the_screen_index_only_once_there_is_screen_text(tmp_pat
     cfg, searcher, report = build(tmp_path / "db", ["vcap"])
     assert not any("screen_text" in a for a in report["tables"][S.SEGMENTS]["actions"])
     names = {ix.name for ix in searcher.store.table(S.SEGMENTS).list_indices()}
-    assert CAPTION_FTS in names and SCREEN_FTS not in names
+    assert CAPTION_FTS.name in names and SCREEN_FTS.name not in names
     commit_video(searcher.store, "vscreen", 1)
     assert needs_maintenance(searcher.store, MaintenanceConfig(scalar_index_min_rows=10**9))
     # until maintain builds the screen index, words are searched in captions only, as before

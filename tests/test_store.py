@@ -12,10 +12,11 @@ from pathlib import Path
 import pyarrow as pa
 import pytest
 
+from pipeline.errors import EXIT_LOCKED, LockBusy
+from pipeline.index.catalog import prune
 from pipeline.store import schema as S
 from pipeline.store.db import Store
-from pipeline.store.lock import EXIT_LOCKED, DatabaseLock, LockBusy, lock_path
-from pipeline.store.maintenance import prune
+from pipeline.store.lock import DatabaseLock, lock_path
 from tests.helpers import SYNTHETIC_DIM, content, tables_of, video_row
 
 DIM = SYNTHETIC_DIM

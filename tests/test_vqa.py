@@ -175,7 +175,8 @@ def test_missing_checkpoints_say_what_to_do(tmp_path, monkeypatch) -> None:
 
 
 def test_config_section_is_typed() -> None:
-    from pipeline.config import ConfigError, load_config
+    from pipeline.config import load_config
+    from pipeline.errors import ConfigError
 
     assert load_config("default").vqa.model == "vilt" and load_config("default").vqa.checkpoint is None
     assert build_vqa(load_config("default").vqa).checkpoint == "dandelin/vilt-b32-finetuned-vqa"

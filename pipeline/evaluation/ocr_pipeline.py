@@ -72,9 +72,10 @@ def evaluate_ocr_pipeline(
     """Index the manifest's clips with ``cfg`` (its ``db.path`` must be a fresh folder), then score the queries
     on what the index holds. Results per tokenizer: ``{"summary": {...}, "queries": [...], "run": {...}}``."""
     from pipeline.index.runner import run_index
-    from pipeline.search.text import TextSearchConfig, TextSearcher, ensure_text_index
+    from pipeline.search.text import TextSearchConfig, TextSearcher
     from pipeline.store import schema as S
     from pipeline.store.db import Store
+    from pipeline.store.fts import ensure_text_index
 
     fps = cfg.decode.fps
     built = {c.id: build_clip(c, media_root, work_dir / "ocr_clips") for c in manifest.clips}
@@ -122,8 +123,8 @@ def evaluate_ocr_pipeline(
             "queries": per_query,
             "run": {"graph_stages": stages, "stages": summary.stages},
         }
-    from pipeline.search.hybrid import ensure_word_indexes
     from pipeline.search.searcher import Searcher
+    from pipeline.store.fts import ensure_word_indexes
 
     ensure_word_indexes(store.table(S.SEGMENTS))  # evaluate runs without `maintain`
     per_query = score_queries(SegmentTextSearch(Searcher(store, cfg)), manifest, vids, box_at, k)

@@ -164,7 +164,7 @@ def evaluate(
     searcher = Searcher(cfg.db.path, cfg)
     queries = manifest.queries if mode == "vector" else [q for q in manifest.queries if q.text is not None]
     if mode != "vector" and searcher.store.exists(S.SEGMENTS):
-        from pipeline.search.hybrid import ensure_word_indexes
+        from pipeline.store.fts import ensure_word_indexes
 
         ensure_word_indexes(searcher.store.table(S.SEGMENTS))  # evaluate runs without `maintain`
     durations = {

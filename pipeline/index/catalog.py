@@ -12,10 +12,13 @@ from __future__ import annotations
 import glob
 import os
 import stat
+import threading
+from collections import OrderedDict
 from dataclasses import dataclass
 
 from operators.contract import fingerprint
 from pipeline.store import schema as S
+from pipeline.store.db import Store, quote
 
 VIDEO_EXTENSIONS = frozenset(
     ".mp4 .m4v .mov .mkv .webm .avi .mpg .mpeg .ts .mts .m2ts .wmv .flv .3gp .ogv .gif .mxf".split()
@@ -109,3 +112,70 @@ def gone(videos: list[dict[str, str]], roots: list[str] | None = None) -> list[d
         if not roots:
             return []
     return [v for v in videos if (roots is None or under(v["path"], roots)) and not os.path.exists(v["path"])]
+
+
+def prune(store: Store, roots: list[str] | None = None, dry_run: bool = False) -> list[dict[str, str]]:
+    """Remove every row of the indexed videos whose file is gone (and their failure records); returns them.
+
+    ``roots``: only files inside these folders, and only folders that exist (see ``gone``); ``None``:
+    every indexed video. A moved file is not gone: the index run that sees it at its new path updates the path
+    first (``index --incremental`` plans before it prunes).
+    """
+    videos = store.rows(S.VIDEOS, columns=["video_id", "path"]).to_pylist()
+    missing = gone(videos, roots)
+    if not dry_run:
+        store.delete_videos([v["video_id"] for v in missing])
+        for f in gone(store.rows(S.FAILURES, columns=["path"]).to_pylist(), roots):
+            store.table(S.FAILURES).delete(f"path = {quote(f['path'])}")
+    return missing
+
+
+# -- still the indexed file -----------------------------------------------------------------------------------
+def _key(st: os.stat_result) -> tuple[int, ...]:
+    return (st.st_dev, st.st_ino, st.st_size, st.st_mtime_ns, st.st_ctime_ns)
+
+
+class Verifier:
+    """Opens indexed files that still hold the indexed content; remembers fingerprints of unchanged files."""
+
+    def __init__(self, max_entries: int = 4096) -> None:
+        self.max_entries = max_entries
+        self._cache: OrderedDict[tuple[int, ...], str] = OrderedDict()
+        self._lock = threading.Lock()
+        self.hashed = 0  # fingerprints computed (not served from the cache); read by tests
+
+    def _fingerprint(self, path: str, st: os.stat_result) -> str | None:
+        key = _key(st)
+        with self._lock:
+            if key in self._cache:
+                self._cache.move_to_end(key)
+                return self._cache[key]
+        try:
+            size, fp = fingerprint(path)
+            after = os.stat(path)
+        except OSError:
+            return None
+        if size != st.st_size or _key(after) != key:
+            return None  # the path changed while it was read: not the file that is open
+        with self._lock:
+            self.hashed += 1
+            self._cache[key] = fp
+            while len(self._cache) > self.max_entries:
+                self._cache.popitem(last=False)
+        return fp
+
+    def open(self, path: str, size: int, expected: str) -> tuple[int, os.stat_result] | None:
+        """An open descriptor of ``path`` and its stat, if it is a regular file of ``size`` bytes whose
+        fingerprint is ``expected``; None otherwise. The caller closes the descriptor."""
+        try:
+            fd = os.open(path, os.O_RDONLY | getattr(os, "O_NONBLOCK", 0))  # a FIFO must not block the open
+        except OSError:
+            return None
+        try:
+            st = os.fstat(fd)
+            if stat.S_ISREG(st.st_mode) and st.st_size == size and self._fingerprint(path, st) == expected:
+                return fd, st
+        except OSError:
+            pass
+        os.close(fd)
+        return None

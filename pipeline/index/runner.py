@@ -26,13 +26,13 @@ from operators.captions import RANDOM_CAPTIONS_NOTICE
 from operators.detect_track import resolve_yolo
 from operators.encoders import embedding_dim, resolve_checkpoint
 from pipeline.config import Config
-from pipeline.index.catalog import VideoFile, list_videos
+from pipeline.index.catalog import VideoFile, list_videos, prune
 from pipeline.index.graph import graph_stage_times
 from pipeline.index.ingest import Ingest, timed
 from pipeline.store import schema as S
 from pipeline.store.db import Store, now
 from pipeline.store.lock import DatabaseLock
-from pipeline.store.maintenance import maintain, needs_maintenance, prune
+from pipeline.store.maintenance import maintain, needs_maintenance
 
 log = logging.getLogger(__name__)
 

@@ -30,21 +30,14 @@ import numpy.typing as npt
 from operators.decode import Decode, DecodeConfig, DecodeError, encode_jpeg, relabelled, target_size
 from operators.vqa import QuestionError, VqaConfig, VqaModel, build_vqa
 from pipeline.config import Config
-from pipeline.search.searcher import SearchError, load_image
-from pipeline.serve.media import Verifier
+from pipeline.errors import AskError
+from pipeline.index.catalog import Verifier
+from pipeline.search.searcher import load_image
 from pipeline.store import schema as S
 from pipeline.store.db import Store, quote
 
 ID_CHARS = 36  # uuid5 ids
 DECODED_JPEG_QUALITY = 90
-
-
-class AskError(SearchError):
-    """A question that cannot be answered as asked; ``status`` is its HTTP status."""
-
-    def __init__(self, message: str, status: int = 400) -> None:
-        super().__init__(message)
-        self.status = status
 
 
 @dataclass

@@ -11,16 +11,13 @@ from typing import Any
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
 
+from pipeline.errors import SearchError
 from pipeline.store import schema as S
 from pipeline.store.db import in_list, quote
 from pipeline.store.schema import Level
 
 MAX_LIST = 1000  # values in one list filter
 MAX_VALUE_CHARS = 1000
-
-
-class SearchError(ValueError):
-    """A search request that cannot be served; the message is safe to show to the caller."""
 
 
 class Filters(BaseModel):

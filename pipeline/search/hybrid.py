@@ -2,7 +2,7 @@
 ``text`` and ``hybrid`` mode (``vector`` mode is the embedding search of ``pipeline/search/searcher.py``).
 
 - **Index**: LanceDB's native inverted index ``caption_fts`` on ``segments.caption``, built by ``maintain``
-  (``pipeline/store/maintenance.py``) through the same ``ensure_fts_index`` as the on-screen text index. Captions are
+  (``pipeline/store/maintenance.py``), declared with every full-text index in ``pipeline/store/fts.py``. Captions are
   generated English sentences ("a man riding a bike down a street"), so the tokenizer splits words, lower-cases,
   folds accents, drops English stop words and stems (Snowball): "dogs" finds "a dog runs", "riding" finds "a
   woman rides". ``benchmarks/hybrid.py`` measures the choice against unstemmed words and character trigrams.
@@ -40,35 +40,22 @@ from concurrent.futures import ThreadPoolExecutor
 from typing import Any, Literal, cast
 
 from operators.text_spans import normalise
-from pipeline.search.text import ensure_fts_index, match_score, ocr_tokens
+from pipeline.errors import SearchError
+from pipeline.search.text import match_score
 from pipeline.store import schema as S
+from pipeline.store.fts import CAPTION_FTS, SCREEN_FTS, WORD_INDEXES
 
 Mode = Literal["vector", "text", "hybrid"]
 MODES: tuple[str, ...] = ("vector", "text", "hybrid")
-CAPTION_COLUMN = "caption"
-CAPTION_FTS = "caption_fts"
-SCREEN_COLUMN = "screen_text"
-SCREEN_FTS = "screen_text_fts"
+CAPTION_COLUMN = CAPTION_FTS.column
+SCREEN_COLUMN = SCREEN_FTS.column
 #: The levels whose rows carry a caption (and so a caption index).
 CAPTION_LEVELS: tuple[str, ...] = (S.SEGMENTS,)
-#: Word tokens for generated English sentences (see the module docstring and benchmarks/hybrid.py).
-CAPTION_TOKENS: dict[str, Any] = {
-    "base_tokenizer": "simple",
-    "language": "English",
-    "lower_case": True,
-    "ascii_folding": True,
-    "stem": True,
-    "remove_stop_words": True,
-}
-
-
-class CaptionSearchError(ValueError):
-    """A text or hybrid search that cannot run (level, input, database); the message says what to do."""
 
 
 def check_modes(modes: list[str] | None) -> list[Mode]:
     """A list of search modes validated (default ``["vector"]``), duplicates dropped, order kept."""
-    from pipeline.config import ConfigError
+    from pipeline.errors import ConfigError
 
     unique = list(dict.fromkeys(modes or ["vector"]))
     bad = [m for m in unique if m not in MODES]
@@ -77,57 +64,38 @@ def check_modes(modes: list[str] | None) -> list[Mode]:
     return cast(list[Mode], unique)
 
 
-def ensure_caption_index(table: Any, replace: bool = False) -> bool:
-    """Build ``caption_fts`` on ``table.caption`` if it is missing; returns whether it was built."""
-    return ensure_fts_index(table, CAPTION_COLUMN, CAPTION_FTS, replace, **CAPTION_TOKENS)
-
-
-def ensure_screen_index(table: Any, replace: bool = False) -> bool:
-    """Build ``screen_text_fts`` (character trigrams, as the ``texts`` level's: tolerant of OCR errors) on
-    ``table.screen_text`` if it is missing; returns whether it was built."""
-    return ensure_fts_index(table, SCREEN_COLUMN, SCREEN_FTS, replace, **ocr_tokens("ngram"))
-
-
-def ensure_word_indexes(table: Any) -> None:
-    """The caption index, and the on-screen text index once some segment has screen text (what ``maintain``
-    builds; for callers that run without it, like ``evaluate``)."""
-    ensure_caption_index(table)
-    if SCREEN_COLUMN in table.schema.names and table.count_rows(f"{SCREEN_COLUMN} IS NOT NULL") > 0:
-        ensure_screen_index(table)
-
-
 def check_mode(mode: str, level: str, text: Any, image: Any) -> None:
     """Refuse a mode that cannot serve the request, before any model loads."""
     if mode not in MODES:
-        raise CaptionSearchError(f"mode must be one of {', '.join(MODES)}")
+        raise SearchError(f"mode must be one of {', '.join(MODES)}")
     if mode == "vector":
         return
     if level not in CAPTION_LEVELS:
-        raise CaptionSearchError(
+        raise SearchError(
             f"mode '{mode}' searches captions and on-screen text, which only {', '.join(CAPTION_LEVELS)} have; use "
             f"level {CAPTION_LEVELS[0]} or mode vector"
         )
     if image is not None or text is None:
-        raise CaptionSearchError(f"mode '{mode}' matches the words of a text query; an image needs mode vector")
+        raise SearchError(f"mode '{mode}' matches the words of a text query; an image needs mode vector")
     try:
         str(text).encode("utf-8")  # the full-text engine takes UTF-8 only (a JSON "\ud800" escape is not)
     except UnicodeEncodeError:
-        raise CaptionSearchError("the query text must be valid Unicode text") from None
+        raise SearchError("the query text must be valid Unicode text") from None
 
 
 def check_word_indexes(table: Any) -> list[str]:
     """The word-searchable columns of ``table`` (those with a full-text index: caption, screen text), caption
     first; none is an error that names the command fixing it."""
     names = {ix.name for ix in table.list_indices()}
-    legs = [column for column, index in ((CAPTION_COLUMN, CAPTION_FTS), (SCREEN_COLUMN, SCREEN_FTS)) if index in names]
+    legs = [ix.column for ix in WORD_INDEXES if ix.name in names]
     if legs:
         return legs
     if CAPTION_COLUMN not in table.schema.names:
-        raise CaptionSearchError(
+        raise SearchError(
             "this database predates segment captions: run `vidsearch maintain` to add the column, then index "
             "with captions on"
         )
-    raise CaptionSearchError("the segment captions have no full-text index yet: run `vidsearch maintain` to build it")
+    raise SearchError("the segment captions have no full-text index yet: run `vidsearch maintain` to build it")
 
 
 def text_ranking(table: Any, text: str, columns: list[str], fetch: int, where: str | None) -> list[dict[str, Any]]:

@@ -18,9 +18,10 @@ import numpy as np
 from operators.encoders import OpenClipEncoder, build_encoder, embedding_dim
 from operators.rerank import RERANKERS, Query, RerankInput, build_reranker
 from pipeline.config import Config
+from pipeline.errors import SearchError
 from pipeline.search.contexts import contexts as span_contexts
-from pipeline.search.filters import Filters, SearchError, compile_filters, parse_filters
-from pipeline.search.hybrid import CaptionSearchError, Mode, caption_stage1, check_mode
+from pipeline.search.filters import Filters, compile_filters, parse_filters
+from pipeline.search.hybrid import Mode, caption_stage1, check_mode
 from pipeline.store import schema as S
 from pipeline.store.db import Store, in_list, quote
 from pipeline.store.schema import Level
@@ -146,7 +147,7 @@ class Searcher:
             raise SearchError(f"unknown re-ranker '{str(reranker)[:60]}'; choose one of {', '.join(RERANKERS)} or none")
         try:
             check_mode(mode, level, text, image)
-        except CaptionSearchError as exc:
+        except SearchError as exc:
             raise SearchError(str(exc)) from None
         if mode == "text" and reranker is None:  # words only: the encoder is not needed
             self._check_text(text)
@@ -219,7 +220,7 @@ class Searcher:
                 keep=lambda r: r["video_id"] in videos,
                 rrf_k=self.cfg.search.rrf_k,
             )
-        except CaptionSearchError as exc:
+        except SearchError as exc:
             raise SearchError(str(exc)) from None
         results = []
         for r, score in pairs:

@@ -17,19 +17,17 @@ Only spans of videos marked ``complete`` are returned, so a run in progress or a
 
 from __future__ import annotations
 
-import warnings
 from collections import Counter
 from dataclasses import asdict, dataclass
-from typing import Any, Literal
+from typing import Any
 
 from operators.base import StrictModel
 from operators.text_spans import normalise
-from pipeline.search.filters import Filters, SearchError, parse_filters
+from pipeline.errors import SearchError
+from pipeline.search.filters import Filters, parse_filters
 from pipeline.store import schema as S
 from pipeline.store.db import Store, in_list
-
-Tokenizer = Literal["ngram", "word"]
-INDEX_NAME = "texts_fts"
+from pipeline.store.fts import Tokenizer, ensure_text_index
 
 
 class TextSearchConfig(StrictModel):
@@ -59,32 +57,6 @@ class TextHit:
 
     def as_dict(self) -> dict[str, Any]:
         return asdict(self)
-
-
-def ensure_fts_index(table: Any, column: str, name: str, replace: bool = False, **tokens: Any) -> bool:
-    """Build the full-text index ``name`` of ``table.column`` with the tokenizer options ``tokens`` if it is
-    missing (or ``replace``); returns whether it was built. Shared by every native FTS index the project reads
-    through (on-screen text here, segment captions in ``pipeline/search/hybrid.py``)."""
-    if not replace and any(ix.name == name for ix in table.list_indices()):
-        return False
-    with warnings.catch_warnings():
-        # lancedb 0.40 marks create_fts_index deprecated, but its suggested create_index(config=FTS()) on a
-        # synchronous table takes the metric argument for the column name; this call still does the work.
-        warnings.simplefilter("ignore", DeprecationWarning)
-        table.create_fts_index(column, replace=True, name=name, **tokens)
-    return True
-
-
-def ocr_tokens(tokenizer: Tokenizer = "ngram") -> dict[str, Any]:
-    """The tokenizer options of an index over on-screen text (see the module docstring)."""
-    common = {"remove_stop_words": False, "stem": False, "ascii_folding": True}
-    tokens = {"base_tokenizer": "ngram", "ngram_min_length": 3, "ngram_max_length": 3} if tokenizer == "ngram" else {}
-    return common | tokens
-
-
-def ensure_text_index(table: Any, tokenizer: Tokenizer = "ngram", replace: bool = False) -> None:
-    """Build the full-text index of ``texts.text`` if it is missing (or ``replace``)."""
-    ensure_fts_index(table, "text", INDEX_NAME, replace, **ocr_tokens(tokenizer))
 
 
 def substring_distance(query: str, text: str) -> int:

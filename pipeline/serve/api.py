@@ -21,11 +21,13 @@ from fastapi.encoders import jsonable_encoder
 from pydantic import BaseModel, ConfigDict
 
 from pipeline.config import Config
+from pipeline.errors import SearchError
+from pipeline.index.catalog import Verifier
 from pipeline.search.hybrid import Mode
-from pipeline.search.searcher import Filters, Searcher, SearchError
+from pipeline.search.searcher import Filters, Searcher
 from pipeline.search.shot_list import video_shots
 from pipeline.search.text import TextSearchConfig, TextSearcher
-from pipeline.serve.media import Verifier, media_type
+from pipeline.serve.media import media_type
 from pipeline.store import schema as S
 from pipeline.store.db import Store, quote
 from pipeline.store.schema import Level

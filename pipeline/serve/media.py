@@ -1,9 +1,9 @@
 """Serving an indexed video file: only while it still is the content that was indexed, with the type of the
 indexed file, and with HTTP Range per RFC 9110.
 
-``Verifier`` opens the file once, checks the opened file (regular, indexed size, indexed fingerprint from
-``pipeline.index.catalog.fingerprint``) and hands that open descriptor to ``MediaResponse``, so a file swapped in
-after the check is never what gets sent. Fingerprints are cached per (device, inode, size, mtime, ctime):
+``pipeline.index.catalog.Verifier`` opens the file once, checks the opened file (regular, indexed size, indexed
+fingerprint) and hands that open descriptor to ``MediaResponse``, so a file swapped in after the check is never
+what gets sent. Fingerprints are cached per (device, inode, size, mtime, ctime):
 a file that was not touched is hashed once, a replaced or rewritten one is hashed again.
 """
 
@@ -13,15 +13,10 @@ import email.utils
 import mimetypes
 import os
 import re
-import stat
-import threading
-from collections import OrderedDict
 from typing import Any
 
 import anyio
 from starlette.responses import Response
-
-from pipeline.index.catalog import fingerprint
 
 mimetypes.add_type("video/webm", ".webm")
 mimetypes.add_type("video/x-matroska", ".mkv")
@@ -39,56 +34,6 @@ def media_type(indexed_path: str) -> str:
     video (or the one animated-image container the catalog accepts) is served as opaque bytes."""
     kind = mimetypes.guess_type(indexed_path, strict=False)[0] or ""
     return kind if kind.startswith("video/") or kind in ("image/gif", "application/mxf") else "application/octet-stream"
-
-
-def _key(st: os.stat_result) -> tuple[int, ...]:
-    return (st.st_dev, st.st_ino, st.st_size, st.st_mtime_ns, st.st_ctime_ns)
-
-
-class Verifier:
-    """Opens indexed files that still hold the indexed content; remembers fingerprints of unchanged files."""
-
-    def __init__(self, max_entries: int = 4096) -> None:
-        self.max_entries = max_entries
-        self._cache: OrderedDict[tuple[int, ...], str] = OrderedDict()
-        self._lock = threading.Lock()
-        self.hashed = 0  # fingerprints computed (not served from the cache); read by tests
-
-    def _fingerprint(self, path: str, st: os.stat_result) -> str | None:
-        key = _key(st)
-        with self._lock:
-            if key in self._cache:
-                self._cache.move_to_end(key)
-                return self._cache[key]
-        try:
-            size, fp = fingerprint(path)
-            after = os.stat(path)
-        except OSError:
-            return None
-        if size != st.st_size or _key(after) != key:
-            return None  # the path changed while it was read: not the file that is open
-        with self._lock:
-            self.hashed += 1
-            self._cache[key] = fp
-            while len(self._cache) > self.max_entries:
-                self._cache.popitem(last=False)
-        return fp
-
-    def open(self, path: str, size: int, expected: str) -> tuple[int, os.stat_result] | None:
-        """An open descriptor of ``path`` and its stat, if it is a regular file of ``size`` bytes whose
-        fingerprint is ``expected``; None otherwise. The caller closes the descriptor."""
-        try:
-            fd = os.open(path, os.O_RDONLY | getattr(os, "O_NONBLOCK", 0))  # a FIFO must not block the open
-        except OSError:
-            return None
-        try:
-            st = os.fstat(fd)
-            if stat.S_ISREG(st.st_mode) and st.st_size == size and self._fingerprint(path, st) == expected:
-                return fd, st
-        except OSError:
-            pass
-        os.close(fd)
-        return None
 
 
 _SPEC = re.compile(r"(\d*)-(\d*)")

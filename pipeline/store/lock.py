@@ -33,28 +33,15 @@ from pathlib import Path
 from types import TracebackType
 from typing import Any
 
+from pipeline.errors import LockBusy
+
 log = logging.getLogger(__name__)
 
-EXIT_LOCKED = 75
 LOCK_NAME = ".vidsearch.lock"
 
 _held: dict[str, tuple[int, int]] = {}  # lock path -> (fd, depth): re-entrant within one process
 _leases: dict[str, Any] = {}  # lock path -> the S3Lease held for an s3:// database
 _guard = threading.Lock()
-
-
-class LockBusy(RuntimeError):
-    """Another process holds the database lock; the message names the holder."""
-
-    def __init__(self, db: str, path: str, holder: dict[str, object]) -> None:
-        who = (
-            f"pid {holder.get('pid', '?')} on {holder.get('host', '?')}, {holder.get('command', '?')} "
-            f"since {holder.get('since', '?')}"
-            if holder
-            else "holder unknown"
-        )
-        super().__init__(f"another vidsearch run is writing to {db} ({who}); lock file {path}")
-        self.db, self.path, self.holder = db, path, holder
 
 
 def is_object_store(uri: str) -> bool:

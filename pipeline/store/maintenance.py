@@ -29,9 +29,9 @@ import uuid
 from typing import Any, Final
 
 from pipeline.config import MaintenanceConfig
-from pipeline.index.catalog import gone
+from pipeline.store import fts
 from pipeline.store import schema as S
-from pipeline.store.db import Store, now, quote
+from pipeline.store.db import Store, now
 
 log = logging.getLogger(__name__)
 
@@ -61,21 +61,7 @@ SCALAR_INDEXES: dict[str, dict[str, str]] = {
     },
     S.THUMBNAILS: {"thumb_id": "BTREE", "video_id": "BTREE"},
 }
-#: Per table: columns with a full-text index.
 SCALAR_INDEXES[S.TEXTS] = {"text_id": "BTREE", "video_id": "BTREE"}
-#: The on-screen text's own full-text index (n-gram tokens, tolerant of OCR errors: pipeline/search/text.py).
-TEXT_FTS = "texts_fts"
-#: The segment captions' full-text index (stemmed words: pipeline/search/hybrid.py, text and hybrid search).
-CAPTION_FTS = "caption_fts"
-#: The segments' on-screen text index (n-grams, like the texts table's: pipeline/search/hybrid.py).
-SCREEN_FTS = "screen_text_fts"
-
-FTS_INDEXES: dict[str, list[str]] = {
-    S.VIDEOS: ["path"],
-    S.TRACKS: ["class_name"],
-    S.SEGMENTS: ["class_names"],
-    S.FRAMES: ["class_names"],
-}
 
 
 def _index_config(cfg: MaintenanceConfig, n_rows: int, dim: int) -> Any:
@@ -167,8 +153,6 @@ def index_state(table: Any) -> list[dict[str, Any]]:
 def _maintain_table(
     store: Store, name: str, cfg: MaintenanceConfig, last_build: dict[str, Any] | None, force: bool
 ) -> tuple[dict[str, Any], dict[str, Any] | None]:
-    from lancedb.index import FTS
-
     table = store.table(name)
     n = table.count_rows()
     report: dict[str, Any] = {"rows": n, "actions": []}
@@ -187,26 +171,9 @@ def _maintain_table(
     if n >= cfg.scalar_index_min_rows:
         report["actions"] += build_scalar_indexes(table, name, existing)
     if cfg.fts and n:
-        for column in FTS_INDEXES.get(name, []):
-            ix_name = f"{column}_fts"
-            if ix_name not in existing:
-                table.create_index(column, config=FTS(), replace=True, name=ix_name)
-                report["actions"].append(f"FTS index on {column}")
-        if name == S.TEXTS and TEXT_FTS not in existing:
-            from pipeline.search.text import ensure_text_index
-
-            ensure_text_index(table)
-            report["actions"].append("FTS index (n-grams) on text")
-        if _needs_caption_index(table, name, existing):
-            from pipeline.search.hybrid import ensure_caption_index
-
-            ensure_caption_index(table)
-            report["actions"].append("FTS index (stemmed words) on caption")
-        if _needs_screen_index(table, name, existing):
-            from pipeline.search.hybrid import ensure_screen_index
-
-            ensure_screen_index(table)
-            report["actions"].append("FTS index (n-grams) on screen_text")
+        for ix in fts.missing(table, name, existing):
+            ix.build(table, replace=True)
+            report["actions"].append(ix.label)
     small = int(table.stats()["fragment_stats"]["num_small_fragments"])
     unindexed = sum(int(ix["unindexed_rows"] or 0) for ix in existing.values())
     if force or small >= cfg.compact_min_fragments or unindexed:
@@ -235,31 +202,13 @@ def needs_maintenance(store: Store, cfg: MaintenanceConfig) -> bool:
             f"{c}_{k.lower()}" not in names for c, k in SCALAR_INDEXES.get(name, {}).items()
         ):
             return True
-        if cfg.fts and n and any(f"{c}_fts" not in names for c in FTS_INDEXES.get(name, [])):
-            return True
-        if cfg.fts and n and name == S.TEXTS and TEXT_FTS not in names:
-            return True
-        if cfg.fts and n and (_needs_caption_index(table, name, names) or _needs_screen_index(table, name, names)):
+        if cfg.fts and n and fts.missing(table, name, names):
             return True
         if any((table.index_stats(ix) or _Empty).num_unindexed_rows for ix in names):
             return True
         if int(table.stats()["fragment_stats"]["num_small_fragments"]) >= cfg.compact_min_fragments:
             return True
     return False
-
-
-def _needs_caption_index(table: Any, name: str, existing: Any) -> bool:
-    """Segments with a caption column (``Store.migrate`` adds it) and no caption index (``pipeline/search/hybrid.py``);
-    new rows are folded in by ``optimize()`` like every index's."""
-    return name == S.SEGMENTS and "caption" in table.schema.names and CAPTION_FTS not in existing
-
-
-def _needs_screen_index(table: Any, name: str, existing: Any) -> bool:
-    """Segments with on-screen text (OCR was on for some video) and no index over it (``pipeline/search/hybrid.py``); a
-    database indexed without OCR gets none, so its hybrid scores keep fusing two rankings, not three."""
-    if name != S.SEGMENTS or SCREEN_FTS in existing or "screen_text" not in table.schema.names:
-        return False
-    return int(table.count_rows("screen_text IS NOT NULL")) > 0
 
 
 class _Empty:
@@ -285,19 +234,3 @@ def maintain(store: Store, cfg: MaintenanceConfig, force: bool = False) -> dict[
     report["wall_s"] = round(time.monotonic() - t0, 3)
     store.record_run(f"maintain-{uuid.uuid4()}", started, "", report)
     return report
-
-
-def prune(store: Store, roots: list[str] | None = None, dry_run: bool = False) -> list[dict[str, str]]:
-    """Remove every row of the indexed videos whose file is gone (and their failure records); returns them.
-
-    ``roots``: only files inside these folders, and only folders that exist (see ``catalog.gone``); ``None``:
-    every indexed video. A moved file is not gone: the index run that sees it at its new path updates the path
-    first (``index --incremental`` plans before it prunes).
-    """
-    videos = store.rows(S.VIDEOS, columns=["video_id", "path"]).to_pylist()
-    missing = gone(videos, roots)
-    if not dry_run:
-        store.delete_videos([v["video_id"] for v in missing])
-        for f in gone(store.rows(S.FAILURES, columns=["path"]).to_pylist(), roots):
-            store.table(S.FAILURES).delete(f"path = {quote(f['path'])}")
-    return missing
