@@ -10,13 +10,13 @@ import shutil
 
 from operators.captions import RANDOM_CAPTIONS_NOTICE
 from operators.contract import make_id
+from pipeline.cli.search import format_table
 from pipeline.index.catalog import list_videos
 from pipeline.index.graph import frame_dataset
 from pipeline.index.runner import run_index
 from pipeline.search.searcher import Searcher
 from pipeline.store import schema as S
 from pipeline.store.db import Store
-from run_pipeline import format_table
 from tests.helpers import clip, tiny_config
 
 

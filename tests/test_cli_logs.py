@@ -77,7 +77,7 @@ def test_library_logs_go_to_the_file_and_reach_the_terminal_only_with_verbose(
 
 
 def test_verbose_flag_before_or_after_the_command() -> None:
-    from run_pipeline import parser
+    from pipeline.cli import parser
 
     assert parser().parse_args(["index", "x"]).verbose is False
     assert parser().parse_args(["-v", "index", "x"]).verbose is True

@@ -213,7 +213,7 @@ def test_deploy_examples_run_real_commands() -> None:
 
     import yaml
 
-    from run_pipeline import parser
+    from pipeline.cli import parser
 
     deploy = ROOT / "deploy"
     cron = [line for line in (deploy / "crontab").read_text().splitlines() if line and not line.startswith("#")]

@@ -204,7 +204,7 @@ def test_only_allowed_host_names_are_answered(media_db, monkeypatch) -> None:
         assert request(url, "GET", "/api/videos", {"Host": "search.example:80"}).status == 200
         assert request(url, "GET", "/api/videos", {"Host": "localhost"}).status == 421
 
-    from run_pipeline import parser
+    from pipeline.cli import parser
 
     args = parser().parse_args(["serve", "--allowed-host", "a.example", "--allowed-host", "b.example"])
     assert args.allowed_hosts == ["a.example", "b.example"]

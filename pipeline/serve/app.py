@@ -28,19 +28,20 @@ from fastapi.exceptions import RequestValidationError
 from fastapi.openapi.docs import get_swagger_ui_html
 from fastapi.responses import FileResponse, HTMLResponse, JSONResponse, RedirectResponse, Response
 from fastapi.staticfiles import StaticFiles
-from pydantic import BaseModel, ConfigDict, ValidationError
 from starlette.concurrency import run_in_threadpool
 from starlette.requests import cookie_parser
 
 from operators.encoders import MissingCheckpointError
 from operators.rerank import RERANKERS
 from pipeline.config import Config
-from pipeline.search.ask import Asker, AskError
+from pipeline.errors import SearchError
 from pipeline.search.hybrid import MODES, Mode
-from pipeline.search.searcher import Searcher, SearchError, load_image
-from pipeline.serve.api import TEXTS_LEVEL, Api, SearchRequest
+from pipeline.search.searcher import Searcher, load_image
+from pipeline.serve.api import TEXTS_LEVEL, Api
+from pipeline.serve.ask import ask_routes
 from pipeline.serve.guard import LOOPBACK_HOSTS, Guard, LoginLimiter, Scope, Sessions, same_secret
 from pipeline.serve.media import MediaResponse
+from pipeline.serve.responses import AsciiJSONResponse, detail, field_error, json_field, not_found, search_request
 from pipeline.store import schema as S
 from pipeline.store.schema import Level
 
@@ -53,21 +54,6 @@ MAX_JSON_BYTES = 1024 * 1024
 MAX_FORM_BYTES = 16 * 1024  # the sign-in form, and any body sent to a route that takes none
 MAX_ASK_BYTES = 16 * 1024  # POST /api/ask: a question of at most vqa.max_question_chars and two ids
 PUBLIC = {("GET", "/login"), ("POST", "/login"), ("GET", "/static/style.css"), ("HEAD", "/static/style.css")}
-
-
-class AsciiJSONResponse(JSONResponse):
-    """JSON with non-ASCII escaped: an error that echoes input holding a lone surrogate still encodes."""
-
-    def render(self, content: Any) -> bytes:
-        return json.dumps(content, ensure_ascii=True, allow_nan=False, separators=(",", ":")).encode()
-
-
-def _detail(status: int, message: str) -> JSONResponse:
-    return AsciiJSONResponse({"detail": message}, status_code=status)
-
-
-def _not_found(what: str) -> JSONResponse:
-    return _detail(404, f"no {what} with that id")
 
 
 def _login_page(error: str = "") -> str:
@@ -148,7 +134,7 @@ def create_app(
             return None
         if scope["path"] == "/" and scope["method"] == "GET":
             return RedirectResponse("/login", status_code=303)
-        response = _detail(401, "missing or wrong access token: send 'Authorization: Bearer <token>'")
+        response = detail(401, "missing or wrong access token: send 'Authorization: Bearer <token>'")
         response.headers["WWW-Authenticate"] = "Bearer"
         return response
 
@@ -159,7 +145,7 @@ def create_app(
 
     @app.exception_handler(SearchError)
     async def search_error(_: Request, exc: SearchError) -> JSONResponse:
-        return _detail(400, str(exc))
+        return detail(400, str(exc))
 
     @app.exception_handler(RequestValidationError)
     async def invalid_request(_: Request, exc: RequestValidationError) -> JSONResponse:
@@ -170,7 +156,7 @@ def create_app(
 
     @app.exception_handler(MissingCheckpointError)
     async def missing_checkpoint(_: Request, exc: MissingCheckpointError) -> JSONResponse:
-        return _detail(503, str(exc))
+        return detail(503, str(exc))
 
     @app.get("/login", response_class=HTMLResponse, include_in_schema=False)
     def login_form() -> Response:
@@ -244,7 +230,7 @@ def create_app(
         }
         filters = {key: v for key, v in raw.items() if v is not None} or None
         body = {"text": text, "k": k, "level": level, "filters": filters, "rerank": rerank, "mode": mode}
-        return api.search(_request(body), None)
+        return api.search(search_request(body), None)
 
     @app.post("/api/search", response_model=None, openapi_extra=_SEARCH_BODY)
     async def search_post(request: Request) -> dict[str, Any] | Response:
@@ -260,11 +246,11 @@ def create_app(
             if file is not None and not isinstance(file, str):
                 upload = await file.read(MAX_UPLOAD_BYTES + 1)
                 if len(upload) > MAX_UPLOAD_BYTES:
-                    return _detail(413, f"the image is larger than {_size(MAX_UPLOAD_BYTES)}")
+                    return detail(413, f"the image is larger than {_size(MAX_UPLOAD_BYTES)}")
             if not body.get("text"):
                 body.pop("text", None)  # an image search leaves the text box empty
             if "filters" in body:
-                body["filters"] = _json_field("filters", body["filters"])
+                body["filters"] = json_field("filters", body["filters"])
         else:
             raw = bytearray()
             async for chunk in request.stream():
@@ -272,10 +258,10 @@ def create_app(
             try:
                 body = json.loads(raw)
             except (ValueError, RecursionError):  # RecursionError: nesting deeper than the parser's stack
-                raise RequestValidationError([_error("body", "the body is not valid JSON")]) from None
+                raise RequestValidationError([field_error("body", "the body is not valid JSON")]) from None
             if not isinstance(body, dict):
-                raise RequestValidationError([_error("body", "the body must be a JSON object")])
-        req = _request(body)
+                raise RequestValidationError([field_error("body", "the body must be a JSON object")])
+        req = search_request(body)
         if req.level == TEXTS_LEVEL:  # searched by words: an image is refused before it is decoded
             return await run_in_threadpool(api.search_texts, req, upload is not None)
         # Decoded once, here, in a worker thread: a non-image upload is a 400 before any model loads.
@@ -290,19 +276,19 @@ def create_app(
     @app.get("/api/videos/{video_id}")
     def video(video_id: str) -> Any:
         found = api.video(video_id)
-        return found if found is not None else _not_found("indexed video")
+        return found if found is not None else not_found("indexed video")
 
     @app.get("/api/videos/{video_id}/shots")
     def video_shots(video_id: str) -> Any:
         """The video's shots from its segments (pipeline/search/shot_list.py): the page marks the cuts on the player."""
         found = api.shots(video_id)
-        return found if found is not None else _not_found("indexed video")
+        return found if found is not None else not_found("indexed video")
 
     @app.get("/api/thumbnails/{thumb_id}")
     def thumbnail(thumb_id: str) -> Response:
         jpeg = api.thumbnail(thumb_id)
         if jpeg is None:
-            return _not_found("thumbnail")
+            return not_found("thumbnail")
         cache = "private" if token else "public"
         return Response(jpeg, media_type="image/jpeg", headers={"Cache-Control": f"{cache}, max-age=86400"})
 
@@ -311,52 +297,12 @@ def create_app(
     def media(video_id: str, request: Request) -> Response:
         found = api.media(video_id)
         if found is None:
-            return _not_found("playable indexed video")
+            return not_found("playable indexed video")
         fd, st, kind = found
         return MediaResponse(fd, st, kind, request.headers.get("range"), request.headers.get("if-range"))
 
-    _ask_routes(app, cfg, api)
+    ask_routes(app, cfg, api)
     return app
-
-
-class AskRequest(BaseModel):
-    """The body of ``POST /api/ask``: a question about a video at ``t`` seconds, or about a search hit (a
-    segment, frame or track id; ``t`` then overrides its keyframe time)."""
-
-    model_config = ConfigDict(extra="forbid")
-
-    question: str
-    video_id: str | None = None
-    t: float | None = None
-    hit_id: str | None = None
-
-
-def _ask_routes(app: FastAPI, cfg: Config, api: Api) -> None:
-    """``POST /api/ask`` (pipeline/search/ask.py): the answer with the frame it was asked on; bad input is a 4xx with
-    a JSON ``detail`` (400 question or time, 404 unknown id, 409 frame not decodable, 503 no weights)."""
-    asker = Asker(cfg, api.store, media_roots=api.media_roots)
-
-    @app.exception_handler(AskError)
-    async def ask_error(_: Request, exc: AskError) -> JSONResponse:
-        return _detail(exc.status, str(exc))
-
-    body = {"requestBody": {"content": {"application/json": {"schema": AskRequest.model_json_schema()}}}}
-
-    @app.post("/api/ask", openapi_extra=body)
-    async def ask(request: Request) -> dict[str, Any]:
-        raw = bytearray()
-        async for chunk in request.stream():
-            raw += chunk
-        try:
-            body = json.loads(raw)
-        except (ValueError, RecursionError):
-            raise RequestValidationError([_error("body", "the body is not valid JSON")]) from None
-        try:
-            req = AskRequest.model_validate(body)
-        except ValidationError as exc:
-            raise RequestValidationError(exc.errors(include_url=False, include_context=False)) from None
-        result = await run_in_threadpool(asker.ask, req.question, req.video_id, req.t, req.hit_id)
-        return result.as_dict()
 
 
 _SEARCH_BODY: dict[str, Any] = {
@@ -367,24 +313,6 @@ _SEARCH_BODY: dict[str, Any] = {
         }
     }
 }
-
-
-def _error(loc: str, msg: str) -> dict[str, Any]:
-    return {"type": "value_error", "loc": [loc], "msg": msg, "input": None}
-
-
-def _json_field(name: str, raw: str) -> Any:
-    try:
-        return json.loads(raw) if raw.strip() else None
-    except (ValueError, RecursionError):
-        raise RequestValidationError([_error(name, f"'{name}' must be a JSON object")]) from None
-
-
-def _request(body: dict[str, Any]) -> SearchRequest:
-    try:
-        return SearchRequest.model_validate(body)
-    except ValidationError as exc:
-        raise RequestValidationError(exc.errors(include_url=False, include_context=False)) from None
 
 
 def serve(
