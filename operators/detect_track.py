@@ -24,6 +24,7 @@ import numpy.typing as npt
 
 from configs import shipped
 from operators.backends import Backend, ExportCache, Precision, check_precision, yolo_export
+from operators import model_catalog
 from operators.base import Batch, MissingCheckpointError, Operator, StrictModel, objects
 
 
@@ -63,9 +64,12 @@ Predictor = Callable[[Sequence[npt.NDArray[np.uint8]]], list[FrameDetections]]
 
 
 def resolve_yolo(model: str) -> str:
-    """The local file (or architecture YAML) to build YOLO from; one sentence when it cannot be had."""
+    """The local file (or architecture YAML) to build YOLO from; one sentence when it cannot be had. Names in the
+    model catalog (``yolo11n.pt``) resolve there: hash-checked cache, bundled wheel copy, then download."""
     if model.endswith((".yaml", ".yml")) or os.path.isfile(model):
         return model
+    if model_catalog.lookup(model) is not None:
+        return str(model_catalog.resolve(model).path)
     from ultralytics.utils import SETTINGS
 
     cached = Path(SETTINGS.get("weights_dir", "weights")) / model
