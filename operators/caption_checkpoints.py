@@ -11,7 +11,7 @@ import shutil
 import tempfile
 from typing import TYPE_CHECKING, Any
 
-from operators.hf_hub import load_checkpoint
+from operators.weights import load_checkpoint
 
 if TYPE_CHECKING:
     from operators.captions import CaptionConfig
@@ -75,7 +75,7 @@ def random_checkpoint(cfg: CaptionConfig) -> str:
 
 def resolve_caption_checkpoint(cfg: CaptionConfig) -> str:
     """A local directory holding the captioner (the hub id's snapshot, downloaded into the cache if it is not
-    there and a network exists, ``operators/hf_hub.py``); raises ``MissingCheckpointError`` with one actionable
+    there and a network exists, ``operators/weights.py``); raises ``MissingCheckpointError`` with one actionable
     sentence otherwise."""
     if cfg.random_weights:
         return random_checkpoint(cfg)

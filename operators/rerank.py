@@ -26,7 +26,7 @@ import numpy.typing as npt
 
 from operators.base import StrictModel
 from operators.encoders import Device, MissingCheckpointError, pick_device
-from operators.hf_hub import load_checkpoint
+from operators.weights import load_checkpoint
 
 
 def scaled_dot_product_attention(
@@ -123,7 +123,7 @@ class PairRerankerConfig(StrictModel):
 
 
 def load_pretrained(name: str, cfg: PairRerankerConfig, model_cls: Any, processor_cls: Any) -> tuple[Any, Any]:
-    """(model, processor) from ``cfg.checkpoint`` with ``from_pretrained`` (``operators/hf_hub.py``: the local
+    """(model, processor) from ``cfg.checkpoint`` with ``from_pretrained`` (``operators/weights.py``: the local
     cache first, a download only where a network exists); one-sentence error when missing."""
     key = f"search.rerankers.{name}.checkpoint"
     if not cfg.checkpoint:
