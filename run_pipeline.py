@@ -467,7 +467,7 @@ def _run(args: argparse.Namespace) -> int:
     except Exception as exc:
         logging.getLogger(__name__).info("%s failed", args.command, exc_info=True)  # the log file only
         # Imported only now: the searcher pulls in LanceDB (seconds), which a run refused by the lock never needs.
-        from operators.encoders import MissingCheckpointError
+        from operators.base import MissingCheckpointError
         from pipeline.search.searcher import SearchError
 
         if isinstance(exc, MissingCheckpointError | ConfigError | SearchError):

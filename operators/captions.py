@@ -9,10 +9,10 @@ transformers' ``AutoModelForImageTextToText`` and ``AutoProcessor`` (or its imag
 ``none`` - no captions (the stage is left out of the graph).
 
 ``captions.checkpoint`` is a hub id (read from the local cache, downloaded where a network exists) or a local
-directory written by ``save_pretrained``; operators/caption_checkpoints.py resolves it before any work and stops
-with one sentence when it is missing. ``captions.architecture`` (``blip`` only, checkpoint unset) builds a
-randomly initialised BLIP of that size, saves it with ``save_pretrained`` and loads it back through the same path
-(tests, offline smoke runs): **its captions are meaningless text**.
+directory written by ``save_pretrained``; ``operators.weights.resolve_caption_checkpoint`` resolves it before any
+work and stops with one sentence when it is missing. ``captions.architecture`` (``blip`` only, checkpoint unset)
+builds a randomly initialised BLIP of that size, saves it with ``save_pretrained`` and loads it back through the
+same path (tests, offline smoke runs): **its captions are meaningless text**.
 
 The ``Captions`` stage captions only the keyframe of each segment window (``operators/keyframes.py``), the frame
 the assembler makes the segment's thumbnail, which puts that frame's caption on the segment row.
@@ -29,9 +29,8 @@ import numpy.typing as npt
 from pydantic import field_validator, model_validator
 
 from operators.base import Batch, MissingCheckpointError, Operator, StrictModel, objects
-from operators.caption_checkpoints import resolve_caption_checkpoint
-from operators.encoders import Device, pick_device
 from operators.keyframes import SampleGrid, is_keyframe, shot_segment_windows, window_bounds
+from operators.weights import Device, pick_device, resolve_caption_checkpoint
 
 log = logging.getLogger(__name__)
 

@@ -25,6 +25,7 @@ import numpy.typing as npt
 from configs import shipped
 from operators.backends import Backend, ExportCache, Precision, check_precision, yolo_export
 from operators.base import Batch, MissingCheckpointError, Operator, StrictModel, objects
+from operators.weights import Device, pick_device
 
 
 class DetectConfig(StrictModel):
@@ -35,7 +36,7 @@ class DetectConfig(StrictModel):
     imgsz: int = 640
     max_det: int = 100
     classes: list[str] | None = None  # keep only these class names
-    device: Literal["auto", "cpu", "cuda"] = "auto"
+    device: Device = "auto"
     half: bool = True  # fp16 on CUDA
     #: Inference runtime on CPU, through ultralytics' own export (fp32, dynamic shapes), built at setup() from
     #: the loaded weights and cached (operators/backends.py); parity with torch is tested (tests/test_backends.py).
@@ -103,11 +104,7 @@ class YoloPredictor:
             torch.manual_seed(0)  # an architecture YAML gets the same random weights in every worker
             self.model = YOLO(path)
 
-        self.device = (
-            "cuda"
-            if cfg.device == "auto" and torch.cuda.is_available()
-            else ("cpu" if cfg.device == "auto" else cfg.device)
-        )
+        self.device = pick_device(cfg.device)
         if cfg.backend != "torch" and self.device == "cpu":
             check_precision(cfg.backend, cfg.precision)
             cache = ExportCache(cfg.export_cache)

@@ -26,9 +26,9 @@ class Preprocess(Operator):
 
         # Only the transform is needed here: open_clip's eval transform for the model's image size.
         if self.cfg.architecture is not None:
-            from operators.encoders import _register_model_config
+            from operators.encoders import register_model_config
 
-            _register_model_config(self.cfg.model, self.cfg.architecture)
+            register_model_config(self.cfg.model, self.cfg.architecture)
         model_cfg = open_clip.get_model_config(self.cfg.model)
         size = model_cfg["vision_cfg"]["image_size"] if model_cfg else 224
         self.size = int(size if isinstance(size, int) else size[0])

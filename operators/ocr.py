@@ -23,13 +23,14 @@ import numpy as np
 import numpy.typing as npt
 
 from operators.base import Batch, Operator, StrictModel
+from operators.weights import Device
 
 __all__ = ["OCR_ENGINES", "OcrConfig", "OcrEngine", "OcrFrames", "OcrResult", "build_ocr_engine"]
 
 
 class OcrConfig(StrictModel):
     engine: Literal["rapidocr", "none"] = "rapidocr"
-    device: Literal["auto", "cpu", "cuda"] = "auto"
+    device: Device = "auto"
     threads: int = 1  # onnxruntime intra-op threads per worker (its CPU share)
     det_max_side: int = 960  # the detector sees the frame at most this large; never scaled up
     min_conf: float = 0.5  # recognised lines below this confidence are dropped

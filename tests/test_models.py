@@ -9,8 +9,9 @@ import numpy as np
 import pytest
 import torch
 
+from operators.base import MissingCheckpointError
 from operators.detect_track import DetectConfig, YoloPredictor, resolve_yolo
-from operators.encoders import EncoderConfig, MissingCheckpointError, build_encoder, resolve_checkpoint
+from operators.encoders import EncoderConfig, build_encoder, resolve_checkpoint
 from pipeline.config import ConfigError, load_config
 from tests.helpers import ROOT, clip, tiny_config
 

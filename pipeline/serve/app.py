@@ -32,7 +32,7 @@ from pydantic import BaseModel, ConfigDict, ValidationError
 from starlette.concurrency import run_in_threadpool
 from starlette.requests import cookie_parser
 
-from operators.encoders import MissingCheckpointError
+from operators.base import MissingCheckpointError
 from operators.rerank import RERANKERS
 from pipeline.config import Config
 from pipeline.search.ask import Asker, AskError
