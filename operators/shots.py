@@ -41,7 +41,7 @@ from operators.base import Batch, Operator, StrictModel
 from operators.media_probe import DecodeError, short_error
 from operators.weights import Device, pick_device
 
-__all__ = ["DETECTORS", "ShotConfig", "ShotDetect", "read_small_frames", "shot_index", "shot_windows"]
+__all__ = ["DETECTORS", "CutDetector", "ShotConfig", "ShotDetect", "read_small_frames", "shot_index", "shot_windows"]
 
 SIZE = (48, 27)  # width, height: TransNetV2's input
 CHUNK = 256  # frames per chunk handed from the reader to a detector
@@ -81,7 +81,9 @@ class ShotConfig(StrictModel):
         return {"detector": data} if isinstance(data, str) else data
 
 
-class Detector(Protocol):
+class CutDetector(Protocol):
+    """A shot-cut detector of ``DETECTORS`` (not the object ``Detector`` of ``operators/detect_track.py``)."""
+
     def setup(self) -> None: ...
 
     def cuts(self, chunks: Iterable[tuple[Frames, Times]]) -> npt.NDArray[np.int64]:
@@ -284,7 +286,7 @@ class TransNetV2Shots:
         return falls[falls > first_below].astype(np.int64)
 
 
-DETECTORS: dict[str, Callable[[ShotConfig], Detector]] = {
+DETECTORS: dict[str, Callable[[ShotConfig], CutDetector]] = {
     "transnetv2": TransNetV2Shots,
     "content": ContentShots,
     "none": lambda cfg: NoShots(),
@@ -297,7 +299,7 @@ class ShotDetect(Operator):
     and ``error`` (empty, or why shots could not be found: the video then counts as one shot). Other columns
     pass through."""
 
-    def __init__(self, cfg: ShotConfig, detector: Detector | None = None) -> None:
+    def __init__(self, cfg: ShotConfig, detector: CutDetector | None = None) -> None:
         self.cfg = cfg
         self.detector = detector if detector is not None else DETECTORS[cfg.detector](cfg)
 
