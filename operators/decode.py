@@ -28,6 +28,7 @@ import numpy as np
 import numpy.typing as npt
 from PIL import Image
 
+from operators import contract as C
 from operators.base import Batch, Operator, StrictModel, objects
 from operators.contract import fingerprint
 from operators.media_probe import DecodeError, Header, container_hint, probe, short_error
@@ -95,8 +96,13 @@ class Decode(Operator):
 
     Reads ``video_id``, ``path`` (and ``fingerprint`` when given). Writes per frame ``video_id``, ``path``,
     ``t``, ``frame_idx``, ``sample_idx``, ``n_samples`` (planned samples of the video), ``frame`` (uint8 HxWx3,
-    upright, working size), ``thumb`` (JPEG bytes), ``error`` ("" when fine) and the video's metadata columns.
+    upright, working size), ``thumb`` (JPEG bytes), ``error`` ("" when fine) and the video's metadata columns;
+    repeats the video row's ``shot_bounds`` (when the shot detector ran) on each of its frames.
     """
+
+    reads = (C.VIDEO_ID, C.PATH)
+    writes = C.DECODE_COLUMNS
+    carries = C.SHOT_COLUMNS  # 1 video : N new frame rows; nothing else of the video row travels on
 
     def __init__(self, cfg: DecodeConfig) -> None:
         self.cfg = cfg
@@ -203,15 +209,15 @@ class Decode(Operator):
         thumbs = np.empty(n, dtype=object)
         thumbs[:] = [encode_jpeg(f, self.cfg.thumb_side, self.cfg.thumb_quality) for f in frames]
         return {
-            "video_id": np.full(n, video_id),
-            "path": np.full(n, path),
-            "t": ts.astype(np.float64),
-            "frame_idx": idx.astype(np.int64),
-            "sample_idx": np.arange(first, first + n, dtype=np.int64),
-            "n_samples": np.full(n, n_samples, dtype=np.int64),
-            "frame": frames,
-            "thumb": thumbs,
-            "error": np.full(n, ""),
+            C.VIDEO_ID: np.full(n, video_id),
+            C.PATH: np.full(n, path),
+            C.T: ts.astype(np.float64),
+            C.FRAME_IDX: idx.astype(np.int64),
+            C.SAMPLE_IDX: np.arange(first, first + n, dtype=np.int64),
+            C.N_SAMPLES: np.full(n, n_samples, dtype=np.int64),
+            C.FRAME: frames,
+            C.THUMB: thumbs,
+            C.ERROR: np.full(n, ""),
             **_meta_columns(info, n),
         }
 
@@ -221,41 +227,41 @@ class Decode(Operator):
         thumbs = np.empty(1, dtype=object)
         thumbs[:] = [b""]
         return {
-            "video_id": np.array([video_id]),
-            "path": np.array([path]),
-            "t": np.zeros(1),
-            "frame_idx": np.zeros(1, dtype=np.int64),
-            "sample_idx": np.zeros(1, dtype=np.int64),
-            "n_samples": np.zeros(1, dtype=np.int64),
-            "frame": np.zeros((1, 2, 2, 3), dtype=np.uint8),
-            "thumb": thumbs,
-            "error": np.array([message or "unknown decode error"]),
+            C.VIDEO_ID: np.array([video_id]),
+            C.PATH: np.array([path]),
+            C.T: np.zeros(1),
+            C.FRAME_IDX: np.zeros(1, dtype=np.int64),
+            C.SAMPLE_IDX: np.zeros(1, dtype=np.int64),
+            C.N_SAMPLES: np.zeros(1, dtype=np.int64),
+            C.FRAME: np.zeros((1, 2, 2, 3), dtype=np.uint8),
+            C.THUMB: thumbs,
+            C.ERROR: np.array([message or "unknown decode error"]),
             **_meta_columns(info, 1),
         }
 
     def __call__(self, batch: Batch) -> Iterator[Batch]:  # type: ignore[override]
         """Reads ``video_id``, ``path`` and, when present, ``fingerprint``; yields frame chunks (see class
         docstring)."""
-        n = len(batch["video_id"])
-        prints = batch.get("fingerprint", [None] * n)
-        shots = batch.get("shot_bounds")  # from the shot detector, when it ran: repeated on each frame row
-        for i, (video_id, path, fp) in enumerate(zip(batch["video_id"], batch["path"], prints, strict=True)):
+        n = len(batch[C.VIDEO_ID])
+        prints = batch.get(C.FINGERPRINT, [None] * n)
+        shots = batch.get(C.SHOT_BOUNDS)  # from the shot detector, when it ran: repeated on each frame row
+        for i, (video_id, path, fp) in enumerate(zip(batch[C.VIDEO_ID], batch[C.PATH], prints, strict=True)):
             for chunk in self.iter_video(str(video_id), str(path), str(fp) if fp else None):
                 if shots is not None:
-                    chunk["shot_bounds"] = objects([shots[i]] * len(chunk["video_id"]))
+                    chunk[C.SHOT_BOUNDS] = objects([shots[i]] * len(chunk[C.VIDEO_ID]))
                 yield chunk
 
 
 def _meta_columns(info: VideoInfo, n: int) -> Batch:
     return {
-        "duration_s": np.full(n, info.duration_s if math.isfinite(info.duration_s) else 0.0),
-        "source_fps": np.full(n, info.fps),
-        "n_frames": np.full(n, info.n_frames, dtype=np.int64),
-        "width": np.full(n, info.width, dtype=np.int32),
-        "height": np.full(n, info.height, dtype=np.int32),
-        "rotation": np.full(n, info.rotation, dtype=np.int32),
-        "backend": np.full(n, info.backend),
-        "codec": np.full(n, info.codec),
+        C.DURATION_S: np.full(n, info.duration_s if math.isfinite(info.duration_s) else 0.0),
+        C.SOURCE_FPS: np.full(n, info.fps),
+        C.N_FRAMES: np.full(n, info.n_frames, dtype=np.int64),
+        C.WIDTH: np.full(n, info.width, dtype=np.int32),
+        C.HEIGHT: np.full(n, info.height, dtype=np.int32),
+        C.ROTATION: np.full(n, info.rotation, dtype=np.int32),
+        C.BACKEND: np.full(n, info.backend),
+        C.CODEC: np.full(n, info.codec),
     }
 
 

@@ -37,6 +37,7 @@ import numpy as np
 import numpy.typing as npt
 from pydantic import model_validator
 
+from operators import contract as C
 from operators.base import Batch, Operator, StrictModel
 from operators.media_probe import DecodeError, short_error
 from operators.weights import Device, pick_device
@@ -299,6 +300,9 @@ class ShotDetect(Operator):
     and ``error`` (empty, or why shots could not be found: the video then counts as one shot). Other columns
     pass through."""
 
+    reads = (C.PATH,)
+    writes = (C.SHOT_BOUNDS, C.ERROR)
+
     def __init__(self, cfg: ShotConfig, detector: CutDetector | None = None) -> None:
         self.cfg = cfg
         self.detector = detector if detector is not None else DETECTORS[cfg.detector](cfg)
@@ -328,8 +332,8 @@ class ShotDetect(Operator):
     def __call__(self, batch: Batch) -> Batch:
         import av
 
-        paths = [str(p) for p in batch["path"]]
-        prior = [str(e) for e in batch["error"]] if "error" in batch else [""] * len(paths)
+        paths = [str(p) for p in batch[C.PATH]]
+        prior = [str(e) for e in batch[C.ERROR]] if C.ERROR in batch else [""] * len(paths)
         bounds, errors = [], []
         for path, err in zip(paths, prior, strict=True):
             starts, reason = np.zeros(1, np.float64), err
@@ -341,8 +345,8 @@ class ShotDetect(Operator):
             bounds.append(starts)
             errors.append(reason)
         out = dict(batch)
-        out["shot_bounds"] = np.array(bounds + [None], dtype=object)[:-1]  # ragged: one float64 array per video
-        out["error"] = np.array(errors, dtype=object)
+        out[C.SHOT_BOUNDS] = np.array(bounds + [None], dtype=object)[:-1]  # ragged: one float64 array per video
+        out[C.ERROR] = np.array(errors, dtype=object)
         return out
 
 
