@@ -5,7 +5,8 @@ per finished or failed video, which is all the driver receives.
 
 ``StageAdapter`` is the one place an operator meets Ray: it builds the operator inside the worker, calls
 ``setup()`` once, caps torch's threads at the worker's CPU share (so torch and Ray workers do not
-oversubscribe the cores) and forwards batches.
+oversubscribe the cores) and forwards batches. Each stage gets its own subclass (actors) or function (tasks)
+named after it, so Ray Data's stats say ``MapBatches(decode)``, and ``graph_stage_times`` reads them by name.
 
 ``check_columns`` checks the graph a config enables against the columns each stage declares (``reads`` /
 ``writes`` of ``operators.base.Operator``, names from ``operators/contract.py``) when the graph is built, so a
@@ -15,6 +16,7 @@ misconfigured graph stops before Ray runs anything.
 from __future__ import annotations
 
 import os
+import re
 from collections.abc import Callable
 from dataclasses import dataclass
 from functools import partial
@@ -94,8 +96,9 @@ def by_video(op: Callable[[Batch], Batch], batch: Batch) -> Batch:
     return out
 
 
-def task_fn(factory: Callable[[], Operator], num_cpus: float) -> Callable[[Batch], Any]:
-    """A Ray Data function for a stateless stage; the operator is built once per worker process."""
+def task_fn(factory: Callable[[], Operator], num_cpus: float, name: str = "run") -> Callable[[Batch], Any]:
+    """A Ray Data function for a stateless stage, called ``name`` (Ray Data's stats name operators after their
+    function); the operator is built once per worker process."""
     cache: dict[str, Operator] = {}
 
     def run(batch: Batch) -> Any:
@@ -106,23 +109,32 @@ def task_fn(factory: Callable[[], Operator], num_cpus: float) -> Callable[[Batch
             cache["op"] = op
         return cache["op"](batch)
 
+    run.__name__ = run.__qualname__ = name
     return run
 
 
-def _apply(ds: Any, factory: Callable[[], Operator], kind: str, res: StageResources, per_video: bool = False) -> Any:
+def named(cls: type, name: str) -> type:
+    """A subclass of ``cls`` called ``name``, so Ray Data's stats show ``MapBatches(<name>)`` for an actor stage
+    (NeMo Curator names its per-stage adapters the same way)."""
+    return type(name, (cls,), {"__doc__": f"``{cls.__name__}`` of the '{name}' stage."})
+
+
+def _apply(
+    ds: Any, name: str, factory: Callable[[], Operator], kind: str, res: StageResources, per_video: bool = False
+) -> Any:
     import ray.data
 
     common = {"batch_size": res.batch_size, "num_cpus": res.num_cpus, "num_gpus": res.num_gpus or None}
     if kind == "actor":
         # An actor lost with its worker is restarted by the pool and the batch re-submitted (Ray Data retries).
         return ds.map_batches(
-            StageAdapter,
+            named(StageAdapter, name),
             fn_constructor_kwargs={"factory": factory, "num_cpus": res.num_cpus, "per_video": per_video},
             compute=ray.data.ActorPoolStrategy(size=res.concurrency),
             **common,
         )
     return ds.map_batches(
-        task_fn(factory, res.num_cpus), compute=ray.data.TaskPoolStrategy(size=res.concurrency), **common
+        task_fn(factory, res.num_cpus, name), compute=ray.data.TaskPoolStrategy(size=res.concurrency), **common
     )
 
 
@@ -267,7 +279,7 @@ def frame_dataset(cfg: Config, videos: list[dict[str, str]], checkpoint: str | N
     for stage in STAGES:
         if stage.factory is not None and stage.enabled(cfg):
             factory = partial(stage.factory, cfg, checkpoint)
-            ds = _apply(ds, factory, stage.kind, getattr(cfg.ray, stage.name), stage.per_video)
+            ds = _apply(ds, stage.name, factory, stage.kind, getattr(cfg.ray, stage.name), stage.per_video)
     return ds
 
 
@@ -282,7 +294,7 @@ def build_dataset(
     prefix, n = assemblers
     # N frame rows : one result row per video finished in this batch (most batches give none)
     return ds.map_batches(
-        Route,
+        named(Route, "route"),
         fn_constructor_kwargs={"prefix": prefix, "n": n},
         compute=ray.data.ActorPoolStrategy(size=cfg.ray.route.concurrency),
         batch_size=None,
@@ -291,21 +303,17 @@ def build_dataset(
 
 
 def graph_stage_times(ds: Any, cfg: Config) -> dict[str, dict[str, float]]:
-    """Ray Data's per-operator totals (task wall seconds summed over workers, CPU seconds, tasks), named after
-    the graph's stages in order (fused operators get joined names). Empty when Ray offers no stats."""
-    stages = [stage.name for stage in STAGES if stage.enabled(cfg)]
+    """Ray Data's per-operator totals (task wall seconds summed over workers, CPU seconds, tasks) by stage name,
+    read from the operator names (``MapBatches(decode)``; fused operators, ``MapBatches(preprocess)->
+    MapBatches(embed)``, get joined names). Empty when Ray offers no stats."""
+    stages = {stage.name for stage in STAGES if stage.enabled(cfg)}
     try:
         ops = [op for s in _lineage(ds._get_stats_summary()) for op in s.operators_stats]  # ds.stats() is text
     except Exception:  # noqa: BLE001 - stats are a report, never a reason to fail a run
         return {}
     out: dict[str, dict[str, float]] = {}
-    k = 0
     for op in ops:
-        names = []
-        for part in op.operator_name.split("->"):
-            if part.startswith("MapBatches") and k < len(stages):
-                names.append(stages[k])
-                k += 1
+        names = [n for n in _MAP_BATCHES.findall(op.operator_name) if n in stages]
         if not names:
             continue
         wall, cpu = op.wall_time or {}, op.cpu_time or {}
@@ -315,6 +323,9 @@ def graph_stage_times(ds: Any, cfg: Config) -> dict[str, dict[str, float]]:
             "tasks": int(_stat(wall, "count")),
         }
     return out
+
+
+_MAP_BATCHES = re.compile(r"MapBatches\(([^()]+)\)")
 
 
 def _lineage(summary: Any) -> list[Any]:
