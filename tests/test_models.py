@@ -9,8 +9,9 @@ import numpy as np
 import pytest
 import torch
 
+from operators.base import MissingCheckpointError
 from operators.detect_track import DetectConfig, YoloPredictor, resolve_yolo
-from operators.encoders import EncoderConfig, MissingCheckpointError, build_encoder, resolve_checkpoint
+from operators.encoders import EncoderConfig, build_encoder, resolve_checkpoint
 from pipeline.config import load_config
 from pipeline.errors import ConfigError
 from tests.helpers import ROOT, clip, tiny_config
@@ -145,4 +146,5 @@ def test_the_random_weights_notice_names_exactly_the_random_models() -> None:
     notice = load_config("default", ["encoder.pretrained=null"]).random_notice()
     assert notice is not None and "image/text encoder (ViT-B-32)" in notice and "detector" not in notice
     tiny = load_config("tiny", ["detect.model=yolo11n.yaml"]).random_models()
-    assert tiny == ["the image/text encoder (vidsearch-tiny-vit)", "the detector (yolo11n.yaml)", "the captioner (blip)"]
+    want = ["the image/text encoder (vidsearch-tiny-vit)", "the detector (yolo11n.yaml)", "the captioner (blip)"]
+    assert tiny == want

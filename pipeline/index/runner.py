@@ -21,10 +21,10 @@ import uuid
 from dataclasses import asdict, dataclass, field
 from typing import Any
 
-from operators.caption_checkpoints import resolve_caption_checkpoint
 from operators.captions import RANDOM_CAPTIONS_NOTICE
 from operators.detect_track import resolve_yolo
 from operators.encoders import embedding_dim, resolve_checkpoint
+from operators.weights import resolve_caption_checkpoint
 from pipeline.config import Config
 from pipeline.index.catalog import VideoFile, list_videos, prune
 from pipeline.index.graph import graph_stage_times
