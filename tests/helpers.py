@@ -33,6 +33,16 @@ def clip(rel: str) -> str:
 #: On-screen text drawn into a real clip by tests that read text (the ``text_clip`` fixture).
 GATE = DrawnText(text="GATE 7 CLOSED", start=1.4, end=4.6, font="DejaVuSans-Bold.ttf", size=36, x=0.08, y=0.72)
 
+#: The tiny config with a randomly initialised YOLO11n made to box every frame (it scores every box near 2e-4), for
+#: tests about the code around detection that need boxes and tracks on clips with no objects (the sample flower).
+RANDOM_BOXES = (
+    "detect.model=yolo11n.yaml",
+    "detect.imgsz=160",
+    "detect.conf=0.0001",
+    "detect.max_det=8",
+    "detect.tracker_config=configs/trackers/bytetrack-random.yaml",
+)
+
 TINY_DIM = 64  # the tiny config's embedding width
 SYNTHETIC_DIM = 8  # the width of the synthetic rows below
 

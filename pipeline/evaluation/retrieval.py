@@ -65,6 +65,7 @@ class QuerySpec(StrictModel):
     image: ImageSpec | None = None
     relevant: list[Span] | None = None  # None: the whole video
     boxes: list[BoxLabel] = []
+    filters: dict[str, Any] | None = None  # search filters (classes, time_range, ...), as the API takes them
 
 
 class Manifest(StrictModel):
@@ -176,7 +177,9 @@ def evaluate(
     for q in queries:
         path = videos[q.video]
         image = query_image(path, q.image, cache) if q.image is not None else None
-        results: list[SearchResult] = searcher.search(text=q.text, image=image, k=k, level=manifest.level, mode=mode)
+        results: list[SearchResult] = searcher.search(
+            text=q.text, image=image, k=k, level=manifest.level, mode=mode, filters=q.filters
+        )
         hits = [Hit(r.path, r.start_s, r.end_s, [tuple(b.box) for b in r.boxes]) for r in results]  # type: ignore[misc]
         spans = q.relevant if q.relevant is not None else [(0.0, durations.get(path, math.inf))]
         s = score_query(hits, path, spans, [b.box for b in q.boxes])
@@ -227,9 +230,9 @@ def run_configs(
         db = Path(work_dir) / f"{Path(name).stem}-{cfg.pipeline_version()}"
         cfg = load_config(name, [*overrides, f"db.path={db}", "maintenance.after_index=false"])
         random = cfg.encoder.pretrained is None  # text queries need a trained encoder
-        if random and any(q.text is not None for q in manifest.queries):
+        if random and any(q.text is not None and not q.filters for q in manifest.queries):  # filters still count
             notices.append(TEXT_NEEDS_PRETRAINED.format(name=name))
-        label = f"{Path(name).stem}{' (random weights)' if random else ''}"
+        label = f"{Path(name).stem}{' (random encoder)' if random else ''}"
         with DatabaseLock(cfg.db.path, "evaluate", cfg.db.lock_dir):
             if start_ray is not None:
                 start_ray(cfg)

@@ -213,8 +213,8 @@ def check_columns(cfg: Config, stages: tuple[Stage, ...] = STAGES, source: Colum
         for column in stage.reads(cfg):
             if column not in have:
                 raise MissingColumnError(
-                    f"stage '{stage.name}' reads column '{column}', which is not on its input rows: none of "
-                    f"{', '.join(before)} writes it (or one dropped it)"
+                    f"stage '{stage.name}' reads column '{column}', which is not on its input rows: it is written "
+                    f"by none of [{', '.join(before)}], or one of them dropped it"
                 )
         have = (have if op.carries is None else have & set(op.carries)) - set(op.drops) | set(op.writes)
         before.append(f"'{stage.name}'")
