@@ -20,6 +20,7 @@ SEGMENTS = "segments"
 TRACKS = "tracks"
 THUMBNAILS = "thumbnails"
 TEXTS = "texts"  # on-screen text spans
+SPEECH = "speech"  # transcribed utterances
 
 #: Tables that hold a video's indexed rows; all of them are written before the video is marked complete.
 CONTENT_TABLES = (FRAMES, SEGMENTS, TRACKS, THUMBNAILS, TEXTS)
@@ -113,4 +114,23 @@ ASSEMBLY_COLUMNS = (
     *OCR_COLUMNS,
     *SHOT_COLUMNS,
     *CAPTION_COLUMNS,
+)
+
+# -- the utterance row: one stretch of transcribed speech of a video (operators/speech.py, 1 video : N rows) --
+#: Keys of each entry of an utterance's ``words`` list.
+WORD_FIELDS = ("word", "start_s", "end_s", "probability")
+#: Written by the speech stage, one row per utterance; a video whose audio failed is one row with ``error`` set.
+SPEECH_COLUMNS = (
+    "utterance_id",  # make_id(video_id, SPEECH, utterance_idx), or make_id(video_id, SPEECH, "error")
+    "video_id",
+    "path",
+    "utterance_idx",  # 0..N-1 in time order
+    "start_s",  # seconds on the video clock (from the first video frame), like a frame row's ``t``
+    "end_s",
+    "text",
+    "words",  # list of {word, start_s, end_s, probability} (WORD_FIELDS), video clock
+    "language",  # the model's language code ("en" for English-only models)
+    "avg_logprob",
+    "no_speech_prob",
+    "error",  # "" when fine
 )
