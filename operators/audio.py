@@ -103,16 +103,16 @@ def read_audio(
             raise AudioDecodeError(f"unsupported audio codec '{stream.codec.name if stream.codec else 'unknown'}'")
         stream.codec_context.thread_count = 1
         reader = _Frames(container, stream, path, max_bad_fraction)
+        skip = 0  # samples still to drop: audio before the first video frame (the video clock has no negative time)
         for samples in reader:
             if deadline is not None and time.monotonic() > deadline:
                 raise AudioDecodeError("audio decoding timed out")
             if start is None:
                 t = reader.t0 or 0.0
                 origin = t if origin is None else origin
-                start = t - origin
-                if start < 0:  # audio before the first video frame: dropped
-                    samples = samples[min(len(samples), int(round(-start * SAMPLE_RATE))) :]
-                    start = 0.0
+                start, skip = max(0.0, t - origin), max(0, int(round((origin - t) * SAMPLE_RATE)))
+            if skip:
+                samples, skip = samples[skip:], max(0, skip - len(samples))
             if start + n / SAMPLE_RATE > max_duration_s:
                 raise AudioDecodeError(f"the audio is longer than the limit of {max_duration_s:.0f} s")
             while len(samples):
