@@ -154,8 +154,11 @@ class _Frames:
                 for frame in frames:
                     yield from self._resampled(frame)
             yield from self._flush()
-        except av.error.FFmpegError as exc:  # the demuxer giving up mid-file
-            raise AudioDecodeError(f"cannot read the audio: {short_error(exc, self.path)}") from None
+        except av.error.FFmpegError as exc:  # the demuxer giving up mid-file (a damaged container)
+            raise AudioDecodeError(
+                f"the audio is corrupt: the file could not be read past packet {self.packets} "
+                f"({short_error(exc, self.path)})"
+            ) from None
         listed = int(self.stream.frames or 0)  # the container index's packet count (MP4/MOV; 0 when unknown)
         if listed and self.packets < listed:
             raise AudioDecodeError(

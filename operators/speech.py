@@ -152,18 +152,23 @@ class Transcribe(Operator):
             if cut:
                 rows += self._window(held[:cut], t0) if speech else []
                 held, t0 = held[cut:], t0 + cut / SAMPLE_RATE
-        if len(held):
+        if len(held) and self._speech(held):
             rows += self._window(held, t0)
         return rows
+
+    def _speech(self, audio: Samples) -> list[dict[str, int]]:
+        """The VAD's speech regions (sample indices) in ``audio``."""
+        from faster_whisper.vad import VadOptions, get_speech_timestamps
+
+        regions: list[dict[str, int]] = get_speech_timestamps(audio, VadOptions(**self.cfg.vad.model_dump()))
+        return regions
 
     def _cut(self, audio: Samples) -> tuple[int, bool]:
         """Where to end the window (the start of the last stretch of speech, which may continue in the next
         chunk; all but a short tail when the speech has ended; 0: nothing yet) and whether it holds speech."""
-        from faster_whisper.vad import VadOptions, get_speech_timestamps
-
         n, carry = len(audio), int(self.cfg.max_carry_s * SAMPLE_RATE)
         tail = int(self.cfg.vad.speech_pad_ms * SAMPLE_RATE / 1000)
-        regions = get_speech_timestamps(audio, VadOptions(**self.cfg.vad.model_dump()))
+        regions = self._speech(audio)
         if not regions:
             return max(0, n - tail), False  # silence; the tail keeps an onset too recent for the VAD to score
         if regions[-1]["end"] < n:  # the last speech ended: all of it goes, and the silence after it but a tail
