@@ -110,7 +110,7 @@ class Transcribe(Operator):
 
     def __init__(self, cfg: SpeechConfig, model: Any | None = None) -> None:
         self.cfg = cfg
-        self.model = model  # a WhisperModel, or a stand-in with its ``transcribe``
+        self.model: Any = model  # a WhisperModel, or a stand-in with its ``transcribe``
         self.pipeline: Any = None  # BatchedInferencePipeline on CUDA
         self.device = "cpu"
 
