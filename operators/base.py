@@ -3,12 +3,13 @@
 from __future__ import annotations
 
 from collections.abc import Iterable
-from typing import Any
+from typing import Any, ClassVar
 
 import numpy as np
 from pydantic import BaseModel, ConfigDict
 
 Batch = dict[str, Any]
+Columns = tuple[str, ...]
 
 
 class MissingCheckpointError(RuntimeError):
@@ -40,7 +41,22 @@ class StageResources(StrictModel):
 
 
 class Operator:
-    """A pipeline stage. ``setup`` runs once inside the worker; ``__call__`` maps a columnar batch."""
+    """A pipeline stage. ``setup`` runs once inside the worker; ``__call__`` maps a columnar batch.
+
+    Its columns are declared with the names of ``operators/contract.py`` and checked against every configured
+    graph before it runs (``pipeline/index/graph.check_columns``). Columns a stage reads or writes only when
+    present (or only for some models) are not declared; its docstring names them.
+    """
+
+    #: Columns the stage needs on every input row.
+    reads: ClassVar[Columns] = ()
+    #: Columns it sets on every output row.
+    writes: ClassVar[Columns] = ()
+    #: Input columns it removes.
+    drops: ClassVar[Columns] = ()
+    #: Input columns its output rows keep (when present). None: all of them, the 1:1 stages that add columns; a
+    #: stage that builds new rows (decode: 1 video : N frames) names the few it repeats.
+    carries: ClassVar[Columns | None] = None
 
     def setup(self) -> None:  # noqa: B027 - optional hook
         """Load weights or open resources; called once per worker before the first batch."""

@@ -9,10 +9,10 @@ transformers' ``AutoModelForImageTextToText`` and ``AutoProcessor`` (or its imag
 ``none`` - no captions (the stage is left out of the graph).
 
 ``captions.checkpoint`` is a hub id (read from the local cache, downloaded where a network exists) or a local
-directory written by ``save_pretrained``; operators/caption_checkpoints.py resolves it before any work and stops
-with one sentence when it is missing. ``captions.architecture`` (``blip`` only, checkpoint unset) builds a
-randomly initialised BLIP of that size, saves it with ``save_pretrained`` and loads it back through the same path
-(tests, offline smoke runs): **its captions are meaningless text**.
+directory written by ``save_pretrained``; ``operators.weights.resolve_caption_checkpoint`` resolves it before any
+work and stops with one sentence when it is missing. ``captions.architecture`` (``blip`` only, checkpoint unset)
+builds a randomly initialised BLIP of that size, saves it with ``save_pretrained`` and loads it back through the
+same path (tests, offline smoke runs): **its captions are meaningless text**.
 
 The ``Captions`` stage captions only the keyframe of each segment window (``operators/keyframes.py``), the frame
 the assembler makes the segment's thumbnail, which puts that frame's caption on the segment row.
@@ -28,10 +28,10 @@ import numpy as np
 import numpy.typing as npt
 from pydantic import field_validator, model_validator
 
+from operators import contract as C
 from operators.base import Batch, MissingCheckpointError, Operator, StrictModel, objects
-from operators.caption_checkpoints import resolve_caption_checkpoint
-from operators.encoders import Device, pick_device
 from operators.keyframes import SampleGrid, is_keyframe, shot_segment_windows, window_bounds
+from operators.weights import Device, pick_device, resolve_caption_checkpoint
 
 log = logging.getLogger(__name__)
 
@@ -211,6 +211,9 @@ class Captions(Operator):
     follow the GOPs and no grid exists) captions every frame and leaves the choice to the assembler.
     """
 
+    reads = (C.VIDEO_ID, C.FRAME, C.T, C.ERROR, C.DURATION_S, C.SOURCE_FPS)
+    writes = C.CAPTION_COLUMNS
+
     def __init__(
         self,
         cfg: CaptionConfig,
@@ -232,21 +235,21 @@ class Captions(Operator):
 
     def keyframes(self, batch: Batch) -> npt.NDArray[np.bool_]:
         """Which rows of ``batch`` are their segment window's keyframe (failure rows never are)."""
-        ok = np.asarray(batch["error"]) == ""
+        ok = np.asarray(batch[C.ERROR]) == ""
         if self.every_frame:
             return ok
-        shots = batch.get("shot_bounds")
+        shots = batch.get(C.SHOT_BOUNDS)
         marks = np.zeros(len(ok), dtype=bool)
         windows_of: dict[str, Any] = {}  # per video: its shot-aligned windows
         for i in np.flatnonzero(ok):
-            duration = float(batch["duration_s"][i])
-            vid = str(batch["video_id"][i])
+            duration = float(batch[C.DURATION_S][i])
+            vid = str(batch[C.VIDEO_ID][i])
             if shots is not None and vid not in windows_of:
                 windows_of[vid] = shot_segment_windows(shots[i], duration, self.window_s)
             windows = windows_of.get(vid)
-            t = float(batch["t"][i])
+            t = float(batch[C.T][i])
             start, end = window_bounds(t, self.window_s, duration, windows)
-            grid = SampleGrid.of(self.sample_fps, float(batch["source_fps"][i]), duration)
+            grid = SampleGrid.of(self.sample_fps, float(batch[C.SOURCE_FPS][i]), duration)
             marks[i] = is_keyframe(t, start, end, grid)
         return marks
 
@@ -256,9 +259,9 @@ class Captions(Operator):
         captions: list[str | None] = [None] * len(marks)
         idx = np.flatnonzero(marks)
         if len(idx):
-            for i, text in zip(idx, self.captioner.caption([batch["frame"][i] for i in idx]), strict=True):
+            for i, text in zip(idx, self.captioner.caption([batch[C.FRAME][i] for i in idx]), strict=True):
                 captions[i] = text
-        batch["caption"] = objects(captions)
+        batch[C.CAPTION] = objects(captions)
         return batch
 
     def teardown(self) -> None:

@@ -69,45 +69,79 @@ def fingerprint(path: str) -> tuple[int, str]:
 
 
 # -- the frame row: one sampled frame as it travels decode -> detect -> embed -> assembly ----------------------
-#: Per-video columns repeated on each of its frame rows (written by decode).
-VIDEO_META_COLUMNS = ("duration_s", "source_fps", "n_frames", "width", "height", "rotation", "backend", "codec")
+# Each operator declares the columns it reads and writes with these names (``Operator.reads`` / ``writes``), and
+# ``pipeline/index/graph.check_columns`` checks every configured graph against those declarations.
 
+#: The planner's video rows, what the graph starts from (``pipeline/index/ingest.py``).
+VIDEO_ID = "video_id"
+PATH = "path"
+FINGERPRINT = "fingerprint"  # the catalog's content fingerprint, checked again by decode
+VIDEO_ROW_COLUMNS = (VIDEO_ID, PATH, FINGERPRINT)
+
+#: Per-video columns repeated on each of its frame rows (written by decode).
+DURATION_S = "duration_s"
+SOURCE_FPS = "source_fps"
+N_FRAMES = "n_frames"
+WIDTH = "width"
+HEIGHT = "height"
+ROTATION = "rotation"
+BACKEND = "backend"
+CODEC = "codec"
+VIDEO_META_COLUMNS = (DURATION_S, SOURCE_FPS, N_FRAMES, WIDTH, HEIGHT, ROTATION, BACKEND, CODEC)
+
+T = "t"  # seconds, the frame's presentation time
+FRAME_IDX = "frame_idx"  # index of the frame in the source
+SAMPLE_IDX = "sample_idx"  # 0..n_samples-1 in time order
+N_SAMPLES = "n_samples"  # sampled frames planned for the video
+FRAME = "frame"  # uint8 HxWx3, upright, working size
+THUMB = "thumb"  # JPEG bytes
+ERROR = "error"  # "" when fine; a failed video is one row with its reason
 #: Written by decode (``frame`` is dropped by embed, so pixels never travel past it).
-DECODE_COLUMNS = (
-    "video_id",
-    "path",
-    "t",  # seconds, the frame's presentation time
-    "frame_idx",  # index of the frame in the source
-    "sample_idx",  # 0..n_samples-1 in time order
-    "n_samples",  # sampled frames planned for the video
-    "frame",  # uint8 HxWx3, upright, working size
-    "thumb",  # JPEG bytes
-    "error",  # "" when fine; a failed video is one row with its reason
-    *VIDEO_META_COLUMNS,
-)
+DECODE_COLUMNS = (VIDEO_ID, PATH, T, FRAME_IDX, SAMPLE_IDX, N_SAMPLES, FRAME, THUMB, ERROR, *VIDEO_META_COLUMNS)
+
 #: Written by the shot detector on the video row, repeated by decode on each of its frames: the shots' start
 #: times (float64 array, first 0.0). Absent without a shot detector.
-SHOT_COLUMNS = ("shot_bounds",)
+SHOT_BOUNDS = "shot_bounds"
+SHOT_COLUMNS = (SHOT_BOUNDS,)
+
 #: Written by the detector: per frame, boxes (K x 4, normalised xyxy), confidences (K), class names (JSON list)
-#: and, for segmentation models, masks (K x h x w).
-DETECT_COLUMNS = ("det_boxes", "det_conf", "det_names", "det_masks")
-#: Written by embed: the frame embedding (D) and one region embedding per box (K x D).
-EMBED_COLUMNS = ("embedding", "region_emb")
-#: Written by OCR: per frame, text lines (list of str), their boxes (N x 4, normalised xyxy), confidences (N).
-OCR_COLUMNS = ("ocr_text", "ocr_boxes", "ocr_conf")
+#: and, for segmentation models only, masks (K x h x w).
+DET_BOXES = "det_boxes"
+DET_CONF = "det_conf"
+DET_NAMES = "det_names"
+DET_MASKS = "det_masks"
+DETECT_COLUMNS = (DET_BOXES, DET_CONF, DET_NAMES, DET_MASKS)
+
+#: Written by preprocess and read (then dropped) by embed: float32 [3, S, S], the encoder's eval transform.
+PIXELS = "pixels"
+#: Written by embed: the frame embedding (D) and, when detection ran and regions are on, one region embedding per
+#: box (K x D).
+EMBEDDING = "embedding"
+REGION_EMB = "region_emb"
+EMBED_COLUMNS = (EMBEDDING, REGION_EMB)
+
+#: Written by OCR: per frame, text lines (list of str), their boxes (N x 4, normalised xyxy), confidences (N);
+#: ``ocr_reused`` (the last reading kept: the frame barely changed) is for reports and not stored.
+OCR_TEXT = "ocr_text"
+OCR_BOXES = "ocr_boxes"
+OCR_CONF = "ocr_conf"
+OCR_REUSED = "ocr_reused"
+OCR_COLUMNS = (OCR_TEXT, OCR_BOXES, OCR_CONF)
+
 #: Written by the caption stage: the caption (str) of each segment's keyframe on that frame's row, null on others.
-CAPTION_COLUMNS = ("caption",)
+CAPTION = "caption"
+CAPTION_COLUMNS = (CAPTION,)
 
 #: What the per-video assembly reads; every other column is dropped before rows leave the embed stage.
 ASSEMBLY_COLUMNS = (
-    "video_id",
-    "path",
-    "t",
-    "frame_idx",
-    "sample_idx",
-    "n_samples",
-    "thumb",
-    "error",
+    VIDEO_ID,
+    PATH,
+    T,
+    FRAME_IDX,
+    SAMPLE_IDX,
+    N_SAMPLES,
+    THUMB,
+    ERROR,
     *VIDEO_META_COLUMNS,
     *DETECT_COLUMNS,
     *EMBED_COLUMNS,
@@ -115,6 +149,20 @@ ASSEMBLY_COLUMNS = (
     *SHOT_COLUMNS,
     *CAPTION_COLUMNS,
 )
+#: What the assembler needs on every frame row (the others of ``ASSEMBLY_COLUMNS`` are read when present) ...
+ASSEMBLY_REQUIRED = (
+    VIDEO_ID,
+    T,
+    FRAME_IDX,
+    SAMPLE_IDX,
+    N_SAMPLES,
+    THUMB,
+    ERROR,
+    *(c for c in VIDEO_META_COLUMNS if c != CODEC),
+    EMBEDDING,
+)
+#: ... and, with detection on (it tracks the boxes), these.
+ASSEMBLY_TRACKED = (DET_BOXES, DET_CONF, DET_NAMES)
 
 # -- the utterance row: one stretch of transcribed speech of a video (operators/speech.py, 1 video : N rows) --
 #: Keys of each entry of an utterance's ``words`` list.

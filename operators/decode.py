@@ -6,8 +6,9 @@ packet times are the sampling clock: for each point ``k / fps`` of the grid the 
 is nearest is taken, which stays right for variable-frame-rate files. decord then decodes the sampled frames
 (it seeks by index, resizes inside the decoder and applies the rotation itself) when its frame index agrees
 with those packet times; otherwise, or when decord fails part-way, PyAV decodes the remaining samples, matched
-by presentation time. Both readers scale in the decoder to ``max_side``, so a full-size RGB frame is never
-allocated, and output goes out in chunks of ``chunk_frames``, so a task's memory does not grow with the file.
+by presentation time (the readers live in ``operators/readers.py``). Both scale in the decoder to ``max_side``, so
+a full-size RGB frame is never allocated, and output goes out in chunks of ``chunk_frames``, so a task's memory
+does not grow with the file.
 
 A video that cannot be decoded, breaks a limit, or changes while it is read becomes one failure row
 (``error`` set to one sentence, no frames); it never stops the job.
@@ -22,33 +23,29 @@ import os
 import time
 from collections.abc import Iterator
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Literal, TypeVar
 
 import numpy as np
 import numpy.typing as npt
 from PIL import Image
 
+from operators import contract as C
 from operators.base import Batch, Operator, StrictModel, objects
 from operators.contract import fingerprint
 from operators.media_probe import DecodeError, Header, container_hint, probe, short_error
+from operators.readers import Backend, Mode, decord_open_error, keyframe_indices, open_readers
 
-if TYPE_CHECKING:
-    import av
-
-_F = TypeVar("_F")
-
-__all__ = ["Decode", "DecodeConfig", "DecodeError", "VideoInfo", "relabelled", "sample_indices", "target_size"]
+__all__ = ["Decode", "DecodeConfig", "DecodeError", "VideoInfo", "encode_jpeg", "sample_indices"]
 
 
 class DecodeConfig(StrictModel):
     fps: float = 1.0  # sampled frames per second of video
     max_side: int = 640  # frames are resized in the decoder so their longest side is at most this
     chunk_frames: int = 16  # frames per output batch; bounds the memory of one decode task
-    backend: Literal["auto", "decord", "pyav"] = "auto"
+    backend: Backend = "auto"
     #: "sample": the frames nearest the ``fps`` grid. "keyframes": one frame per GOP, only keyframes are decoded
     #: (PyAV, ``skip_frame=NONKEY``; ``fps`` and ``backend`` are then unused); each row's ``t`` is the
     #: keyframe's own presentation time, so the sampling follows the encoder's GOP length, not a fixed rate.
-    mode: Literal["sample", "keyframes"] = "sample"
+    mode: Mode = "sample"
     thumb_side: int = 320
     thumb_quality: int = 80
     # Resource limits, enforced by the probe before any frame is decoded (see operators/media_probe.py).
@@ -86,149 +83,6 @@ def sample_indices(timestamps: npt.NDArray[np.float64], fps: float) -> npt.NDArr
     return np.unique(nearest).astype(np.int64)
 
 
-def target_size(width: int, height: int, max_side: int) -> tuple[int, int]:
-    """Working size: longest side at most ``max_side``, aspect kept, even dimensions, never upscaled."""
-    scale = min(1.0, max_side / max(width, height))
-    return max(2, int(round(width * scale / 2)) * 2), max(2, int(round(height * scale / 2)) * 2)
-
-
-def _usable(ts: npt.NDArray[np.float64]) -> bool:
-    return bool(np.all(np.isfinite(ts)) and np.all(ts >= 0) and np.all(ts < 1e7) and np.all(np.diff(ts) > 0))
-
-
-class _DecordReader:
-    """Seeks by frame index; used only when its index matches the probe's packet times frame for frame."""
-
-    name = "decord"
-
-    def __init__(self, path: str, header: Header, out_w: int, out_h: int) -> None:
-        import decord
-
-        self.reader = decord.VideoReader(path, num_threads=1, width=out_w, height=out_h)
-        n = len(self.reader)
-        ts = self.reader.get_frame_timestamp(range(n))[:, 0].astype(np.float64) if n else np.zeros(0)
-        if n != len(header.times) or not _usable(ts) or np.max(np.abs((ts - ts[0]) - header.times)) > 2e-3:
-            # Seen on MPEG-4 ASP AVIs with packed B-frames: decord's index is then off by a frame as well, so
-            # hand the file to PyAV, which decodes in presentation order.
-            raise DecodeError("decord's frame index does not match the packet times")
-
-    def frames(self, indices: npt.NDArray[np.int64], chunk: int, deadline: float) -> Iterator[npt.NDArray[np.uint8]]:
-        for start in range(0, len(indices), chunk):
-            if time.monotonic() > deadline:
-                raise TimeoutError
-            yield self.reader.get_batch(indices[start : start + chunk].tolist()).asnumpy()
-
-
-class _PyAVReader:
-    """Decodes in presentation order and keeps the frames whose time is a sampled one."""
-
-    name = "pyav"
-    skip_frame: Literal["DEFAULT", "NONKEY"] = "DEFAULT"  # "NONKEY" in keyframe mode: others are skipped
-
-    def __init__(self, path: str, header: Header, out_w: int, out_h: int) -> None:
-        self.path, self.header, self.out_w, self.out_h = path, header, out_w, out_h
-
-    def frames(self, indices: npt.NDArray[np.int64], chunk: int, deadline: float) -> Iterator[npt.NDArray[np.uint8]]:
-        """Decoded frames whose presentation time is one of the sampled ones (matched by time, not by decode
-        position: packed B-frames and skipped-frame packets make positions unreliable)."""
-        import av
-
-        k = (self.header.rotation // 90) % 4  # np.rot90 turns counter-clockwise, like the display matrix angle
-        stored_w, stored_h = (self.out_h, self.out_w) if k % 2 else (self.out_w, self.out_h)
-        wanted = self.header.times[indices] + self.header.t0
-        taken = np.zeros(len(wanted), dtype=bool)
-        out: list[npt.NDArray[np.uint8]] = []
-        with av.open(self.path, metadata_errors="ignore") as container:
-            stream = container.streams.video[0]
-            stream.codec_context.thread_count = 1  # frames in flight (each full size) do not grow with cores
-            stream.codec_context.skip_frame = self.skip_frame
-            tb = float(stream.time_base or 0)
-            for t, frame in relabelled(self._decoded(container, stream, tb, deadline)):
-                j = int(np.argmin(np.abs(wanted - t)))
-                if taken[j] or abs(wanted[j] - t) > 1e-6:
-                    continue
-                taken[j] = True
-                rgb: npt.NDArray[np.uint8] = frame.reformat(
-                    width=stored_w, height=stored_h, format="rgb24"
-                ).to_ndarray()  # type: ignore[assignment]
-                out.append(np.ascontiguousarray(np.rot90(rgb, k)) if k else rgb)
-                if len(out) == chunk:
-                    yield np.stack(out)
-                    out = []
-                if taken.all():
-                    break
-        if out:
-            yield np.stack(out)
-
-    @staticmethod
-    def _decoded(
-        container: av.container.InputContainer, stream: av.VideoStream, tb: float, deadline: float
-    ) -> Iterator[tuple[float, av.VideoFrame]]:
-        """(presentation time as labelled, frame) in the order the decoder emits them."""
-        import av
-
-        for packet in container.demux(stream):
-            if time.monotonic() > deadline:
-                raise TimeoutError
-            try:
-                decoded = packet.decode()
-            except av.error.InvalidDataError:
-                continue  # a corrupt packet: the decoder conceals it in the frames that follow
-            for frame in decoded:
-                yield (frame.pts * tb if frame.pts is not None else float(frame.time or 0.0)), frame
-
-
-def relabelled(frames: Iterator[tuple[float, _F]]) -> Iterator[tuple[float, _F]]:
-    """The decoder's (time, frame) pairs, with a too-late label handed on to the frame after it.
-
-    A decoder emits frames in presentation order, so a label that runs backwards is a mislabel, not a late
-    frame: PyAV labels the frames of MPEG-4 ASP AVIs with packed B-frames 1, 2, 4, 3, 5, 7, 6 ... (ffprobe's
-    best-effort timestamps, decord's decode order and the pictures themselves all give the emitted order), and
-    matching by those labels would store frame 3 under frame 4's time. One frame is held back: when the next
-    label lies between the last time given out and the held frame's label, the two swap labels. A label that
-    falls back further (a timestamp reset) is kept as it is.
-    """
-    last = -math.inf
-    held: tuple[float, _F] | None = None
-    for t, frame in frames:
-        if held is not None:
-            if last < t < held[0]:
-                held, t = (t, held[1]), held[0]
-            last = held[0]
-            yield held
-        held = (t, frame)
-    if held is not None:
-        yield held
-
-
-class _KeyframeReader(_PyAVReader):
-    """PyAV decoding keyframes only; the wanted indices are the keyframes' (``keyframe_indices``)."""
-
-    skip_frame: Literal["DEFAULT", "NONKEY"] = "NONKEY"
-
-
-def keyframe_indices(path: str, header: Header, deadline: float) -> npt.NDArray[np.int64]:
-    """Indices (into ``header.times``) of the frames whose packets are keyframes; demuxed, not decoded."""
-    import av
-
-    times = []
-    with av.open(path, metadata_errors="ignore") as container:
-        stream = container.streams.video[0]
-        tb = float(stream.time_base or 0.0)
-        for packet in container.demux(stream):
-            if time.monotonic() > deadline:
-                raise TimeoutError
-            if packet.is_keyframe and packet.pts is not None:
-                times.append(packet.pts * tb - header.t0)
-    if not times:
-        raise DecodeError("no keyframe found in the video stream (decode.mode: keyframes)")
-    t = np.asarray(times)
-    pos = np.clip(np.searchsorted(header.times, t), 0, len(header.times) - 1)
-    left = np.clip(pos - 1, 0, len(header.times) - 1)
-    nearest = np.where(np.abs(header.times[left] - t) < np.abs(header.times[pos] - t), left, pos)
-    return np.unique(nearest[np.abs(header.times[nearest] - t) <= 1e-6]).astype(np.int64)
-
-
 def encode_jpeg(frame: npt.NDArray[np.uint8], max_side: int, quality: int) -> bytes:
     img = Image.fromarray(frame)
     img.thumbnail((max_side, max_side))
@@ -242,8 +96,13 @@ class Decode(Operator):
 
     Reads ``video_id``, ``path`` (and ``fingerprint`` when given). Writes per frame ``video_id``, ``path``,
     ``t``, ``frame_idx``, ``sample_idx``, ``n_samples`` (planned samples of the video), ``frame`` (uint8 HxWx3,
-    upright, working size), ``thumb`` (JPEG bytes), ``error`` ("" when fine) and the video's metadata columns.
+    upright, working size), ``thumb`` (JPEG bytes), ``error`` ("" when fine) and the video's metadata columns;
+    repeats the video row's ``shot_bounds`` (when the shot detector ran) on each of its frames.
     """
+
+    reads = (C.VIDEO_ID, C.PATH)
+    writes = C.DECODE_COLUMNS
+    carries = C.SHOT_COLUMNS  # 1 video : N new frame rows; nothing else of the video row travels on
 
     def __init__(self, cfg: DecodeConfig) -> None:
         self.cfg = cfg
@@ -263,7 +122,7 @@ class Decode(Operator):
         except Exception as exc:  # av.open refusing the bytes: not a container FFmpeg knows
             errors = [f"pyav: {short_error(exc, path)}"]
             if self.cfg.backend != "pyav":
-                errors.insert(0, f"decord: {_decord_open_error(path)}")
+                errors.insert(0, f"decord: {decord_open_error(path)}")
             why = container_hint(path) or "not a recognised video file"
             raise DecodeError(f"cannot decode video: {why} ({'; '.join(errors)})") from None
         ts = header.times
@@ -278,21 +137,6 @@ class Decode(Operator):
             backend="",
             codec=header.codec,
         )
-
-    def _readers(self, path: str, header: Header) -> Iterator[_DecordReader | _PyAVReader]:
-        """The readers to try in order: decord (when allowed and consistent with the probe), then PyAV."""
-        out_w, out_h = target_size(header.width, header.height, self.cfg.max_side)
-        if self.cfg.mode == "keyframes":
-            yield _KeyframeReader(path, header, out_w, out_h)
-            return
-        if self.cfg.backend in ("auto", "decord"):
-            try:
-                yield _DecordReader(path, header, out_w, out_h)
-            except Exception as exc:
-                if self.cfg.backend == "decord":
-                    raise DecodeError(f"cannot decode video (decord: {short_error(exc, path)})") from None
-        if self.cfg.backend in ("auto", "pyav"):
-            yield _PyAVReader(path, header, out_w, out_h)
 
     def iter_video(self, video_id: str, path: str, fingerprint: str | None = None) -> Iterator[Batch]:
         """Decode one video into time-ordered chunks; on failure yield a single error row.
@@ -318,7 +162,7 @@ class Decode(Operator):
                 )
             held: Batch | None = None
             errors: list[str] = []
-            for reader in self._readers(path, header):
+            for reader in open_readers(path, header, self.cfg.mode, self.cfg.backend, self.cfg.max_side):
                 meta = dataclasses.replace(info, backend=reader.name)
                 try:
                     for frames in reader.frames(indices[done:], self.cfg.chunk_frames, deadline):
@@ -365,15 +209,15 @@ class Decode(Operator):
         thumbs = np.empty(n, dtype=object)
         thumbs[:] = [encode_jpeg(f, self.cfg.thumb_side, self.cfg.thumb_quality) for f in frames]
         return {
-            "video_id": np.full(n, video_id),
-            "path": np.full(n, path),
-            "t": ts.astype(np.float64),
-            "frame_idx": idx.astype(np.int64),
-            "sample_idx": np.arange(first, first + n, dtype=np.int64),
-            "n_samples": np.full(n, n_samples, dtype=np.int64),
-            "frame": frames,
-            "thumb": thumbs,
-            "error": np.full(n, ""),
+            C.VIDEO_ID: np.full(n, video_id),
+            C.PATH: np.full(n, path),
+            C.T: ts.astype(np.float64),
+            C.FRAME_IDX: idx.astype(np.int64),
+            C.SAMPLE_IDX: np.arange(first, first + n, dtype=np.int64),
+            C.N_SAMPLES: np.full(n, n_samples, dtype=np.int64),
+            C.FRAME: frames,
+            C.THUMB: thumbs,
+            C.ERROR: np.full(n, ""),
             **_meta_columns(info, n),
         }
 
@@ -383,41 +227,41 @@ class Decode(Operator):
         thumbs = np.empty(1, dtype=object)
         thumbs[:] = [b""]
         return {
-            "video_id": np.array([video_id]),
-            "path": np.array([path]),
-            "t": np.zeros(1),
-            "frame_idx": np.zeros(1, dtype=np.int64),
-            "sample_idx": np.zeros(1, dtype=np.int64),
-            "n_samples": np.zeros(1, dtype=np.int64),
-            "frame": np.zeros((1, 2, 2, 3), dtype=np.uint8),
-            "thumb": thumbs,
-            "error": np.array([message or "unknown decode error"]),
+            C.VIDEO_ID: np.array([video_id]),
+            C.PATH: np.array([path]),
+            C.T: np.zeros(1),
+            C.FRAME_IDX: np.zeros(1, dtype=np.int64),
+            C.SAMPLE_IDX: np.zeros(1, dtype=np.int64),
+            C.N_SAMPLES: np.zeros(1, dtype=np.int64),
+            C.FRAME: np.zeros((1, 2, 2, 3), dtype=np.uint8),
+            C.THUMB: thumbs,
+            C.ERROR: np.array([message or "unknown decode error"]),
             **_meta_columns(info, 1),
         }
 
     def __call__(self, batch: Batch) -> Iterator[Batch]:  # type: ignore[override]
         """Reads ``video_id``, ``path`` and, when present, ``fingerprint``; yields frame chunks (see class
         docstring)."""
-        n = len(batch["video_id"])
-        prints = batch.get("fingerprint", [None] * n)
-        shots = batch.get("shot_bounds")  # from the shot detector, when it ran: repeated on each frame row
-        for i, (video_id, path, fp) in enumerate(zip(batch["video_id"], batch["path"], prints, strict=True)):
+        n = len(batch[C.VIDEO_ID])
+        prints = batch.get(C.FINGERPRINT, [None] * n)
+        shots = batch.get(C.SHOT_BOUNDS)  # from the shot detector, when it ran: repeated on each frame row
+        for i, (video_id, path, fp) in enumerate(zip(batch[C.VIDEO_ID], batch[C.PATH], prints, strict=True)):
             for chunk in self.iter_video(str(video_id), str(path), str(fp) if fp else None):
                 if shots is not None:
-                    chunk["shot_bounds"] = objects([shots[i]] * len(chunk["video_id"]))
+                    chunk[C.SHOT_BOUNDS] = objects([shots[i]] * len(chunk[C.VIDEO_ID]))
                 yield chunk
 
 
 def _meta_columns(info: VideoInfo, n: int) -> Batch:
     return {
-        "duration_s": np.full(n, info.duration_s if math.isfinite(info.duration_s) else 0.0),
-        "source_fps": np.full(n, info.fps),
-        "n_frames": np.full(n, info.n_frames, dtype=np.int64),
-        "width": np.full(n, info.width, dtype=np.int32),
-        "height": np.full(n, info.height, dtype=np.int32),
-        "rotation": np.full(n, info.rotation, dtype=np.int32),
-        "backend": np.full(n, info.backend),
-        "codec": np.full(n, info.codec),
+        C.DURATION_S: np.full(n, info.duration_s if math.isfinite(info.duration_s) else 0.0),
+        C.SOURCE_FPS: np.full(n, info.fps),
+        C.N_FRAMES: np.full(n, info.n_frames, dtype=np.int64),
+        C.WIDTH: np.full(n, info.width, dtype=np.int32),
+        C.HEIGHT: np.full(n, info.height, dtype=np.int32),
+        C.ROTATION: np.full(n, info.rotation, dtype=np.int32),
+        C.BACKEND: np.full(n, info.backend),
+        C.CODEC: np.full(n, info.codec),
     }
 
 
@@ -432,13 +276,3 @@ def _fingerprint(path: str) -> str:
         return fingerprint(path)[1]
     except OSError as exc:
         raise DecodeError(f"cannot read file: {exc.strerror or exc}") from None
-
-
-def _decord_open_error(path: str) -> str:
-    try:
-        import decord
-
-        decord.VideoReader(path, num_threads=1)
-        return "opened it, but the PyAV probe could not"
-    except Exception as exc:
-        return short_error(exc, path)

@@ -23,8 +23,11 @@ import numpy as np
 import numpy.typing as npt
 
 from configs import shipped
+from operators import contract as C
+from operators import model_catalog
 from operators.backends import Backend, ExportCache, Precision, check_precision, yolo_export
 from operators.base import Batch, MissingCheckpointError, Operator, StrictModel, objects
+from operators.weights import Device, pick_device
 
 
 class DetectConfig(StrictModel):
@@ -35,7 +38,7 @@ class DetectConfig(StrictModel):
     imgsz: int = 640
     max_det: int = 100
     classes: list[str] | None = None  # keep only these class names
-    device: Literal["auto", "cpu", "cuda"] = "auto"
+    device: Device = "auto"
     half: bool = True  # fp16 on CUDA
     #: Inference runtime on CPU, through ultralytics' own export (fp32, dynamic shapes), built at setup() from
     #: the loaded weights and cached (operators/backends.py); parity with torch is tested (tests/test_backends.py).
@@ -63,9 +66,12 @@ Predictor = Callable[[Sequence[npt.NDArray[np.uint8]]], list[FrameDetections]]
 
 
 def resolve_yolo(model: str) -> str:
-    """The local file (or architecture YAML) to build YOLO from; one sentence when it cannot be had."""
+    """The local file (or architecture YAML) to build YOLO from; one sentence when it cannot be had. Names in the
+    model catalog (``yolo11n.pt``) resolve there: hash-checked cache, bundled wheel copy, then download."""
     if model.endswith((".yaml", ".yml")) or os.path.isfile(model):
         return model
+    if model_catalog.lookup(model) is not None:
+        return str(model_catalog.resolve(model).path)
     from ultralytics.utils import SETTINGS
 
     cached = Path(SETTINGS.get("weights_dir", "weights")) / model
@@ -103,11 +109,7 @@ class YoloPredictor:
             torch.manual_seed(0)  # an architecture YAML gets the same random weights in every worker
             self.model = YOLO(path)
 
-        self.device = (
-            "cuda"
-            if cfg.device == "auto" and torch.cuda.is_available()
-            else ("cpu" if cfg.device == "auto" else cfg.device)
-        )
+        self.device = pick_device(cfg.device)
         if cfg.backend != "torch" and self.device == "cpu":
             check_precision(cfg.backend, cfg.precision)
             cache = ExportCache(cfg.export_cache)
@@ -153,6 +155,9 @@ class Detector(Operator):
     ``det_masks`` (uint8 [K, mh, mw]). 1:1.
     """
 
+    reads = (C.FRAME, C.ERROR)
+    writes = (C.DET_BOXES, C.DET_CONF, C.DET_NAMES)  # and DET_MASKS, for segmentation models only
+
     def __init__(self, cfg: DetectConfig, predictor: Predictor | None = None) -> None:
         self.cfg = cfg
         self.predictor = predictor
@@ -163,19 +168,19 @@ class Detector(Operator):
 
     def __call__(self, batch: Batch) -> Batch:
         assert self.predictor is not None, "call setup() first"
-        ok = np.asarray(batch["error"]) == ""
-        frames = [f for f, good in zip(batch["frame"], ok, strict=True) if good]
+        ok = np.asarray(batch[C.ERROR]) == ""
+        frames = [f for f, good in zip(batch[C.FRAME], ok, strict=True) if good]
         dets = iter(self.predictor(frames) if frames else [])
         empty = FrameDetections(np.zeros((0, 4), np.float32), np.zeros(0, np.float32), [])
         per_frame = [next(dets) if good else empty for good in ok]
         if self.cfg.classes:
             per_frame = [_keep(d, self.cfg.classes) for d in per_frame]
-        batch["det_boxes"] = objects([d.boxes.astype(np.float32).reshape(-1, 4) for d in per_frame])
-        batch["det_conf"] = objects([d.conf.astype(np.float32) for d in per_frame])
-        batch["det_names"] = np.array([json.dumps(d.names) for d in per_frame])
+        batch[C.DET_BOXES] = objects([d.boxes.astype(np.float32).reshape(-1, 4) for d in per_frame])
+        batch[C.DET_CONF] = objects([d.conf.astype(np.float32) for d in per_frame])
+        batch[C.DET_NAMES] = np.array([json.dumps(d.names) for d in per_frame])
         if any(d.masks is not None for d in per_frame):
             shape = next(d.masks.shape[1:] for d in per_frame if d.masks is not None)
-            batch["det_masks"] = objects(
+            batch[C.DET_MASKS] = objects(
                 [d.masks if d.masks is not None else np.zeros((len(d.boxes), *shape), np.uint8) for d in per_frame]
             )
         return batch

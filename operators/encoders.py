@@ -20,12 +20,10 @@ import numpy.typing as npt
 
 from operators.backends import Backend, ExportCache, Precision, check_precision
 from operators.base import MissingCheckpointError, StrictModel
+from operators.weights import Device, pick_device, reachable
 
 if TYPE_CHECKING:
     from operators.clip_export import ClipRuntime
-
-Device = Literal["auto", "cpu", "cuda"]
-
 
 class EncoderConfig(StrictModel):
     name: str = "open_clip"
@@ -47,15 +45,7 @@ class EncoderConfig(StrictModel):
     export_cache: str | None = None  # folder of cached exports; default $VIDSEARCH_EXPORT_CACHE or ~/.cache/vidsearch
 
 
-def pick_device(device: Device) -> str:
-    import torch
-
-    if device == "auto":
-        return "cuda" if torch.cuda.is_available() else "cpu"
-    return device
-
-
-def _register_model_config(name: str, model_config: dict[str, Any]) -> None:
+def register_model_config(name: str, model_config: dict[str, Any]) -> None:
     import open_clip
 
     folder = tempfile.mkdtemp(prefix="vidsearch-model-")
@@ -92,7 +82,7 @@ def resolve_checkpoint(cfg: EncoderConfig) -> str | None:
     if cached:
         return cached
     try:
-        if os.environ.get("HF_HUB_OFFLINE") == "1" or not _reachable(source or ""):
+        if os.environ.get("HF_HUB_OFFLINE") == "1" or not reachable(source or ""):
             raise ConnectionError("no network route to the model hub")
         path = download_pretrained(pcfg, cache_dir=cfg.cache_dir)
     except Exception as exc:  # no network, hub refused, partial download...
@@ -122,20 +112,6 @@ def _cached_hf_file(hf_hub: str, cache_dir: str | None) -> str | None:
     return None
 
 
-def _reachable(source: str, timeout_s: float = 3.0) -> bool:
-    """Whether the host serving ``source`` answers a TCP connect (fail fast offline instead of retrying)."""
-    import socket
-    from urllib.parse import urlparse
-
-    url = source if "://" in source else os.environ.get("HF_ENDPOINT", "https://huggingface.co")
-    host = urlparse(url).hostname or "huggingface.co"
-    try:
-        with socket.create_connection((host, 443), timeout=timeout_s):
-            return True
-    except OSError:
-        return False
-
-
 class OpenClipEncoder:
     """CLIP-style dual encoder from open_clip: image and text into one L2-normalised space."""
 
@@ -149,7 +125,7 @@ class OpenClipEncoder:
         import torch
 
         if self.cfg.architecture is not None:
-            _register_model_config(self.cfg.model, self.cfg.architecture)
+            register_model_config(self.cfg.model, self.cfg.architecture)
         path = checkpoint if checkpoint is not None else resolve_checkpoint(self.cfg)
         self.device = pick_device(self.cfg.device)
         with torch.random.fork_rng(devices=[]):

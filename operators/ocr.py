@@ -22,14 +22,16 @@ from typing import Any, Literal, Protocol
 import numpy as np
 import numpy.typing as npt
 
+from operators import contract as C
 from operators.base import Batch, Operator, StrictModel
+from operators.weights import Device
 
 __all__ = ["OCR_ENGINES", "OcrConfig", "OcrEngine", "OcrFrames", "OcrResult", "build_ocr_engine"]
 
 
 class OcrConfig(StrictModel):
     engine: Literal["rapidocr", "none"] = "rapidocr"
-    device: Literal["auto", "cpu", "cuda"] = "auto"
+    device: Device = "auto"
     threads: int = 1  # onnxruntime intra-op threads per worker (its CPU share)
     det_max_side: int = 960  # the detector sees the frame at most this large; never scaled up
     min_conf: float = 0.5  # recognised lines below this confidence are dropped
@@ -89,7 +91,14 @@ class RapidOcrEngine:
         if self.cfg.device == "cuda" and not has_cuda:
             raise RuntimeError("ocr.device is 'cuda' but onnxruntime has no CUDA execution provider here")
         cuda = has_cuda and self.cfg.device != "cpu"
+        from operators.model_catalog import CATALOG, resolve
+
+        models = resolve("pp-ocrv4").path  # the wheel's PP-OCRv4 files, hash-checked (or a cached copy)
+        det, rec, cls = (str(models / f.path) for f in CATALOG["pp-ocrv4"].files)
         self.engine = RapidOCR(
+            det_model_path=det,
+            rec_model_path=rec,
+            cls_model_path=cls,
             det_limit_type="max",  # never scale a frame up (see the module docstring)
             det_use_cuda=cuda,
             rec_use_cuda=cuda,
@@ -165,6 +174,10 @@ class OcrFrames(Operator):
     get no text.
     """
 
+    # In the graph it runs before embed, which drops the frame: reading thumbnails is for callers without frames.
+    reads = (C.VIDEO_ID, C.FRAME)
+    writes = (*C.OCR_COLUMNS, C.OCR_REUSED)
+
     def __init__(self, cfg: OcrConfig, engine: OcrEngine | None = None) -> None:
         self.cfg = cfg
         self.engine = engine
@@ -194,17 +207,17 @@ class OcrFrames(Operator):
         return result, False
 
     def __call__(self, batch: Batch) -> Batch:
-        n = len(batch["video_id"])
-        errors = batch.get("error", np.full(n, ""))
-        frames = batch["frame"] if "frame" in batch else [_jpeg_rgb(j) for j in batch["thumb"]]
+        n = len(batch[C.VIDEO_ID])
+        errors = batch.get(C.ERROR, np.full(n, ""))
+        frames = batch[C.FRAME] if C.FRAME in batch else [_jpeg_rgb(j) for j in batch[C.THUMB]]
         texts, boxes, confs = np.empty(n, dtype=object), np.empty(n, dtype=object), np.empty(n, dtype=object)
         reused = np.zeros(n, dtype=bool)
         for i in range(n):
             result = _empty()
             if not errors[i]:
-                result, reused[i] = self.read(str(batch["video_id"][i]), frames[i])
+                result, reused[i] = self.read(str(batch[C.VIDEO_ID][i]), frames[i])
             texts[i], boxes[i], confs[i] = result
-        batch["ocr_text"], batch["ocr_boxes"], batch["ocr_conf"], batch["ocr_reused"] = texts, boxes, confs, reused
+        batch[C.OCR_TEXT], batch[C.OCR_BOXES], batch[C.OCR_CONF], batch[C.OCR_REUSED] = texts, boxes, confs, reused
         return batch
 
 

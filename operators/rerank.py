@@ -24,9 +24,8 @@ from typing import Any, ClassVar, Protocol
 import numpy as np
 import numpy.typing as npt
 
-from operators.base import StrictModel
-from operators.encoders import Device, MissingCheckpointError, pick_device
-from operators.hf_hub import load_checkpoint
+from operators.base import MissingCheckpointError, StrictModel
+from operators.weights import Device, load_checkpoint, pick_device
 
 
 def scaled_dot_product_attention(
@@ -123,7 +122,7 @@ class PairRerankerConfig(StrictModel):
 
 
 def load_pretrained(name: str, cfg: PairRerankerConfig, model_cls: Any, processor_cls: Any) -> tuple[Any, Any]:
-    """(model, processor) from ``cfg.checkpoint`` with ``from_pretrained`` (``operators/hf_hub.py``: the local
+    """(model, processor) from ``cfg.checkpoint`` with ``from_pretrained`` (``operators/weights.py``: the local
     cache first, a download only where a network exists); one-sentence error when missing."""
     key = f"search.rerankers.{name}.checkpoint"
     if not cfg.checkpoint:

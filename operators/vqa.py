@@ -31,9 +31,9 @@ import numpy as np
 import numpy.typing as npt
 from pydantic import model_validator
 
-from operators import hf_hub
+from operators import weights
 from operators.base import Batch, Operator, StrictModel, objects
-from operators.encoders import Device, pick_device
+from operators.weights import Device, pick_device
 
 #: Answers a randomly initialised ViLT classifies into (a few of VQAv2's most frequent answers).
 RANDOM_ANSWERS = ("yes", "no", "1", "2", "3", "white", "black", "red", "blue", "green", "person", "dog", "none")
@@ -90,7 +90,7 @@ class QuestionError(ValueError):
 
 
 def load_checkpoint(name: str, ckpt: str, cfg: VqaConfig, model_cls: Any, processor_cls: Any) -> tuple[Any, Any]:
-    """(model, processor) with ``from_pretrained`` (``operators/hf_hub.py``: the local cache first, a download
+    """(model, processor) with ``from_pretrained`` (``operators/weights.py``: the local cache first, a download
     only where a network exists); otherwise ``MissingCheckpointError`` with one actionable sentence."""
 
     def load(path: str, local_only: bool) -> tuple[Any, Any]:
@@ -98,7 +98,7 @@ def load_checkpoint(name: str, ckpt: str, cfg: VqaConfig, model_cls: Any, proces
         model = model_cls.from_pretrained(path, local_files_only=local_only, cache_dir=cfg.cache_dir)
         return model, processor
 
-    return hf_hub.load_checkpoint(
+    return weights.load_checkpoint(
         f"VQA model '{name}'",
         "vqa.checkpoint",
         ckpt,

@@ -133,7 +133,34 @@ class Config(StrictModel):
     failures: FailureConfig = FailureConfig()
     search: SearchConfig = SearchConfig()
     vqa: VqaConfig = VqaConfig()  # questions about a frame (pipeline/search/ask.py); not part of the index
-    random_weights: bool = False  # set by configs whose models are randomly initialised
+
+    def random_models(self) -> list[str]:
+        """The models this config builds with random weights (from an architecture, no trained checkpoint), as
+        the loaders decide it: an open_clip encoder with ``pretrained: null``, a YOLO architecture YAML, a
+        captioner built from ``captions.architecture``. What the random-weights notice names."""
+        out = []
+        if self.encoder.pretrained is None:
+            out.append(f"the image/text encoder ({self.encoder.model})")
+        if self.detect.enabled and self.detect.model.endswith((".yaml", ".yml")):
+            out.append(f"the detector ({self.detect.model})")
+        if self.captions.model != "none" and self.captions.random_weights:
+            out.append(f"the captioner ({self.captions.model})")
+        return out
+
+    def random_notice(self) -> str | None:
+        """One line naming the randomly initialised models of this run, or None when every model is trained."""
+        random = self.random_models()
+        if not random:
+            return None
+        return (
+            f"NOTE: randomly initialised in this run: {', '.join(random)}; results that depend on "
+            f"{'it' if len(random) == 1 else 'them'} carry no meaning."
+        )
+
+    @property
+    def random_weights(self) -> bool:
+        """Whether any model of the index or its searches is randomly initialised."""
+        return bool(self.random_models())
 
     def pipeline_version(self) -> str:
         """Hash of everything that changes the rows a video produces (models, sampling, segmenting, regions)."""

@@ -13,10 +13,10 @@ import pytest
 
 from operators.assemble import SegmentConfig, assemble_video
 from operators.base import MissingCheckpointError
-from operators.caption_checkpoints import resolve_caption_checkpoint, save_random_blip
 from operators.captions import RANDOM_CAPTIONS_NOTICE, CaptionConfig, Captions, HFCaptioner, build_captioner
 from operators.decode import Decode, DecodeConfig, sample_indices
 from operators.keyframes import SampleGrid, is_keyframe, keyframe_index, shot_segment_windows, window_bounds
+from operators.weights import resolve_caption_checkpoint, save_random_blip
 from pipeline.config import load_config
 from pipeline.errors import ConfigError
 from tests.helpers import clip

@@ -104,7 +104,7 @@ def stage_actors(dashboard: str, **filters: str) -> list:
     from ray.util.state import list_actors
 
     actors = list_actors(address=dashboard, filters=[(k, "=", v) for k, v in filters.items()], detail=True, limit=1000)
-    return [a for a in actors if a.class_name.startswith("MapWorker") and "Route" not in a.class_name]
+    return [a for a in actors if a.class_name.startswith("MapWorker") and "MapBatches(route)" not in a.class_name]
 
 
 def test_index_job_runs_on_both_nodes_and_indexes_every_video_once(

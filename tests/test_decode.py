@@ -7,7 +7,8 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from operators.decode import Decode, DecodeConfig, relabelled, sample_indices
+from operators.decode import Decode, DecodeConfig, sample_indices
+from operators.readers import relabelled
 from tests.helpers import clip
 
 CLIPS = [

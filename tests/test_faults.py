@@ -40,7 +40,7 @@ CLIPS = [
     "decord/video_0.mov",
 ]
 LONG = "friday.mp4"
-#: Detection off: the one StageAdapter actor is then the encoder, and runs are shorter.
+#: Detection off: runs are shorter.
 OVERRIDES = ("detect.enabled=false", "db.commit_every_videos=1")
 
 
@@ -108,12 +108,12 @@ def session_workers() -> list[psutil.Process]:
 
 
 def decode_worker_reading(name: str) -> Callable[[], int | None]:
-    """A task worker running a map task (title ``ray::MapBatches(run)``) that has ``name`` open: decoding it."""
+    """A task worker running a decode task (title ``ray::MapBatches(decode)``) that has ``name`` open."""
 
     def find() -> int | None:
         for p in session_workers():
             try:
-                if p.cmdline()[0].startswith("ray::MapBatches(run)") and any(
+                if p.cmdline()[0].startswith("ray::MapBatches(decode)") and any(
                     f.path.endswith(name) for f in p.open_files()
                 ):
                     return p.pid
@@ -125,15 +125,15 @@ def decode_worker_reading(name: str) -> Callable[[], int | None]:
 
 
 def encoder_actor_busy() -> int | None:
-    """The encoder's actor (Ray Data's MapWorker around StageAdapter) once it runs a method other than
-    ``__init__``."""
+    """The encoder's actor (Ray Data's MapWorker around the embed stage's adapter) once it runs a method other
+    than ``__init__``."""
     import ray
     from ray._private import state
 
     job = ray.get_runtime_context().get_job_id()
     for actor in state.actors().values():
         if (
-            "StageAdapter" in actor["ActorClassName"]
+            "MapBatches(embed)" in actor["ActorClassName"]
             and actor["State"] == "ALIVE"
             and actor["JobID"] == job
             and actor["Pid"]
@@ -142,9 +142,9 @@ def encoder_actor_busy() -> int | None:
                 title = psutil.Process(actor["Pid"]).cmdline()[0]
             except (psutil.Error, IndexError):
                 continue
-            # ray::MapWorker(MapBatches(StageAdapter)).submit, or with a CPU stage fused in front of it:
-            # ray::MapWorker(MapBatches(run)->MapBatches(StageAdapter)).submit
-            if title.startswith("ray::MapWorker(") and "StageAdapter))." in title and "__init__" not in title:
+            # ray::MapWorker(MapBatches(embed)).submit, or with a CPU stage fused in front of it:
+            # ray::MapWorker(MapBatches(preprocess)->MapBatches(embed)).submit
+            if title.startswith("ray::MapWorker(") and "MapBatches(embed))." in title and "__init__" not in title:
                 return int(actor["Pid"])
     return None
 

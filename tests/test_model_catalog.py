@@ -150,3 +150,25 @@ def test_a_server_that_went_away_and_offline_mode_give_one_sentence(hub, monkeyp
     with pytest.raises(MissingCheckpointError) as err:
         mc.resolve("tiny-test")
     assert "download failed" not in str(err.value)  # offline: no download was tried
+
+
+def test_models_command_lists_each_configured_model_offline(capsys, monkeypatch: pytest.MonkeyPatch) -> None:
+    import json
+    import urllib.request
+
+    from pipeline.cli import main
+
+    def no_network(*args: object, **kwargs: object) -> None:
+        raise AssertionError("the models listing must not download anything")
+
+    monkeypatch.setattr(urllib.request, "urlopen", no_network)
+    assert main(["models", "--config", "cluster-gpu", "--json"]) == 0
+    got = {u["role"]: u for u in json.loads(capsys.readouterr().out)}
+    assert set(got) >= {"image/text encoder", "detector", "shot detector", "on-screen text", "captioner"}
+    if mc.bundled_dir(mc.CATALOG["yolo11n"]) is not None:
+        assert got["detector"]["state"] == "trained" and got["detector"]["where"] == "bundled"
+        assert got["detector"]["license"] == "AGPL-3.0" and got["detector"]["path"].endswith("yolo11n.pt")
+    assert got["shot detector"]["model"] == "transnetv2" and got["shot detector"]["state"] == "trained"
+    assert main(["models", "--config", "tiny", "--set", "detect.model=yolo11n.yaml", "--json"]) == 0
+    tiny = {u["role"]: u for u in json.loads(capsys.readouterr().out)}
+    assert tiny["image/text encoder"]["state"] == "random" and tiny["detector"]["state"] == "random"

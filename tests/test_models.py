@@ -9,8 +9,9 @@ import numpy as np
 import pytest
 import torch
 
+from operators.base import MissingCheckpointError
 from operators.detect_track import DetectConfig, YoloPredictor, resolve_yolo
-from operators.encoders import EncoderConfig, MissingCheckpointError, build_encoder, resolve_checkpoint
+from operators.encoders import EncoderConfig, build_encoder, resolve_checkpoint
 from pipeline.config import load_config
 from pipeline.errors import ConfigError
 from tests.helpers import ROOT, clip, tiny_config
@@ -137,3 +138,13 @@ def test_query_text_pass_gives_the_pooled_embedding_and_tokens(tmp_path) -> None
     assert tokens.shape == (8, enc.dim)  # start + 6 words + end
     np.testing.assert_allclose(np.linalg.norm(tokens, axis=1), 1.0, atol=1e-5)
     assert any(np.allclose(t, pooled, atol=1e-5) for t in tokens)  # the end-of-text token is the pooled one
+
+
+def test_the_random_weights_notice_names_exactly_the_random_models() -> None:
+    assert load_config("default").random_notice() is None  # every model trained: no notice
+    # The default config with only the encoder's weights dropped used to run random weights silently.
+    notice = load_config("default", ["encoder.pretrained=null"]).random_notice()
+    assert notice is not None and "image/text encoder (ViT-B-32)" in notice and "detector" not in notice
+    tiny = load_config("tiny", ["detect.model=yolo11n.yaml"]).random_models()
+    want = ["the image/text encoder (vidsearch-tiny-vit)", "the detector (yolo11n.yaml)", "the captioner (blip)"]
+    assert tiny == want

@@ -12,7 +12,7 @@ import numpy as np
 import pytest
 import torch
 
-from operators.encoders import MissingCheckpointError
+from operators.base import MissingCheckpointError
 from operators.rerank import (
     AttentionReranker,
     PairReranker,

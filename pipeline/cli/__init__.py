@@ -7,10 +7,10 @@ import argparse
 import logging
 import sys
 
-from pipeline.cli import ask, evaluate, index, maintain, search, serve
+from pipeline.cli import ask, evaluate, index, maintain, models, search, serve
 from pipeline.cli.common import VERBOSE_HELP
 
-COMMANDS = (index, search, maintain, evaluate, serve, ask)
+COMMANDS = (index, search, maintain, models, evaluate, serve, ask)
 
 
 def parser() -> argparse.ArgumentParser:

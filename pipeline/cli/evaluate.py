@@ -1,5 +1,5 @@
 """``vidsearch evaluate --manifest M``: the dispatcher of the evaluations, by the manifest's ``kind``
-(retrieval, shots, ocr); each evaluation is imported only when its manifest asks for it."""
+(retrieval, shots, ocr, detection); each evaluation is imported only when its manifest asks for it."""
 
 from __future__ import annotations
 
@@ -63,6 +63,23 @@ def _shots(args: argparse.Namespace) -> dict[str, Any]:
     )
 
 
+def _detection(args: argparse.Namespace, configs: list[str]) -> dict[str, Any]:
+    """The detector of each config against ground-truth boxes (no index, no Ray)."""
+    from pathlib import Path
+
+    from pipeline.config import load_config
+    from pipeline.evaluation.detection import evaluate_detection, load_detection_manifest
+    from pipeline.evaluation.manifests import default_media_root
+
+    manifest = load_detection_manifest(args.manifest)
+    root = Path(args.media_root) if args.media_root else default_media_root()
+    results: dict[str, Any] = {}
+    for name in configs:
+        cfg = load_config(name, args.overrides)
+        results |= {f"{Path(name).stem}: {k}": v for k, v in evaluate_detection(manifest, cfg.detect, root).items()}
+    return results
+
+
 def _ray(args: argparse.Namespace) -> Any:
     return lambda cfg: start_ray(cfg, args.address, args.verbose)
 
@@ -75,11 +92,13 @@ def run(args: argparse.Namespace) -> int:
     kind = manifest_kind(args.manifest)
     configs = args.configs or ["default"]
     notices: list[str] = []
-    if kind in ("shots", "ocr") and args.modes != "vector":
-        where = "shot boundaries" if kind == "shots" else "on-screen text, which is always searched by words"
-        raise ConfigError(f"--modes applies to retrieval manifests, not to {where}")
+    if kind != "retrieval" and args.modes != "vector":
+        where = {"shots": "shot boundaries", "ocr": "on-screen text, which is always searched by words"}
+        raise ConfigError(f"--modes applies to retrieval manifests, not to {where.get(kind, kind)}")
     if kind == "shots":
         results = _shots(args)
+    elif kind == "detection":
+        results = _detection(args, configs)
     elif kind == "ocr":
         from pipeline.evaluation.ocr_pipeline import run_ocr_configs
 

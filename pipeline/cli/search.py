@@ -99,12 +99,11 @@ def run_texts(args: argparse.Namespace, cfg: Any) -> int:
 
 
 def run(args: argparse.Namespace) -> int:
-    from pipeline.index.runner import RANDOM_WEIGHTS_NOTICE
     from pipeline.search.searcher import Searcher
 
     cfg = load(args)
-    if cfg.random_weights:
-        print(RANDOM_WEIGHTS_NOTICE, file=sys.stderr)
+    if notice := cfg.random_notice():
+        print(notice, file=sys.stderr)
     if args.level == "texts":
         return run_texts(args, cfg)
     image = read_image(args.image) if args.image else None

@@ -35,12 +35,11 @@ def add(sub: argparse._SubParsersAction) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    from pipeline.index.runner import RANDOM_WEIGHTS_NOTICE
     from pipeline.serve.app import serve
 
     cfg = load(args)
-    if cfg.random_weights:
-        print(RANDOM_WEIGHTS_NOTICE, file=sys.stderr)
+    if notice := cfg.random_notice():
+        print(notice, file=sys.stderr)
     if args.host not in ("127.0.0.1", "localhost", "::1") and not args.token:
         print(
             f"WARNING: serving on {args.host} without a token: anyone who reaches it can search and stream",

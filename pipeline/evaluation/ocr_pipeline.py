@@ -58,7 +58,7 @@ def pipeline_config(name: str, overrides: list[str], db: Path, fps: float) -> Co
     text = load_config(name, overrides)
     base = load_config("tiny", [f"db.path={db}", "maintenance.after_index=false", "detect.enabled=false"])
     decode = text.decode.model_copy(update={"fps": fps})
-    return base.model_copy(update={"decode": decode, "ocr": text.ocr, "spans": text.spans, "random_weights": False})
+    return base.model_copy(update={"decode": decode, "ocr": text.ocr, "spans": text.spans})
 
 
 def evaluate_ocr_pipeline(

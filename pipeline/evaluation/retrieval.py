@@ -226,7 +226,7 @@ def run_configs(
         cfg = load_config(name, overrides)
         db = Path(work_dir) / f"{Path(name).stem}-{cfg.pipeline_version()}"
         cfg = load_config(name, [*overrides, f"db.path={db}", "maintenance.after_index=false"])
-        random = cfg.random_weights or cfg.encoder.pretrained is None
+        random = cfg.encoder.pretrained is None  # text queries need a trained encoder
         if random and any(q.text is not None for q in manifest.queries):
             notices.append(TEXT_NEEDS_PRETRAINED.format(name=name))
         label = f"{Path(name).stem}{' (random weights)' if random else ''}"

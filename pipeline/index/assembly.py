@@ -18,13 +18,14 @@ from __future__ import annotations
 
 import json
 import uuid
-from typing import Any
+from typing import Any, ClassVar
 
 import numpy as np
 import pyarrow as pa
 
+from operators import contract as C
 from operators.assemble import SegmentConfig, VideoAssembler, assemble_video
-from operators.base import Batch
+from operators.base import Batch, Columns
 from operators.contract import ASSEMBLY_COLUMNS, CONTENT_TABLES
 from operators.detect_track import DetectConfig
 from operators.text_spans import SpanConfig
@@ -140,7 +141,15 @@ class Route:
     """The routing stage (a Ray Data callable): frame rows in, result rows of finished or failed videos out.
 
     Error rows (a video decode refused) become failure results directly; they carry no frames to assemble.
+    Declares its columns like an operator (``operators.base.Operator``): it reads what the assembler needs on
+    every frame row (with detection on, the graph adds ``ASSEMBLY_TRACKED``), the rest of ``ASSEMBLY_COLUMNS``
+    when present.
     """
+
+    reads: ClassVar[Columns] = C.ASSEMBLY_REQUIRED
+    writes: ClassVar[Columns] = RESULT_COLUMNS
+    drops: ClassVar[Columns] = ()
+    carries: ClassVar[Columns | None] = ()  # N frame rows : one result row per finished video
 
     def __init__(self, prefix: str, n: int) -> None:
         self.prefix = prefix

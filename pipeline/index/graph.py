@@ -5,12 +5,18 @@ per finished or failed video, which is all the driver receives.
 
 ``StageAdapter`` is the one place an operator meets Ray: it builds the operator inside the worker, calls
 ``setup()`` once, caps torch's threads at the worker's CPU share (so torch and Ray workers do not
-oversubscribe the cores) and forwards batches.
+oversubscribe the cores) and forwards batches. Each stage gets its own subclass (actors) or function (tasks)
+named after it, so Ray Data's stats say ``MapBatches(decode)``, and ``graph_stage_times`` reads them by name.
+
+``check_columns`` checks the graph a config enables against the columns each stage declares (``reads`` /
+``writes`` of ``operators.base.Operator``, names from ``operators/contract.py``) when the graph is built, so a
+misconfigured graph stops before Ray runs anything.
 """
 
 from __future__ import annotations
 
 import os
+import re
 from collections.abc import Callable
 from dataclasses import dataclass
 from functools import partial
@@ -18,7 +24,8 @@ from typing import Any, Literal
 
 import numpy as np
 
-from operators.base import Batch, Operator, StageResources, objects
+from operators import contract as C
+from operators.base import Batch, Columns, Operator, StageResources, objects
 from operators.captions import Captions
 from operators.decode import Decode
 from operators.detect_track import Detector
@@ -26,6 +33,7 @@ from operators.embed import Embed, Preprocess
 from operators.ocr import OcrFrames
 from operators.shots import ShotDetect
 from pipeline.config import Config
+from pipeline.errors import ConfigError
 from pipeline.index.assembly import Route
 
 
@@ -89,8 +97,9 @@ def by_video(op: Callable[[Batch], Batch], batch: Batch) -> Batch:
     return out
 
 
-def task_fn(factory: Callable[[], Operator], num_cpus: float) -> Callable[[Batch], Any]:
-    """A Ray Data function for a stateless stage; the operator is built once per worker process."""
+def task_fn(factory: Callable[[], Operator], num_cpus: float, name: str = "run") -> Callable[[Batch], Any]:
+    """A Ray Data function for a stateless stage, called ``name`` (Ray Data's stats name operators after their
+    function); the operator is built once per worker process."""
     cache: dict[str, Operator] = {}
 
     def run(batch: Batch) -> Any:
@@ -101,23 +110,32 @@ def task_fn(factory: Callable[[], Operator], num_cpus: float) -> Callable[[Batch
             cache["op"] = op
         return cache["op"](batch)
 
+    run.__name__ = run.__qualname__ = name
     return run
 
 
-def _apply(ds: Any, factory: Callable[[], Operator], kind: str, res: StageResources, per_video: bool = False) -> Any:
+def named(cls: type, name: str) -> type:
+    """A subclass of ``cls`` called ``name``, so Ray Data's stats show ``MapBatches(<name>)`` for an actor stage
+    (NeMo Curator names its per-stage adapters the same way)."""
+    return type(name, (cls,), {"__doc__": f"``{cls.__name__}`` of the '{name}' stage."})
+
+
+def _apply(
+    ds: Any, name: str, factory: Callable[[], Operator], kind: str, res: StageResources, per_video: bool = False
+) -> Any:
     import ray.data
 
     common = {"batch_size": res.batch_size, "num_cpus": res.num_cpus, "num_gpus": res.num_gpus or None}
     if kind == "actor":
         # An actor lost with its worker is restarted by the pool and the batch re-submitted (Ray Data retries).
         return ds.map_batches(
-            StageAdapter,
+            named(StageAdapter, name),
             fn_constructor_kwargs={"factory": factory, "num_cpus": res.num_cpus, "per_video": per_video},
             compute=ray.data.ActorPoolStrategy(size=res.concurrency),
             **common,
         )
     return ds.map_batches(
-        task_fn(factory, res.num_cpus), compute=ray.data.TaskPoolStrategy(size=res.concurrency), **common
+        task_fn(factory, res.num_cpus, name), compute=ray.data.TaskPoolStrategy(size=res.concurrency), **common
     )
 
 
@@ -128,26 +146,17 @@ class Stage:
 
     name: str
     kind: Literal["task", "actor"]
+    #: The class whose ``reads`` / ``writes`` / ``drops`` / ``carries`` declare the stage's columns.
+    operator: type[Operator] | type[Route]
     factory: Callable[[Config, str | None], Operator] | None  # (config, checkpoint) -> operator; None: route
     fan: str  # rows in : rows out, for the reader
     per_video: bool = False  # call the operator on each video's rows of a batch separately (see by_video)
     enabled: Callable[[Config], bool] = lambda cfg: True
+    #: Columns read only under some configs, on top of the operator's ``reads``.
+    also_reads: Callable[[Config], Columns] = lambda cfg: ()
 
-
-STAGES = (
-    # every frame at 48x27 -> the video's shot starts, before decode repeats them on its frame rows
-    Stage("shots", "actor", lambda cfg, ck: ShotDetect(cfg.segments.shots), "1:1", False, lambda cfg: _shots(cfg)),
-    Stage("decode", "task", lambda cfg, ck: Decode(cfg.decode), "1 video : N frames"),
-    # per video so that a frame's boxes never depend on its batch-mates (see by_video)
-    Stage("detect", "actor", lambda cfg, ck: Detector(cfg.detect), "1:1", True, lambda cfg: cfg.detect.enabled),
-    # before embed, which drops the decoded frame
-    Stage("ocr", "actor", lambda cfg, ck: OcrFrames(cfg.ocr), "1:1", False, lambda cfg: cfg.ocr.engine != "none"),
-    # before preprocess: it needs the frame (embed drops it) and must not split preprocess from embed (fused on CPU)
-    Stage("captions", "actor", lambda cfg, ck: _captions(cfg), "1:1", False, lambda cfg: cfg.captions.model != "none"),
-    Stage("preprocess", "task", lambda cfg, ck: Preprocess(cfg.encoder), "1:1"),
-    Stage("embed", "actor", lambda cfg, ck: Embed(cfg.encoder, cfg.regions, ck), "1:1"),
-    Stage("route", "actor", None, "N frames : one result per finished video"),
-)
+    def reads(self, cfg: Config) -> Columns:
+        return (*self.operator.reads, *self.also_reads(cfg))
 
 
 def _captions(cfg: Config) -> Captions:
@@ -157,6 +166,58 @@ def _captions(cfg: Config) -> Captions:
 
 def _shots(cfg: Config) -> bool:
     return cfg.segments.shots.detector != "none"
+
+
+def _ocr(cfg: Config) -> bool:
+    return cfg.ocr.engine != "none"
+
+
+def _captioned(cfg: Config) -> bool:
+    return cfg.captions.model != "none"
+
+
+def _tracked(cfg: Config) -> Columns:
+    return C.ASSEMBLY_TRACKED if cfg.detect.enabled else ()
+
+
+STAGES = (
+    # every frame at 48x27 -> the video's shot starts, before decode repeats them on its frame rows
+    Stage("shots", "actor", ShotDetect, lambda cfg, ck: ShotDetect(cfg.segments.shots), "1:1", enabled=_shots),
+    Stage("decode", "task", Decode, lambda cfg, ck: Decode(cfg.decode), "1 video : N frames"),
+    # per video so that a frame's boxes never depend on its batch-mates (see by_video)
+    Stage("detect", "actor", Detector, lambda cfg, ck: Detector(cfg.detect), "1:1", True, lambda c: c.detect.enabled),
+    # before embed, which drops the decoded frame
+    Stage("ocr", "actor", OcrFrames, lambda cfg, ck: OcrFrames(cfg.ocr), "1:1", enabled=_ocr),
+    # before preprocess: it needs the frame (embed drops it) and must not split preprocess from embed (fused on CPU)
+    Stage("captions", "actor", Captions, lambda cfg, ck: _captions(cfg), "1:1", enabled=_captioned),
+    Stage("preprocess", "task", Preprocess, lambda cfg, ck: Preprocess(cfg.encoder), "1:1"),
+    Stage("embed", "actor", Embed, lambda cfg, ck: Embed(cfg.encoder, cfg.regions, ck), "1:1"),
+    # the assembler behind route also tracks the detector's boxes when detection is on
+    Stage("route", "actor", Route, None, "N frames : one result per finished video", also_reads=_tracked),
+)
+
+
+class MissingColumnError(ConfigError):
+    """A stage of the configured graph reads a column that nothing before it writes."""
+
+
+def check_columns(cfg: Config, stages: tuple[Stage, ...] = STAGES, source: Columns = C.VIDEO_ROW_COLUMNS) -> None:
+    """Raise ``MissingColumnError`` naming the stage and the column when an enabled stage reads a column that
+    neither the video rows (``source``, what decode receives from the planner) nor an earlier enabled stage
+    writes, or that an earlier stage dropped (the contract NeMo Curator's ``validate_input`` checks)."""
+    have, before = set(source), ["the video rows"]
+    for stage in stages:
+        if not stage.enabled(cfg):
+            continue
+        op = stage.operator
+        for column in stage.reads(cfg):
+            if column not in have:
+                raise MissingColumnError(
+                    f"stage '{stage.name}' reads column '{column}', which is not on its input rows: none of "
+                    f"{', '.join(before)} writes it (or one dropped it)"
+                )
+        have = (have if op.carries is None else have & set(op.carries)) - set(op.drops) | set(op.writes)
+        before.append(f"'{stage.name}'")
 
 
 def cpu_plan(cfg: Config) -> tuple[dict[str, float], float]:
@@ -212,13 +273,14 @@ def fit_to_cluster(cfg: Config, node_cpus: list[float]) -> tuple[Config, float]:
 
 def frame_dataset(cfg: Config, videos: list[dict[str, str]], checkpoint: str | None) -> Any:
     """The streaming dataset of encoded frame rows for ``videos`` (dicts with ``video_id`` and ``path``)."""
+    check_columns(cfg)  # a graph whose stages do not fit together stops here, before Ray runs anything
     import ray
 
     ds = ray.data.from_items(videos, override_num_blocks=max(1, len(videos)))
     for stage in STAGES:
         if stage.factory is not None and stage.enabled(cfg):
             factory = partial(stage.factory, cfg, checkpoint)
-            ds = _apply(ds, factory, stage.kind, getattr(cfg.ray, stage.name), stage.per_video)
+            ds = _apply(ds, stage.name, factory, stage.kind, getattr(cfg.ray, stage.name), stage.per_video)
     return ds
 
 
@@ -233,7 +295,7 @@ def build_dataset(
     prefix, n = assemblers
     # N frame rows : one result row per video finished in this batch (most batches give none)
     return ds.map_batches(
-        Route,
+        named(Route, "route"),
         fn_constructor_kwargs={"prefix": prefix, "n": n},
         compute=ray.data.ActorPoolStrategy(size=cfg.ray.route.concurrency),
         batch_size=None,
@@ -242,21 +304,17 @@ def build_dataset(
 
 
 def graph_stage_times(ds: Any, cfg: Config) -> dict[str, dict[str, float]]:
-    """Ray Data's per-operator totals (task wall seconds summed over workers, CPU seconds, tasks), named after
-    the graph's stages in order (fused operators get joined names). Empty when Ray offers no stats."""
-    stages = [stage.name for stage in STAGES if stage.enabled(cfg)]
+    """Ray Data's per-operator totals (task wall seconds summed over workers, CPU seconds, tasks) by stage name,
+    read from the operator names (``MapBatches(decode)``; fused operators, ``MapBatches(preprocess)->
+    MapBatches(embed)``, get joined names). Empty when Ray offers no stats."""
+    stages = {stage.name for stage in STAGES if stage.enabled(cfg)}
     try:
         ops = [op for s in _lineage(ds._get_stats_summary()) for op in s.operators_stats]  # ds.stats() is text
     except Exception:  # noqa: BLE001 - stats are a report, never a reason to fail a run
         return {}
     out: dict[str, dict[str, float]] = {}
-    k = 0
     for op in ops:
-        names = []
-        for part in op.operator_name.split("->"):
-            if part.startswith("MapBatches") and k < len(stages):
-                names.append(stages[k])
-                k += 1
+        names = [n for n in _MAP_BATCHES.findall(op.operator_name) if n in stages]
         if not names:
             continue
         wall, cpu = op.wall_time or {}, op.cpu_time or {}
@@ -266,6 +324,9 @@ def graph_stage_times(ds: Any, cfg: Config) -> dict[str, dict[str, float]]:
             "tasks": int(_stat(wall, "count")),
         }
     return out
+
+
+_MAP_BATCHES = re.compile(r"MapBatches\(([^()]+)\)")
 
 
 def _lineage(summary: Any) -> list[Any]:

@@ -16,6 +16,7 @@ from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from typing import Any
 
+from operators import contract as C
 from pipeline.config import Config
 from pipeline.index.assembly import start_assemblers
 from pipeline.index.catalog import VideoFile
@@ -113,8 +114,9 @@ class Ingest:
                 cfg.db.fragment_rows,
                 cfg.spans,
             )
-        # The fingerprint lets decode refuse a file whose content changed since it was listed.
-        items = [{"video_id": f.video_id, "path": f.path, "fingerprint": f.fingerprint} for f in todo]
+        # The graph's source rows (C.VIDEO_ROW_COLUMNS); the fingerprint lets decode refuse a file whose content
+        # changed since it was listed.
+        items = [{C.VIDEO_ID: f.video_id, C.PATH: f.path, C.FINGERPRINT: f.fingerprint} for f in todo]
         ds = build_dataset(cfg, items, checkpoint, (prefix, len(actors)))
         seen: set[str] = set()
         pending: list[Finished] = []

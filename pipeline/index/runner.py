@@ -21,10 +21,10 @@ import uuid
 from dataclasses import asdict, dataclass, field
 from typing import Any
 
-from operators.caption_checkpoints import resolve_caption_checkpoint
 from operators.captions import RANDOM_CAPTIONS_NOTICE
 from operators.detect_track import resolve_yolo
 from operators.encoders import embedding_dim, resolve_checkpoint
+from operators.weights import resolve_caption_checkpoint
 from pipeline.config import Config
 from pipeline.index.catalog import VideoFile, list_videos, prune
 from pipeline.index.graph import graph_stage_times
@@ -36,10 +36,6 @@ from pipeline.store.maintenance import maintain, needs_maintenance
 
 log = logging.getLogger(__name__)
 
-RANDOM_WEIGHTS_NOTICE = (
-    "NOTE: this config uses randomly initialised models; search results from random weights carry no meaning "
-    "(only near-duplicate image queries are meaningful)."
-)
 
 
 @dataclass
@@ -179,7 +175,7 @@ class Runner:
             run_id=str(uuid.uuid4()), pipeline_version=self.version, db=self.cfg.db.path, incremental=self.incremental
         )
         st = summary.stages
-        notices = [RANDOM_WEIGHTS_NOTICE] if self.cfg.random_weights else []
+        notices = [n] if (n := self.cfg.random_notice()) else []
         if self.cfg.captions.random_weights:  # one notice line: the captions' sentence joins the models' one
             notices.append(RANDOM_CAPTIONS_NOTICE if notices else f"NOTE: {RANDOM_CAPTIONS_NOTICE}")
         if notices:

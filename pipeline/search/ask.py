@@ -27,7 +27,8 @@ from typing import Any, Literal
 import numpy as np
 import numpy.typing as npt
 
-from operators.decode import Decode, DecodeConfig, DecodeError, encode_jpeg, relabelled, target_size
+from operators.decode import Decode, DecodeConfig, DecodeError, encode_jpeg
+from operators.readers import relabelled, target_size
 from operators.vqa import QuestionError, VqaConfig, VqaModel, build_vqa
 from pipeline.config import Config
 from pipeline.errors import AskError

@@ -31,7 +31,7 @@ from fastapi.staticfiles import StaticFiles
 from starlette.concurrency import run_in_threadpool
 from starlette.requests import cookie_parser
 
-from operators.encoders import MissingCheckpointError
+from operators.base import MissingCheckpointError
 from operators.rerank import RERANKERS
 from pipeline.config import Config
 from pipeline.errors import SearchError
