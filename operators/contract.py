@@ -23,7 +23,7 @@ TEXTS = "texts"  # on-screen text spans
 SPEECH = "speech"  # transcribed utterances
 
 #: Tables that hold a video's indexed rows; all of them are written before the video is marked complete.
-CONTENT_TABLES = (FRAMES, SEGMENTS, TRACKS, THUMBNAILS, TEXTS)
+CONTENT_TABLES = (FRAMES, SEGMENTS, TRACKS, THUMBNAILS, TEXTS, SPEECH)
 
 #: Tables searchable by vector, and so valid search ``level`` values.
 Level = Literal["segments", "frames", "tracks"]
@@ -132,6 +132,14 @@ OCR_COLUMNS = (OCR_TEXT, OCR_BOXES, OCR_CONF)
 CAPTION = "caption"
 CAPTION_COLUMNS = (CAPTION,)
 
+#: Written by the speech stage on the video row (operators/transcript.py): the video's utterances as one JSON
+#: string (a list of utterance dicts, ``SPEECH_COLUMNS`` less the ids) and why its audio could not be transcribed
+#: ("" when fine). Decode hands them on to the video's first frame row only (null on the others): a transcript
+#: travels once per video, never once per frame. Absent with ``speech.model: none``.
+TRANSCRIPT = "speech"
+SPEECH_ERROR = "speech_error"
+TRANSCRIPT_COLUMNS = (TRANSCRIPT, SPEECH_ERROR)
+
 #: What the per-video assembly reads; every other column is dropped before rows leave the embed stage.
 ASSEMBLY_COLUMNS = (
     VIDEO_ID,
@@ -148,6 +156,7 @@ ASSEMBLY_COLUMNS = (
     *OCR_COLUMNS,
     *SHOT_COLUMNS,
     *CAPTION_COLUMNS,
+    *TRANSCRIPT_COLUMNS,
 )
 #: What the assembler needs on every frame row (the others of ``ASSEMBLY_COLUMNS`` are read when present) ...
 ASSEMBLY_REQUIRED = (
