@@ -175,6 +175,18 @@ class Api:
             return None
         return {"video_id": video_id, "duration_s": found[0]["duration_s"], **video_shots(self.store(), video_id)}
 
+    def has_speech(self) -> bool:
+        """Whether the database holds any transcribed utterance (level ``speech`` finds something)."""
+        return self.store().count(S.SPEECH) > 0
+
+    def transcript(self, video_id: str) -> dict[str, Any] | None:
+        """A complete video's utterances in time order (start, end, text, words with their times); None if unknown."""
+        if not (self.videos(video_id) if ID.fullmatch(video_id) else []):
+            return None
+        cols = ["utterance_id", "start_s", "end_s", "text", "words", "language"]
+        rows = self.store().rows(S.SPEECH, f"video_id = {quote(video_id)}", cols).to_pylist()
+        return {"video_id": video_id, "utterances": sorted(rows, key=lambda r: r["start_s"])}
+
     def thumbnail(self, thumb_id: str) -> bytes | None:
         if not ID.fullmatch(thumb_id):
             return None
