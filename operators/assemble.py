@@ -18,6 +18,11 @@ On-screen text: a segment's ``screen_text`` holds the distinct text lines read o
 collapsed, in order of first appearance, at most ``MAX_SCREEN_LINES``), so the segment is found by the words
 shown in it as well as by its caption (``pipeline/search/hybrid.py``); the ``texts`` table holds the spans themselves,
 and each frame row its own readings (``text_lines``: text, confidence and box per line).
+
+Speech: the video's transcript arrives once, on its first frame row (``operators/transcript.py``); its
+utterances become ``speech`` rows at once, and each segment's ``speech`` holds the words whose midpoint lies in
+its span (a word never counts twice). ``speech_error`` (audio that could not be transcribed) is kept for the
+driver, which records it; the video's pictures are indexed all the same.
 """
 
 from __future__ import annotations
@@ -32,11 +37,12 @@ import numpy as np
 import numpy.typing as npt
 
 from operators.base import Batch, StrictModel
-from operators.contract import FRAMES, SEGMENTS, TEXTS, THUMBNAILS, TRACKS, make_id
+from operators.contract import FRAMES, SEGMENTS, SPEECH, TEXTS, THUMBNAILS, TRACKS, make_id
 from operators.detect_track import DetectConfig, VideoTracker
 from operators.keyframes import SampleGrid, keyframe_index, shot_segment_windows
 from operators.shots import ShotConfig
 from operators.text_spans import SpanConfig, frame_lines, text_spans
+from operators.transcript import SegmentWords, decode_transcript, speech_rows
 
 Row = dict[str, Any]
 MAX_SCREEN_LINES = 64  # per segment: a scrolling ticker misread differently on each frame stays bounded
@@ -126,7 +132,9 @@ class VideoAssembler:
         self.shot = 0
         self.shot_spans: npt.NDArray[np.float64] | None = None  # (start, end) per shot, with shots
         self.tubes: dict[int, _Tube] = {}
-        self.counts = {FRAMES: 0, SEGMENTS: 0, TRACKS: 0, THUMBNAILS: 0, TEXTS: 0}
+        self.counts = {FRAMES: 0, SEGMENTS: 0, TRACKS: 0, THUMBNAILS: 0, TEXTS: 0, SPEECH: 0}
+        self.spoken = SegmentWords()  # the transcript's words not yet given to a segment
+        self.speech_error = ""  # why the audio could not be transcribed ("" when fine or speech is off)
 
     @property
     def done(self) -> bool:
@@ -157,6 +165,8 @@ class VideoAssembler:
                 # (start, end, shot) per segment window; the caption stage derives them with the same function
                 self.windows = shot_segment_windows(starts, self.duration_s, self.window_s)
                 self.shot_spans = np.stack([starts, np.append(starts[1:], max(end, float(starts[-1])))], axis=1)
+        if isinstance(row.get("speech"), str):  # the first row only (decode hands the transcript on once)
+            self._speech(decode_transcript(row["speech"]), row.get("speech_error"))
         t = float(row["t"])
         fid = make_id(self.video_id, "frame", int(row["frame_idx"]))
         emb = np.asarray(row["embedding"], dtype=np.float32)
@@ -210,6 +220,13 @@ class VideoAssembler:
             for line in row["ocr_text"]:
                 if len(self.window.screen) < MAX_SCREEN_LINES and line.strip():
                     self.window.screen.setdefault(" ".join(line.split()), None)
+
+    def _speech(self, utterances: list[Row], error: Any) -> None:
+        self.speech_error = error if isinstance(error, str) else ""
+        rows = speech_rows(self.video_id, utterances)
+        self.emit(SPEECH, rows)
+        self.counts[SPEECH] += len(rows)
+        self.spoken = SegmentWords(utterances)
 
     def _track(self, row: Row, fid: str, w: int, h: int) -> list[Row]:
         assert self.tracker is not None and self.detect is not None
@@ -304,6 +321,7 @@ class VideoAssembler:
                     **self._shot_columns(win.k, start, end, video_end),
                     "caption": win.captions[middle],
                     "screen_text": "\n".join(win.screen) or None,
+                    "speech": self.spoken.take(start, end),
                 }
             ],
         )
@@ -370,7 +388,7 @@ def assemble_video(
     spans: SpanConfig | None = None,
 ) -> dict[str, list[Row]]:
     """All of one video's frame rows at once -> ``{table: rows}`` (the sequential path and tests)."""
-    out: dict[str, list[Row]] = {FRAMES: [], SEGMENTS: [], TRACKS: [], THUMBNAILS: [], TEXTS: []}
+    out: dict[str, list[Row]] = {FRAMES: [], SEGMENTS: [], TRACKS: [], THUMBNAILS: [], TEXTS: [], SPEECH: []}
     va = VideoAssembler(video_id, segments, detect, sample_fps, lambda table, rows: out[table].extend(rows), spans)
     va.add(rows)
     if not va.done:

@@ -20,9 +20,10 @@ SEGMENTS = "segments"
 TRACKS = "tracks"
 THUMBNAILS = "thumbnails"
 TEXTS = "texts"  # on-screen text spans
+SPEECH = "speech"  # transcribed utterances
 
 #: Tables that hold a video's indexed rows; all of them are written before the video is marked complete.
-CONTENT_TABLES = (FRAMES, SEGMENTS, TRACKS, THUMBNAILS, TEXTS)
+CONTENT_TABLES = (FRAMES, SEGMENTS, TRACKS, THUMBNAILS, TEXTS, SPEECH)
 
 #: Tables searchable by vector, and so valid search ``level`` values.
 Level = Literal["segments", "frames", "tracks"]
@@ -131,6 +132,14 @@ OCR_COLUMNS = (OCR_TEXT, OCR_BOXES, OCR_CONF)
 CAPTION = "caption"
 CAPTION_COLUMNS = (CAPTION,)
 
+#: Written by the speech stage on the video row (operators/transcript.py): the video's utterances as one JSON
+#: string (a list of utterance dicts, ``SPEECH_COLUMNS`` less the ids) and why its audio could not be transcribed
+#: ("" when fine). Decode hands them on to the video's first frame row only (null on the others): a transcript
+#: travels once per video, never once per frame. Absent with ``speech.model: none``.
+TRANSCRIPT = "speech"
+SPEECH_ERROR = "speech_error"
+TRANSCRIPT_COLUMNS = (TRANSCRIPT, SPEECH_ERROR)
+
 #: What the per-video assembly reads; every other column is dropped before rows leave the embed stage.
 ASSEMBLY_COLUMNS = (
     VIDEO_ID,
@@ -147,6 +156,7 @@ ASSEMBLY_COLUMNS = (
     *OCR_COLUMNS,
     *SHOT_COLUMNS,
     *CAPTION_COLUMNS,
+    *TRANSCRIPT_COLUMNS,
 )
 #: What the assembler needs on every frame row (the others of ``ASSEMBLY_COLUMNS`` are read when present) ...
 ASSEMBLY_REQUIRED = (
@@ -162,3 +172,22 @@ ASSEMBLY_REQUIRED = (
 )
 #: ... and, with detection on (it tracks the boxes), these.
 ASSEMBLY_TRACKED = (DET_BOXES, DET_CONF, DET_NAMES)
+
+# -- the utterance row: one stretch of transcribed speech of a video (operators/speech.py, 1 video : N rows) --
+#: Keys of each entry of an utterance's ``words`` list.
+WORD_FIELDS = ("word", "start_s", "end_s", "probability")
+#: Written by the speech stage, one row per utterance; a video whose audio failed is one row with ``error`` set.
+SPEECH_COLUMNS = (
+    "utterance_id",  # make_id(video_id, SPEECH, utterance_idx), or make_id(video_id, SPEECH, "error")
+    "video_id",
+    "path",
+    "utterance_idx",  # 0..N-1 in time order
+    "start_s",  # seconds on the video clock (from the first video frame), like a frame row's ``t``
+    "end_s",
+    "text",
+    "words",  # list of {word, start_s, end_s, probability} (WORD_FIELDS), video clock
+    "language",  # the model's language code ("en" for English-only models)
+    "avg_logprob",
+    "no_speech_prob",
+    "error",  # "" when fine
+)

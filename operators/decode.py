@@ -97,12 +97,15 @@ class Decode(Operator):
     Reads ``video_id``, ``path`` (and ``fingerprint`` when given). Writes per frame ``video_id``, ``path``,
     ``t``, ``frame_idx``, ``sample_idx``, ``n_samples`` (planned samples of the video), ``frame`` (uint8 HxWx3,
     upright, working size), ``thumb`` (JPEG bytes), ``error`` ("" when fine) and the video's metadata columns;
-    repeats the video row's ``shot_bounds`` (when the shot detector ran) on each of its frames.
+    repeats the video row's ``shot_bounds`` (when the shot detector ran) on each of its frames, and hands its
+    transcript (``speech``, ``speech_error``, when the speech stage ran) to its first frame row only (null on the
+    others: a transcript is one value per video, not one per frame).
     """
 
     reads = (C.VIDEO_ID, C.PATH)
     writes = C.DECODE_COLUMNS
-    carries = C.SHOT_COLUMNS  # 1 video : N new frame rows; nothing else of the video row travels on
+    # 1 video : N new frame rows; nothing else of the video row travels on
+    carries = (*C.SHOT_COLUMNS, *C.TRANSCRIPT_COLUMNS)
 
     def __init__(self, cfg: DecodeConfig) -> None:
         self.cfg = cfg
@@ -245,10 +248,16 @@ class Decode(Operator):
         n = len(batch[C.VIDEO_ID])
         prints = batch.get(C.FINGERPRINT, [None] * n)
         shots = batch.get(C.SHOT_BOUNDS)  # from the shot detector, when it ran: repeated on each frame row
+        once = [c for c in C.TRANSCRIPT_COLUMNS if c in batch]  # from the speech stage: on the first row only
         for i, (video_id, path, fp) in enumerate(zip(batch[C.VIDEO_ID], batch[C.PATH], prints, strict=True)):
+            first = True
             for chunk in self.iter_video(str(video_id), str(path), str(fp) if fp else None):
+                n = len(chunk[C.VIDEO_ID])
                 if shots is not None:
-                    chunk[C.SHOT_BOUNDS] = objects([shots[i]] * len(chunk[C.VIDEO_ID]))
+                    chunk[C.SHOT_BOUNDS] = objects([shots[i]] * n)
+                for c in once:
+                    chunk[c] = objects([batch[c][i] if first else None] + [None] * (n - 1))
+                first = False
                 yield chunk
 
 

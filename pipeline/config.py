@@ -23,6 +23,7 @@ from operators.detect_track import DetectConfig
 from operators.encoders import EncoderConfig
 from operators.ocr import OcrConfig
 from operators.regions import RegionConfig
+from operators.speech import SpeechConfig
 from operators.text_spans import SpanConfig
 from operators.vqa import VqaConfig
 from pipeline.errors import ConfigError
@@ -48,6 +49,9 @@ class RayConfig(StrictModel):
     ocr: StageResources = StageResources(num_cpus=0.25, concurrency=1, batch_size=8)  # when ocr.engine is not none
     shots: StageResources = StageResources(num_cpus=0.25, concurrency=1, batch_size=1)  # when segments.shots is set
     captions: StageResources = StageResources(num_cpus=0.25, concurrency=1, batch_size=16)  # when captions.model set
+    # when speech.model is set: one video per batch (a transcript is a whole video's work); tiny.en int8 costs
+    # ~0.06 CPU s per audio second on one thread (benchmarks/speech.py), so a quarter CPU keeps up with decode
+    speech: StageResources = StageResources(num_cpus=0.25, concurrency=1, batch_size=1)
     # Routing is a hand-off (a few ms per batch) and assembly + fragment writes cost ~1-2 ms per frame, so both
     # ask little; give a cluster one assembler per few nodes' worth of frames (see BENCHMARKS.md, driver).
     route: StageResources = StageResources(num_cpus=0.05, concurrency=1, batch_size=0)
@@ -126,6 +130,8 @@ class Config(StrictModel):
     ocr: OcrConfig = OcrConfig()
     spans: SpanConfig = SpanConfig()  # on-screen text readings -> spans
     captions: CaptionConfig = CaptionConfig()  # segment captions (operators/captions.py); model none: off
+    # what is said (operators/speech.py); none here so a config written before speech existed keeps working
+    speech: SpeechConfig = SpeechConfig(model="none")
 
     ray: RayConfig = RayConfig()
     db: DbConfig = DbConfig()
@@ -181,6 +187,9 @@ class Config(StrictModel):
             rows = {"model", "checkpoint", "max_new_tokens", "num_beams", "prompt"}
             random = {"architecture", "seed"} if self.captions.random_weights else set()
             parts["captions"] = self.captions.model_dump(include=rows | random)
+        if self.speech.model != "none":  # absent otherwise, so databases indexed before speech keep their version
+            # device, threads, batch size and the time limit change how fast, not which words
+            parts["speech"] = self.speech.model_dump(exclude={"device", "cpu_threads", "batch_size", "timeout_s"})
         bf16 = [s for s in ("encoder", "detect") if getattr(self, s).precision == "bf16"]
         if bf16:
             parts["bf16"] = bf16

@@ -12,7 +12,7 @@ import numpy as np
 from PIL import Image
 
 from operators.assemble import SegmentConfig, VideoAssembler, assemble_video
-from operators.contract import FRAMES, SEGMENTS, TEXTS, THUMBNAILS, TRACKS
+from operators.contract import FRAMES, SEGMENTS, SPEECH, TEXTS, THUMBNAILS, TRACKS
 from operators.detect_track import DetectConfig
 from pipeline.store import schema as S
 from pipeline.store.db import Store
@@ -88,7 +88,7 @@ def canonical(tables: dict[str, list[dict]]) -> dict[str, list[str]]:
 def test_rows_in_any_order_and_repeated_give_the_same_tables() -> None:
     rows = frames()
     want = assemble_video("v", rows, SegmentConfig(), DETECT, 1.0)
-    got: dict[str, list[dict]] = {FRAMES: [], SEGMENTS: [], TRACKS: [], THUMBNAILS: [], TEXTS: []}
+    got: dict[str, list[dict]] = {FRAMES: [], SEGMENTS: [], TRACKS: [], THUMBNAILS: [], TEXTS: [], SPEECH: []}
     va = VideoAssembler("v", SegmentConfig(), DETECT, 1.0, lambda t, r: got[t].extend(r))
     order = np.random.default_rng(1).permutation(N)
     chunks = [order[i : i + 5] for i in range(0, N, 5)]

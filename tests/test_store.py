@@ -204,7 +204,7 @@ def test_migrate_adds_new_columns_to_tables_of_an_older_release_and_keeps_their_
     assert "caption" not in reopened.table(S.SEGMENTS).schema.names
 
     migrated = reopened.migrate()
-    assert migrated[S.SEGMENTS] == ["shot_idx", "shot_start_s", "shot_end_s", "caption", "screen_text"]
+    assert migrated[S.SEGMENTS] == ["shot_idx", "shot_start_s", "shot_end_s", "caption", "screen_text", "speech"]
     assert migrated[S.FRAMES] == ["shot_idx", "text_lines"]
     assert reopened.migrate() == {}  # nothing left to add
     old = reopened.rows(S.SEGMENTS)

@@ -115,6 +115,11 @@ def uses(cfg: Any) -> list[ModelUse]:
             from operators.weights import resolve_caption_checkpoint
 
             out.append(_try("captioner", cap.checkpoint or cap.model, lambda: resolve_caption_checkpoint(cap)))
+    if cfg.speech.model != "none":
+        from operators.speech import model_path
+
+        name = cfg.speech.model
+        out.append(_catalog("speech", name) if _in_catalog(name) else _try("speech", name, lambda: model_path(name)))
     vqa = cfg.vqa
     if vqa.random_weights:
         out.append(ModelUse("question answering (ask)", vqa.model, "random", note="built from vqa.architecture"))

@@ -1,4 +1,4 @@
-"""``vidsearch search``: by text or example image, at the segments, frames, tracks or on-screen text level."""
+"""``vidsearch search``: by text or example image, at the segments, frames, tracks, on-screen text or speech level."""
 
 from __future__ import annotations
 
@@ -20,7 +20,12 @@ def add(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--image", help="query by example image file")
     add_common(p)
     p.add_argument("-k", type=int, default=10)
-    p.add_argument("--level", default="segments", choices=[*LEVELS, "texts"], help="texts: on-screen text")
+    p.add_argument(
+        "--level",
+        default="segments",
+        choices=[*LEVELS, "texts", "speech"],
+        help="texts: on-screen text; speech: what is said (utterances, by words; a phrase in order first)",
+    )
     p.add_argument("--class", dest="classes", action="append", help="keep hits with this object class (repeatable)")
     p.add_argument("--video-id", dest="video_ids", action="append")
     p.add_argument("--path-glob")
@@ -32,8 +37,8 @@ def add(sub: argparse._SubParsersAction) -> None:
         "--mode",
         default="vector",
         choices=["vector", "text", "hybrid"],
-        help="vector: embeddings; text: full-text over segment captions and on-screen text; hybrid: both fused by "
-        "reciprocal rank",
+        help="vector: embeddings; text: full-text over segment captions, on-screen text and speech; hybrid: both "
+        "fused by reciprocal rank",
     )
     p.add_argument("--json", action="store_true", help="print JSON")
     p.set_defaults(func=run)
@@ -55,6 +60,11 @@ def filters(args: argparse.Namespace) -> dict[str, Any] | None:
 def format_table(results: list[Any]) -> str:
     lines = [f"{'rank':>4}  {'score':>7}  {'span':>17}  {'objects':<24}  video"]
     for r in results:
+        if r.level == "speech":  # an utterance: what was said, and when the matched words were
+            said = ", ".join(f"{w['word']} {w['start_s']:.2f}s" for w in r.words or [])
+            lines.append(f"{r.rank:>4}  {r.score:7.4f}  {r.start_s:7.2f}-{r.end_s:7.2f}s  {r.path}")
+            lines.append(f"{'':>4}  {r.text!r}" + (f"  matched: {said}" if said else ""))
+            continue
         objects = r.class_name or ", ".join(sorted({b.class_name for b in r.boxes}))[:24]
         span = f"{r.start_s:7.2f}-{r.end_s:7.2f}s"
         lines.append(f"{r.rank:>4}  {r.score:7.4f}  {span:>17}  {objects:<24}  {r.path}")
@@ -62,6 +72,8 @@ def format_table(results: list[Any]) -> str:
             lines.append(f"{'':>4}  {r.caption}")
         if getattr(r, "screen_text", None):  # and the text on screen in it
             lines.append(f"{'':>4}  on screen: {' | '.join(r.screen_text.splitlines())[:100]}")
+        if getattr(r, "text", None):  # and the words spoken in it
+            lines.append(f"{'':>4}  said: {r.text[:100]}")
     return "\n".join(lines)
 
 

@@ -1,7 +1,8 @@
-"""The Ray Data streaming graph: videos -> decode (tasks, 1:N) -> detect (actors, 1:1) -> preprocess
-(tasks, 1:1) -> embed + regions (actors, 1:1) -> route (tasks, N:M) to the assembler actors, which track,
-assemble and write each video's rows as Lance fragments (``pipeline/index/assembly.py``) -> one small result row
-per finished or failed video, which is all the driver receives.
+"""The Ray Data streaming graph: videos -> shots and speech (actors, 1:1 on the video rows) -> decode (tasks,
+1:N) -> detect (actors, 1:1) -> preprocess (tasks, 1:1) -> embed + regions (actors, 1:1) -> route (tasks, N:M)
+to the assembler actors, which track, assemble and write each video's rows as Lance fragments
+(``pipeline/index/assembly.py``) -> one small result row per finished or failed video, which is all the driver
+receives.
 
 ``StageAdapter`` is the one place an operator meets Ray: it builds the operator inside the worker, calls
 ``setup()`` once, caps torch's threads at the worker's CPU share (so torch and Ray workers do not
@@ -32,6 +33,7 @@ from operators.detect_track import Detector
 from operators.embed import Embed, Preprocess
 from operators.ocr import OcrFrames
 from operators.shots import ShotDetect
+from operators.transcript import TranscribeVideos
 from pipeline.config import Config
 from pipeline.errors import ConfigError
 from pipeline.index.assembly import Route
@@ -168,6 +170,10 @@ def _shots(cfg: Config) -> bool:
     return cfg.segments.shots.detector != "none"
 
 
+def _speech(cfg: Config) -> bool:
+    return cfg.speech.model != "none"
+
+
 def _ocr(cfg: Config) -> bool:
     return cfg.ocr.engine != "none"
 
@@ -176,13 +182,17 @@ def _captioned(cfg: Config) -> bool:
     return cfg.captions.model != "none"
 
 
-def _tracked(cfg: Config) -> Columns:
-    return C.ASSEMBLY_TRACKED if cfg.detect.enabled else ()
+def _assembled(cfg: Config) -> Columns:
+    """What the assembler reads under ``cfg`` beyond every frame row's columns: the detector's boxes (it tracks
+    them) and the transcript decode hands on (it writes the speech rows)."""
+    return (*(C.ASSEMBLY_TRACKED if cfg.detect.enabled else ()), *(C.TRANSCRIPT_COLUMNS if _speech(cfg) else ()))
 
 
 STAGES = (
     # every frame at 48x27 -> the video's shot starts, before decode repeats them on its frame rows
     Stage("shots", "actor", ShotDetect, lambda cfg, ck: ShotDetect(cfg.segments.shots), "1:1", enabled=_shots),
+    # the video's audio -> its transcript as one JSON value on the video row, which decode hands to one frame row
+    Stage("speech", "actor", TranscribeVideos, lambda cfg, ck: TranscribeVideos(cfg.speech), "1:1", enabled=_speech),
     Stage("decode", "task", Decode, lambda cfg, ck: Decode(cfg.decode), "1 video : N frames"),
     # per video so that a frame's boxes never depend on its batch-mates (see by_video)
     Stage("detect", "actor", Detector, lambda cfg, ck: Detector(cfg.detect), "1:1", True, lambda c: c.detect.enabled),
@@ -192,8 +202,8 @@ STAGES = (
     Stage("captions", "actor", Captions, lambda cfg, ck: _captions(cfg), "1:1", enabled=_captioned),
     Stage("preprocess", "task", Preprocess, lambda cfg, ck: Preprocess(cfg.encoder), "1:1"),
     Stage("embed", "actor", Embed, lambda cfg, ck: Embed(cfg.encoder, cfg.regions, ck), "1:1"),
-    # the assembler behind route also tracks the detector's boxes when detection is on
-    Stage("route", "actor", Route, None, "N frames : one result per finished video", also_reads=_tracked),
+    # the assembler behind route also tracks the detector's boxes and writes the speech rows, when those are on
+    Stage("route", "actor", Route, None, "N frames : one result per finished video", also_reads=_assembled),
 )
 
 

@@ -3,7 +3,9 @@
 The driver never sees a frame: each result row names one finished video with its metadata, row counts and
 fragment metadata (or one failed video with its reason). Finished videos are committed in groups
 (``db.commit_every_videos`` or ``db.commit_every_s``); a failed video is recorded and its ``started`` row
-removed. A video the graph never finished (an assembler lost with it) is recorded ``Incomplete``.
+removed. A video the graph never finished (an assembler lost with it) is recorded ``Incomplete``. A video whose
+audio could not be transcribed is committed with its pictures and no speech, and its speech failure recorded
+after the commit (which clears the video's earlier failures), under the stage ``speech``.
 """
 
 from __future__ import annotations
@@ -120,6 +122,7 @@ class Ingest:
         ds = build_dataset(cfg, items, checkpoint, (prefix, len(actors)))
         seen: set[str] = set()
         pending: list[Finished] = []
+        speech_errors: dict[str, str] = {}  # video -> why its audio was not transcribed, recorded after its commit
         last_commit = time.monotonic()
         bar = tqdm(total=len(todo), unit="video", disable=not self.progress, desc="indexing")
 
@@ -129,6 +132,9 @@ class Ingest:
                 with timed(stages, "commit"):
                     self.store.commit_fragments([v for v, _ in pending], self._tables(pending), reindexed, replaces)
                     self.store.clear_failures([v["path"] for v, _ in pending])
+                for v, _ in pending:
+                    if v["video_id"] in speech_errors:  # indexed, but without its speech
+                        self.on_fail(by_id[v["video_id"]], "speech", "AudioDecodeError", speech_errors[v["video_id"]])
             pending, last_commit = [], time.monotonic()
 
         try:
@@ -151,6 +157,8 @@ class Ingest:
                     res = json.loads(result)
                     self.fragments_by_node[res["node_id"]] += sum(len(v) for v in res["fragments"].values())
                     pending.append((self.video_row(f, res["meta"]), res["fragments"]))
+                    if res.get("speech_error"):
+                        speech_errors[vid] = res["speech_error"]
                     self.on_done(f, res["counts"])
                     if len(pending) >= cfg.db.commit_every_videos:  # at most this many videos per commit
                         commit()

@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import logging
 import os
+import sys
 import time
 import uuid
 from dataclasses import asdict, dataclass, field
@@ -24,6 +25,7 @@ from typing import Any
 from operators.captions import RANDOM_CAPTIONS_NOTICE
 from operators.detect_track import resolve_yolo
 from operators.encoders import embedding_dim, resolve_checkpoint
+from operators.speech import model_path
 from operators.weights import resolve_caption_checkpoint
 from pipeline.config import Config
 from pipeline.index.catalog import VideoFile, list_videos, prune
@@ -63,6 +65,8 @@ class RunSummary:
     tracks: int = 0
     thumbnails: int = 0
     texts: int = 0  # on-screen text spans
+    speech: int = 0  # utterances
+    speech_failed: int = 0  # indexed videos whose audio could not be transcribed (each has a failure record)
     wall_s: float = 0.0
     stages: dict[str, float] = field(default_factory=dict)  # driver seconds per step
     fragments_by_node: dict[str, int] = field(default_factory=dict)  # Ray node id -> fragments its workers wrote
@@ -81,7 +85,8 @@ class RunSummary:
             f"({self.moved} moved), {self.failed} failed, {self.quarantined} quarantined, {self.pruned} pruned"
             + (f", {self.recovered} recovered from a crashed run" if self.recovered else ""),
             f"rows: {self.frames} frames, {self.segments} segments, {self.tracks} tracks, {self.thumbnails} "
-            f"thumbnails, {self.texts} text spans; {self.wall_s:.1f} s",
+            f"thumbnails, {self.texts} text spans, {self.speech} utterances; {self.wall_s:.1f} s"
+            + (f"; {self.speech_failed} videos indexed without their speech" if self.speech_failed else ""),
             "stages: " + ", ".join(f"{k} {v:.1f} s" for k, v in self.stages.items()),
         ]
         lines += [f"  failed: {f['path']}: {f['message']}" for f in self.failures]
@@ -105,6 +110,8 @@ def preflight(cfg: Config) -> str | None:
         resolve_yolo(cfg.detect.model)
     if cfg.captions.model != "none":
         resolve_caption_checkpoint(cfg.captions)  # a random captioner is built and saved here, once
+    if cfg.speech.model != "none":
+        model_path(cfg.speech.model)  # hash-checked, or a sentence saying how to get it
     return checkpoint
 
 
@@ -251,8 +258,15 @@ class Runner:
             summary.tracks += counts[S.TRACKS]
             summary.thumbnails += counts[S.THUMBNAILS]
             summary.texts += counts[S.TEXTS]
+            summary.speech += counts.get(S.SPEECH, 0)
 
         def fail(f: VideoFile, stage: str, error_type: str, message: str) -> None:
+            if stage == "speech":  # the video is indexed (its pictures); only its speech failed
+                summary.speech_failed += 1
+                summary.failures.append({"path": f.path, "stage": stage, "message": message})
+                # never quarantined: the file is indexed, and a quarantine would stop its later re-indexing
+                self.store.record_failure(f.path, f.video_id, stage, error_type, message, sys.maxsize)
+                return
             self._fail(summary, f.path, f.video_id, stage, error_type, message)
 
         ingest = Ingest(self.cfg, self.store, self.dim, video_row, done, fail, self.progress)

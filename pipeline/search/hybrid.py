@@ -1,4 +1,4 @@
-"""Full-text and hybrid search over segment captions and on-screen text: the stage 1 of ``Searcher.search`` in
+"""Full-text and hybrid search over segment captions, on-screen text and speech: the stage 1 of ``Searcher.search`` in
 ``text`` and ``hybrid`` mode (``vector`` mode is the embedding search of ``pipeline/search/searcher.py``).
 
 - **Index**: LanceDB's native inverted index ``caption_fts`` on ``segments.caption``, built by ``maintain``
@@ -13,15 +13,19 @@
   "GATE7CL0SED" still shares most trigrams with "gate 7 closed"). Its candidates are re-scored by the query's
   approximate match inside a line (``screen_ranking``), so a sentence that merely shares trigrams with a sign is
   not a hit. ``maintain`` builds the index once some segment has screen text.
+- **Speech**: ``segments.speech`` (the words spoken in the segment's span) has its own index
+  ``segment_speech_fts`` (stemmed words, stop words kept, positions); its ranking puts the segments that hold the
+  query as a phrase first, then BM25 (``pipeline/search/speech.py``, ``word_candidates``). ``maintain`` builds the
+  index once some segment has speech.
 - **text** mode: the query's words as a ``MatchQuery`` (any word may match; BM25), never parsed as query syntax,
   so quotes, ``AND`` or ``:`` in a query are words, not operators. Score: BM25 divided by the best candidate's,
   so the top hit scores 1 (BM25 has no fixed range and the fusion re-rankers add a score in [-1, 1]).
-  With screen text too, the caption and screen rankings are fused by RRF (below) when both found something.
+  With screen text or speech too, the word rankings that found something are fused by RRF (below).
 - **hybrid** mode: the vector ranking (``Searcher.stage1``, exactly vector mode's) and the word rankings
-  (caption, then screen text, each where its index exists), each ``k * search.overfetch`` deep and prefiltered
-  by the same ``where``, fused by reciprocal-rank fusion: ``rrf(d) = sum over the lists containing d of
+  (caption, then screen text, then speech, each where its index exists), each ``k * search.overfetch`` deep and
+  prefiltered by the same ``where``, fused by reciprocal-rank fusion: ``rrf(d) = sum over the lists containing d of
   1 / (rrf_k + rank)``, reported scaled by ``(rrf_k + 1) / n_lists`` so a segment first in every list scores 1.
-  Ties go to the vector ranking's order, then the caption ranking's, then the screen text's.
+  Ties go to the vector ranking's order, then the caption ranking's, then the screen text's, then speech's.
 
 Why RRF is computed here rather than by LanceDB's ``query_type="hybrid"`` with ``RRFReranker``: that builder
 applies one ``select`` to both legs, so neither ``_distance`` nor ``_score`` can be named (lance then logs a
@@ -41,14 +45,16 @@ from typing import Any, Literal, cast
 
 from operators.text_spans import normalise
 from pipeline.errors import SearchError
+from pipeline.search.speech import word_candidates
 from pipeline.search.text import match_score
 from pipeline.store import schema as S
-from pipeline.store.fts import CAPTION_FTS, SCREEN_FTS, WORD_INDEXES
+from pipeline.store.fts import CAPTION_FTS, SCREEN_FTS, SEGMENT_SPEECH_FTS, WORD_INDEXES
 
 Mode = Literal["vector", "text", "hybrid"]
 MODES: tuple[str, ...] = ("vector", "text", "hybrid")
 CAPTION_COLUMN = CAPTION_FTS.column
 SCREEN_COLUMN = SCREEN_FTS.column
+SPEECH_COLUMN = SEGMENT_SPEECH_FTS.column
 #: The levels whose rows carry a caption (and so a caption index).
 CAPTION_LEVELS: tuple[str, ...] = (S.SEGMENTS,)
 
@@ -191,6 +197,7 @@ def caption_stage1(
     rank = {
         CAPTION_COLUMN: lambda: text_ranking(table, text, columns, n, where),
         SCREEN_COLUMN: lambda: screen_ranking(table, text, columns, n, where),
+        SPEECH_COLUMN: lambda: word_candidates(table, SPEECH_COLUMN, text, columns, n, where),
     }
     pending = [_pool().submit(rank[leg]) for leg in legs]  # the word rankings run beside the vector one
     vector_rows = vector(depth) if mode == "hybrid" else []
@@ -204,7 +211,7 @@ def caption_stage1(
     if not found:
         return []
     leg, rows = found[0]
-    scores = text_scores(rows) if leg == CAPTION_COLUMN else [float(r["_score"]) for r in rows]
+    scores = [float(r["_score"]) for r in rows] if leg == SCREEN_COLUMN else text_scores(rows)
     return list(zip(rows, scores, strict=True))
 
 

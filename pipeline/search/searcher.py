@@ -1,5 +1,6 @@
 """Search: text or image -> encoder -> LanceDB vector search over segments | frames | tracks (stage 1,
-over-fetching ``k * overfetch``) -> fusion re-rank (stage 2) -> typed results.
+over-fetching ``k * overfetch``) -> fusion re-rank (stage 2) -> typed results. Level ``speech`` searches what is
+said, by words (``pipeline/search/speech.py``): utterance hits with their text and the matched words.
 
 Filters (``pipeline/search/filters.py``) apply in every mode and level. Only rows of videos marked ``complete`` are
 returned.
@@ -10,8 +11,7 @@ from __future__ import annotations
 import io
 import os
 import sys
-from dataclasses import asdict, dataclass, field
-from typing import Any, Literal
+from typing import Any, Literal, cast
 
 import numpy as np
 
@@ -22,11 +22,12 @@ from pipeline.errors import SearchError
 from pipeline.search.contexts import contexts as span_contexts
 from pipeline.search.filters import Filters, compile_filters, parse_filters
 from pipeline.search.hybrid import Mode, caption_stage1, check_mode
+from pipeline.search.results import SHOT_COLUMNS, Box, SearchResult
+from pipeline.search.speech import SPEECH_LEVEL, speech_results
 from pipeline.store import schema as S
 from pipeline.store.db import Store, in_list, quote
 from pipeline.store.schema import Level
 
-SHOT_COLUMNS = ("shot_idx", "shot_start_s", "shot_end_s")
 FRAME_TEXT = "text_lines"  # frames: the lines of on-screen text read on the frame
 #: Per level: the columns stage 1 reads, those ``Searcher._result`` builds a result from.
 RESULT_COLUMNS: dict[str, list[str]] = {
@@ -44,46 +45,6 @@ RESULT_COLUMNS: dict[str, list[str]] = {
         "conf_mean",
     ],
 }
-
-
-@dataclass
-class Box:
-    class_name: str
-    box: list[float]  # normalised x1, y1, x2, y2
-    track_id: str
-    conf: float
-
-
-@dataclass
-class SearchResult:
-    rank: int
-    level: str
-    id: str
-    video_id: str
-    path: str
-    start_s: float
-    end_s: float
-    score: float
-    stage1_score: float
-    thumb_id: str
-    boxes: list[Box] = field(default_factory=list)
-    class_name: str | None = None
-    trajectory: list[dict[str, float]] | None = None
-    # Segment hits: the shot the segment lies in and its span (null without shot detection or on older tables).
-    shot_idx: int | None = None
-    shot_start_s: float | None = None
-    shot_end_s: float | None = None
-    caption: str | None = None  # segments: the captioner's description of the keyframe (null when captions are off)
-    # The on-screen text read in the segment (or on the frame, for frame hits), a line each (null: none read)
-    screen_text: str | None = None
-
-    def as_dict(self) -> dict[str, Any]:
-        return asdict(self)
-
-    def with_shot(self, row: dict[str, Any]) -> SearchResult:
-        """This result with the shot columns of ``row`` (absent on tables indexed before them: left null)."""
-        self.shot_idx, self.shot_start_s, self.shot_end_s = (row.get(c) for c in SHOT_COLUMNS)
-        return self
 
 
 class Searcher:
@@ -129,16 +90,21 @@ class Searcher:
         text: str | None = None,
         image: Any = None,
         k: int = 10,
-        level: Level = "segments",
+        level: Level | Literal["speech"] = "segments",
         filters: Filters | dict[str, Any] | None = None,
         rerank: str | None | Literal["default"] = "default",
         mode: Mode = "vector",
     ) -> list[SearchResult]:
-        """``mode``: ``vector`` (embedding search), ``text`` (full-text over captions and on-screen text) or
-        ``hybrid`` (both, fused by reciprocal rank; ``pipeline/search/hybrid.py``). The filters and the re-ranker apply
-        in every mode."""
+        """``mode``: ``vector`` (embedding search), ``text`` (full-text over captions, on-screen text and speech)
+        or ``hybrid`` (both, fused by reciprocal rank; ``pipeline/search/hybrid.py``). The filters and the re-ranker
+        apply in every mode. Level ``speech`` is searched by words only (``pipeline/search/speech.py``)."""
+        if level == SPEECH_LEVEL:
+            if isinstance(text, str):
+                self._check_text(text)
+            return speech_results(self.store, text, image, k, filters, rerank, mode, self.cfg.search.max_k)
+        level = cast(Level, level)
         if level not in S.LEVELS:
-            raise SearchError(f"level must be one of {', '.join(S.LEVELS)}")
+            raise SearchError(f"level must be one of {', '.join([*S.LEVELS, SPEECH_LEVEL])}")
         if not isinstance(k, int) or isinstance(k, bool) or not 1 <= k <= self.cfg.search.max_k:
             raise SearchError(f"k must be an integer from 1 to {self.cfg.search.max_k}")
         filters = parse_filters(filters)
@@ -276,11 +242,11 @@ class Searcher:
             ]
 
     def _attach_captions(self, level: str, results: list[SearchResult]) -> None:
-        """Segment hits carry their caption and on-screen text (one read of the hits' rows; tables from before
+        """Segment hits carry their caption, on-screen text and speech (one read of the hits' rows; tables from before
         these columns have none)."""
         if level != "segments" or not results:
             return
-        columns = [c for c in ("caption", "screen_text") if c in self.store.table(S.SEGMENTS).schema.names]
+        columns = [c for c in ("caption", "screen_text", "speech") if c in self.store.table(S.SEGMENTS).schema.names]
         if not columns:
             return
         ids = [r.id for r in results]
@@ -288,7 +254,7 @@ class Searcher:
         by_id = {r["segment_id"]: r for r in rows}
         for r in results:
             row = by_id.get(r.id, {})
-            r.caption, r.screen_text = row.get("caption"), row.get("screen_text")
+            r.caption, r.screen_text, r.text = row.get("caption"), row.get("screen_text"), row.get("speech")
 
     def _attach_frame_text(self, level: str, results: list[SearchResult]) -> None:
         """Frame hits carry the lines of text read on the frame in ``screen_text`` (one read of the hits' rows;

@@ -45,10 +45,12 @@ class SearchRequest(BaseModel):
 
     text: str | None = None
     k: int = 10
-    level: Level | Literal["texts"] = "segments"
+    level: Level | Literal["texts", "speech"] = "segments"
     filters: Filters | None = None
     rerank: str | None = "default"  # a re-ranker name, "default" (the config's), or null / "none"
-    mode: Mode = "vector"  # vector, text (full-text over captions) or hybrid (both, fused by reciprocal rank)
+    # vector, text (full-text over captions, on-screen text and speech) or hybrid (both, fused by reciprocal rank);
+    # level speech is searched by words (vector or text), never hybrid
+    mode: Mode = "vector"
 
 
 class Api:
@@ -83,7 +85,8 @@ class Api:
         if req.level == TEXTS_LEVEL:
             return self.search_texts(req, image is not None)
         rerank = None if req.rerank in (None, S.RERANK_NONE) else req.rerank
-        name = S.rerank_choice(rerank, self.cfg.search.rerank)
+        # speech hits are ranked by their words alone (pipeline/search/speech.py)
+        name = None if req.level == S.SPEECH else S.rerank_choice(rerank, self.cfg.search.rerank)
         t0 = time.perf_counter()
         self.store()
         serial = self.serial or name not in THREAD_SAFE_RERANKERS or name not in self._warm
@@ -92,7 +95,7 @@ class Api:
                 text=req.text,
                 image=image,
                 k=req.k,
-                level=cast(Level, req.level),
+                level=cast(Level | Literal["speech"], req.level),
                 filters=req.filters,
                 rerank=rerank,
                 mode=req.mode,
@@ -171,6 +174,18 @@ class Api:
         if not found:
             return None
         return {"video_id": video_id, "duration_s": found[0]["duration_s"], **video_shots(self.store(), video_id)}
+
+    def has_speech(self) -> bool:
+        """Whether the database holds any transcribed utterance (level ``speech`` finds something)."""
+        return self.store().count(S.SPEECH) > 0
+
+    def transcript(self, video_id: str) -> dict[str, Any] | None:
+        """A complete video's utterances in time order (start, end, text, words with their times); None if unknown."""
+        if not (self.videos(video_id) if ID.fullmatch(video_id) else []):
+            return None
+        cols = ["utterance_id", "start_s", "end_s", "text", "words", "language"]
+        rows = self.store().rows(S.SPEECH, f"video_id = {quote(video_id)}", cols).to_pylist()
+        return {"video_id": video_id, "utterances": sorted(rows, key=lambda r: r["start_s"])}
 
     def thumbnail(self, thumb_id: str) -> bytes | None:
         if not ID.fullmatch(thumb_id):

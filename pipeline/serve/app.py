@@ -204,13 +204,14 @@ def create_app(
             "random_weights": cfg.random_weights,
             "videos": len(api.videos()),
             "texts": api.has_texts(),  # on-screen text is searchable (level "texts")
+            "speech": api.has_speech(),  # what is said is searchable (level "speech")
         }
 
     @app.get("/api/search")
     def search_get(
         text: str | None = None,
         k: int = 10,
-        level: Level | Literal["texts"] = "segments",
+        level: Level | Literal["texts", "speech"] = "segments",
         rerank: str | None = "default",
         video_ids: Annotated[list[str] | None, Query()] = None,
         path_glob: str | None = None,
@@ -282,6 +283,12 @@ def create_app(
     def video_shots(video_id: str) -> Any:
         """The video's shots from its segments (pipeline/search/shot_list.py): the page marks the cuts on the player."""
         found = api.shots(video_id)
+        return found if found is not None else not_found("indexed video")
+
+    @app.get("/api/videos/{video_id}/speech")
+    def video_speech(video_id: str) -> Any:
+        """The video's transcript (its utterances in time order, with word times): the page shows it by the player."""
+        found = api.transcript(video_id)
         return found if found is not None else not_found("indexed video")
 
     @app.get("/api/thumbnails/{thumb_id}")

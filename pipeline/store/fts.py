@@ -9,6 +9,11 @@ names from here, so no index name is spelled twice.
   (``pipeline/search/text.py``).
 - ``caption_fts``: generated English sentences, so words are lower-cased, accent-folded, stop words dropped and
   stemmed: "dogs" finds "a dog runs" (``pipeline/search/hybrid.py``; ``benchmarks/hybrid.py`` measures it).
+- ``speech_fts`` (``speech.text``, one row per utterance) and ``segment_speech_fts`` (``segments.speech``, the
+  words spoken in each segment): transcripts, so words are lower-cased, accent-folded and stemmed ("hoped"
+  finds "hope"), but stop words are KEPT, and token positions are stored (``with_position``) so that a quoted
+  line is searched as a phrase (LanceDB's ``PhraseQuery`` finds nothing without positions): "it was the best of
+  times" is all stop words but "best", and "to be or not to be" is nothing but stop words.
 """
 
 from __future__ import annotations
@@ -30,6 +35,18 @@ CAPTION_TOKENS: dict[str, Any] = {
     "ascii_folding": True,
     "stem": True,
     "remove_stop_words": True,
+}
+
+
+#: Word tokens for transcribed speech: stop words kept, positions stored for phrase queries.
+SPEECH_TOKENS: dict[str, Any] = {
+    "base_tokenizer": "simple",
+    "language": "English",
+    "lower_case": True,
+    "ascii_folding": True,
+    "stem": True,
+    "remove_stop_words": False,
+    "with_position": True,
 }
 
 
@@ -85,6 +102,10 @@ CAPTION_FTS = FtsIndex(
 SCREEN_FTS = FtsIndex(
     S.SEGMENTS, "screen_text", "screen_text_fts", ocr_tokens("ngram"), True, "FTS index (n-grams) on screen_text"
 )
+SPEECH_FTS = FtsIndex(S.SPEECH, "text", "speech_fts", SPEECH_TOKENS, label="FTS index (words, positions) on text")
+SEGMENT_SPEECH_FTS = FtsIndex(
+    S.SEGMENTS, "speech", "segment_speech_fts", SPEECH_TOKENS, True, "FTS index (words, positions) on speech"
+)
 INDEXES: tuple[FtsIndex, ...] = (
     _filter(S.VIDEOS, "path"),
     _filter(S.TRACKS, "class_name"),
@@ -93,9 +114,11 @@ INDEXES: tuple[FtsIndex, ...] = (
     TEXTS_FTS,
     CAPTION_FTS,
     SCREEN_FTS,
+    SPEECH_FTS,
+    SEGMENT_SPEECH_FTS,
 )
 #: The segment columns searched by words in text and hybrid mode, with their indexes, caption first.
-WORD_INDEXES: tuple[FtsIndex, ...] = (CAPTION_FTS, SCREEN_FTS)
+WORD_INDEXES: tuple[FtsIndex, ...] = (CAPTION_FTS, SCREEN_FTS, SEGMENT_SPEECH_FTS)
 
 
 def missing(table: Any, name: str, existing: Any) -> list[FtsIndex]:
@@ -109,8 +132,8 @@ def ensure_text_index(table: Any, tokenizer: Tokenizer = "ngram", replace: bool 
 
 
 def ensure_word_indexes(table: Any) -> None:
-    """The segments' caption index, and their on-screen text index once some segment has screen text (what
-    ``maintain`` builds; for callers that run without it, like ``evaluate``)."""
+    """The segments' caption index, and their on-screen text and speech indexes once some segment has screen text
+    or speech (what ``maintain`` builds; for callers that run without it, like ``evaluate``)."""
     for ix in WORD_INDEXES:
         if ix.wanted(table):
             ix.build(table)

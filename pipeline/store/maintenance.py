@@ -62,6 +62,7 @@ SCALAR_INDEXES: dict[str, dict[str, str]] = {
     S.THUMBNAILS: {"thumb_id": "BTREE", "video_id": "BTREE"},
 }
 SCALAR_INDEXES[S.TEXTS] = {"text_id": "BTREE", "video_id": "BTREE"}
+SCALAR_INDEXES[S.SPEECH] = {"utterance_id": "BTREE", "video_id": "BTREE"}
 
 
 def _index_config(cfg: MaintenanceConfig, n_rows: int, dim: int) -> Any:

@@ -19,6 +19,7 @@ from operators.contract import (
     RERANK_DEFAULT,
     RERANK_NONE,
     SEGMENTS,
+    SPEECH,
     TEXTS,
     THUMBNAILS,
     TRACKS,
@@ -35,6 +36,7 @@ __all__ = [
     "RERANK_DEFAULT",
     "RERANK_NONE",
     "SEGMENTS",
+    "SPEECH",
     "TEXTS",
     "THUMBNAILS",
     "TRACKS",
@@ -175,6 +177,9 @@ def segments_schema(dim: int) -> pa.Schema:
             # The on-screen text read on the segment's frames: its distinct lines in order of first appearance,
             # one per line; null where OCR is off or read nothing. Searched by words next to the caption.
             added("screen_text", pa.string()),
+            # The words spoken inside the segment's span (a word belongs to the segment holding its midpoint), in
+            # time order; null where speech is off or nobody spoke. Searched by words next to the caption.
+            added("speech", pa.string()),
         ]
     )
 
@@ -262,6 +267,7 @@ def table_schema(name: str, dim: int) -> pa.Schema:
         FAILURES: failures_schema,
         RUNS: runs_schema,
         TEXTS: texts_schema,
+        SPEECH: speech_schema,
     }
     if name in builders:
         return builders[name]()
@@ -300,3 +306,34 @@ def texts_schema() -> pa.Schema:
 
 
 KEYS[TEXTS] = "text_id"
+
+
+# -- speech (operators/speech.py, operators/transcript.py) ---------------------------------------------------------
+
+#: One recognised word: its text as Whisper wrote it (punctuation attached), its span on the video clock, and
+#: Whisper's probability for it.
+WORD = pa.struct(
+    [("word", pa.string()), ("start_s", pa.float64()), ("end_s", pa.float64()), ("probability", pa.float32())]
+)
+
+
+def speech_schema() -> pa.Schema:
+    """One row per utterance (a stretch of speech Whisper wrote as one segment), times on the video clock (seconds
+    from the first video frame); ``utterance_id`` is ``make_id(video_id, "speech", utterance_idx)``."""
+    return pa.schema(
+        [
+            ("utterance_id", pa.string()),
+            ("video_id", pa.string()),
+            ("utterance_idx", pa.int32()),
+            ("start_s", pa.float64()),
+            ("end_s", pa.float64()),
+            ("text", pa.string()),
+            ("words", pa.list_(WORD)),
+            ("language", pa.string()),
+            ("avg_logprob", pa.float32()),
+            ("no_speech_prob", pa.float32()),
+        ]
+    )
+
+
+KEYS[SPEECH] = "utterance_id"
