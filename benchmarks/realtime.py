@@ -102,12 +102,53 @@ DETECTORS = {
 }
 
 
-def in_process(args: argparse.Namespace) -> None:
-    import torch
+def stage_cpu(cfg: Any, paths: list[str], every_stage: bool = False) -> dict[str, Any]:
+    """The visual stages (decode, detect, preprocess, embed + regions; with ``every_stage`` also the shot
+    detector and OCR where ``cfg`` turns them on) run one after another in this process on ``paths``: CPU seconds
+    per stage (``cpu``, with ``setup``), frames, boxes and video seconds."""
+    import numpy as np
 
     from operators.decode import Decode
     from operators.detect_track import Detector
     from operators.embed import Embed, Preprocess
+    from operators.ocr import OcrFrames
+    from operators.shots import ShotDetect
+
+    c0 = time.process_time()
+    ops: dict[str, Any] = {"detect": Detector(cfg.detect)}
+    if every_stage and cfg.ocr.engine != "none":
+        ops["ocr"] = OcrFrames(cfg.ocr)
+    ops |= {"preprocess": Preprocess(cfg.encoder), "embed": Embed(cfg.encoder, cfg.regions)}
+    shots = ShotDetect(cfg.segments.shots) if every_stage and cfg.segments.shots.detector != "none" else None
+    for op in [*ops.values(), *([shots] if shots else [])]:
+        op.setup()
+    cpu = {"setup": time.process_time() - c0, **({"shots": 0.0} if shots else {}), "decode": 0.0}
+    cpu |= dict.fromkeys(ops, 0.0)
+    decode, frames, boxes, video_s = Decode(cfg.decode), 0, 0, 0.0
+    for i, path in enumerate(paths):
+        if shots is not None:
+            c = time.process_time()
+            shots({"video_id": np.array([f"v{i}"], dtype=object), "path": np.array([path], dtype=object)})
+            cpu["shots"] += time.process_time() - c
+        c = time.process_time()
+        chunks = list(decode.iter_video(f"v{i}", path))
+        cpu["decode"] += time.process_time() - c
+        if chunks[0]["error"][0]:
+            continue
+        video_s += float(chunks[0]["duration_s"][0])
+        for chunk in chunks:
+            frames += len(chunk["t"])
+            for name, op in ops.items():
+                c = time.process_time()
+                chunk = op(chunk)
+                cpu[name] += time.process_time() - c
+            boxes += sum(len(b) for b in chunk["det_boxes"])
+    return {"cpu": cpu, "frames": frames, "boxes": boxes, "video_s": video_s}
+
+
+def in_process(args: argparse.Namespace) -> None:
+    import torch
+
     from pipeline.config import load_config
 
     header("pipeline work per video second: operators in one process, 1 thread, CPU seconds per stage")
@@ -124,30 +165,9 @@ def in_process(args: argparse.Namespace) -> None:
         over += [f"{s}.{k}={v}" for s in ("encoder", "detect") for k, v in settings.items()]
         over += [f"decode.mode={mode}", *cache]
         cfg = load_config("default", [*over, *args.overrides])
-        c0 = time.process_time()
-        ops: dict[str, Any] = {
-            "detect": Detector(cfg.detect),
-            "preprocess": Preprocess(cfg.encoder),
-            "embed": Embed(cfg.encoder, cfg.regions),
-        }
-        for op in ops.values():
-            op.setup()
-        cpu = {"setup": time.process_time() - c0, "decode": 0.0, **dict.fromkeys(ops, 0.0)}
-        decode, frames, boxes, video_s, w0 = Decode(cfg.decode), 0, 0, 0.0, time.perf_counter()
-        for i, path in enumerate(paths):
-            c = time.process_time()
-            chunks = list(decode.iter_video(f"v{i}", path))
-            cpu["decode"] += time.process_time() - c
-            if chunks[0]["error"][0]:
-                continue
-            video_s += float(chunks[0]["duration_s"][0])
-            for chunk in chunks:
-                frames += len(chunk["t"])
-                for name, op in ops.items():
-                    c = time.process_time()
-                    chunk = op(chunk)
-                    cpu[name] += time.process_time() - c
-                boxes += sum(len(b) for b in chunk["det_boxes"])
+        w0 = time.perf_counter()
+        got = stage_cpu(cfg, paths)
+        cpu, frames, boxes, video_s = got["cpu"], got["frames"], got["boxes"], got["video_s"]
         work = sum(v for k, v in cpu.items() if k != "setup")
         rows.append(
             {

@@ -8,6 +8,13 @@ so the numbers are CPU seconds, not wall time on a shared machine. Model load is
 call warms each model up before it is measured.
 
     python benchmarks/speech.py [--repeat 2] [--compute-types int8 float32] [--beam-size 5]
+    python benchmarks/speech.py --share [--beam-size 5] [--export-cache /tmp/exports]
+
+``--share``: speech's share of the pipeline's CPU on speech-heavy video, in one run: the reading muxed into a
+real clip (44 s of speech in 50 s), transcribed by the default config's speech settings, and the same clip
+through the default config's other stages (shot detection, decode, the trained YOLO11n, on-screen text, the
+encoder with its region features; onnx, one thread; ``benchmarks/realtime.py stage_cpu``), with the encoder's
+random weights (same compute). Share = speech CPU / (speech + the other stages' CPU).
 """
 
 from __future__ import annotations
@@ -59,7 +66,12 @@ def main() -> None:
     ap.add_argument("--compute-types", nargs="+", default=["int8", "float32"])
     ap.add_argument("--beam-size", type=int, default=5)
     ap.add_argument("--repeat", type=int, default=2, help="best of this many runs per input")
+    ap.add_argument("--share", action="store_true", help="speech's share of pipeline CPU (see the docstring)")
+    ap.add_argument("--export-cache", default=None, help="--share: export cache of the onnx models")
     args = ap.parse_args()
+    if args.share:
+        share(args)
+        return
     header(f"speech: CPU s per audio s, {args.model}, one thread, beam {args.beam_size} ({TESTDATA})")
     reference = words_of((TESTDATA / REFERENCE).read_text())
     rows: list[dict[str, object]] = []
@@ -96,6 +108,35 @@ def main() -> None:
                     }
                 )
                 print(rows[-1], flush=True)
+    print(table(rows))
+
+
+def share(args: argparse.Namespace) -> None:
+    import torch
+    from realtime import stage_cpu
+
+    from operators.speech import Transcribe
+    from pipeline.config import load_config
+
+    header(f"speech share of pipeline CPU on speech-heavy video, beam {args.beam_size}, one thread")
+    torch.set_num_threads(1)
+    cache = [f"{s}.export_cache={args.export_cache}" for s in ("encoder", "detect") if args.export_cache]
+    cfg = load_config("default", ["encoder.pretrained=null", "encoder.device=cpu", "detect.device=cpu", *cache])
+    rows = []
+    with tempfile.TemporaryDirectory() as tmp:
+        _, muxed = inputs(Path(tmp))[1]
+        visual = stage_cpu(cfg, [muxed], every_stage=True)
+        op = Transcribe(cfg.speech.model_copy(update={"cpu_threads": 1, "beam_size": args.beam_size}))
+        op.setup()
+        op.utterances(clip(SHORT))  # warm-up
+        c = time.process_time()
+        op.utterances(muxed)
+        speech_cpu = time.process_time() - c
+    work = {k: v for k, v in visual["cpu"].items() if k != "setup"}
+    total = sum(work.values()) + speech_cpu
+    for k, v in [*work.items(), ("speech", speech_cpu)]:
+        rows.append({"stage": k, "CPU s": round(v, 2), "share": f"{100 * v / total:.1f}%"})
+    rows.append({"stage": f"all ({visual['video_s']:.0f} s of video)", "CPU s": round(total, 2), "share": "100%"})
     print(table(rows))
 
 

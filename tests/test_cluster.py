@@ -62,6 +62,7 @@ PLACEMENT = [
     # The caption actor small enough that, wherever the pools land, a node keeps 0.2 CPU for a decode task (at
     # 0.25 the nodes kept 0.1 and 0.15: the decode task waited for a slot forever).
     "ray.captions.num_cpus=0.05",
+    "ray.speech.num_cpus=0.05",  # the speech actor likewise (tiny.en; the sample clips have little audio)
     "ray.assemble.concurrency=2",  # assemblers are spread over the nodes: both write fragments
 ]
 
@@ -132,7 +133,7 @@ def test_index_job_runs_on_both_nodes_and_indexes_every_video_once(
     job = summary["ray_job_id"]
     actors = stage_actors(dashboard, job_id=job)
     models = [a for a in actors if a.required_resources.get("CPU") in (0.6, 0.45)]  # detector, encoder
-    assert len(actors) == 3 and len(models) == 2  # and the captioner
+    assert len(actors) == 4 and len(models) == 2  # and the captioner and the speech actor
     assert {a.node_id for a in models} == set(nodes)  # one model pool on each node
     tasks = list_tasks(address=dashboard, filters=[("job_id", "=", job)], detail=True, limit=10_000)
     work = [t for t in tasks if t.state == "FINISHED" and t.node_id and t.name.startswith(("MapBatches", "MapWorker"))]
@@ -198,9 +199,10 @@ def test_cluster_gpu_config_puts_decode_on_cpus_and_models_on_fractional_gpus() 
     assert cfg.ray.decode.num_gpus == 0 and cfg.ray.preprocess.num_gpus == 0
     assert 0 < cfg.ray.detect.num_gpus < 1 and 0 < cfg.ray.embed.num_gpus < 1
     assert cfg.encoder.device == "cuda" and cfg.detect.device == "cuda"
-    # Same rows as default.yaml but for the shot detector (TransNetV2 on the GPU, the content detector on CPU) and
-    # captions (on with a GPU, off on CPU by cost).
-    gpu_choices = ["segments.shots=transnetv2", "captions.model=blip"]
+    # Same rows as default.yaml but for the shot detector (TransNetV2 on the GPU, the content detector on CPU),
+    # captions (on with a GPU, off on CPU by cost) and the speech model (large-v3-turbo on the GPU, tiny.en on CPU).
+    gpu_choices = ["segments.shots=transnetv2", "captions.model=blip", "speech.model=large-v3-turbo"]
+    gpu_choices += ["speech.compute_type=float16", "speech.beam_size=5"]
     assert cfg.pipeline_version() == load_config("default", gpu_choices).pipeline_version()
     partial = load_config("tiny", ["ray.embed.batch_size=2"])  # a stage given in part keeps its other defaults
     assert (partial.ray.embed.num_cpus, partial.ray.embed.batch_size) == (load_config("tiny").ray.embed.num_cpus, 2)

@@ -10,6 +10,7 @@ from pathlib import Path
 
 import av
 import numpy as np
+import pytest
 
 from operators.decode import Decode
 from pipeline.index.runner import run_index
@@ -145,3 +146,28 @@ def test_cli_index_and_search(tmp_path, testdata) -> None:
         cwd=ROOT,
     )
     assert empty.returncode == 2 and "empty" in empty.stderr
+
+
+@pytest.mark.slow
+def test_readme_first_run_prints_right_hits(tmp_path) -> None:
+    """The README's second set-up command, as written there, on a copy of samples/: the trained detector's person
+    tracks come from the clips with people in them (friday.mp4, book.mkv), never from the flower."""
+    import re
+    import shlex
+
+    block = re.search(r"## First run.*?```bash\n(.*?)```", (ROOT / "README.md").read_text(), re.S)
+    assert block is not None
+    command = block.group(1).strip().splitlines()[1]
+    assert command.startswith("python run_pipeline.py index samples --config tiny && ")
+    shutil.copytree(ROOT / "samples", tmp_path / "samples")
+    run = f"{shlex.quote(sys.executable)} {shlex.quote(str(ROOT / 'run_pipeline.py'))}"
+    out = subprocess.run(
+        command.replace("python run_pipeline.py", run), shell=True, capture_output=True, text=True, timeout=600,
+        cwd=tmp_path,
+    )  # fmt: skip
+    assert out.returncode == 0, out.stderr[-2000:]
+    rows = [line.split() for line in out.stdout.splitlines() if re.match(r"\s+\d+\s+-?\d", line)]
+    assert rows, out.stdout
+    assert all(r[-2] == "person" for r in rows), out.stdout  # the objects column of every hit
+    videos = {r[-1].rsplit("/", 1)[-1] for r in rows}
+    assert videos <= {"friday.mp4", "book.mkv"} and "friday.mp4" in videos, out.stdout
