@@ -29,6 +29,8 @@ from typing import Any, Literal, Protocol
 import numpy as np
 import numpy.typing as npt
 
+from operators.model_catalog import sha256
+
 Backend = Literal["torch", "onnx", "openvino"]
 Precision = Literal["fp32", "bf16"]
 CACHE_ENV = "VIDSEARCH_EXPORT_CACHE"
@@ -60,14 +62,6 @@ def settings_key(**settings: Any) -> str:
     return hashlib.sha256(json.dumps(settings, sort_keys=True, default=str).encode()).hexdigest()[:16]
 
 
-def _sha256(path: Path) -> str:
-    h = hashlib.sha256()
-    with open(path, "rb") as f:
-        for block in iter(lambda: f.read(1 << 22), b""):
-            h.update(block)
-    return h.hexdigest()
-
-
 class ExportCache:
     """Folders of exported model files keyed by content; ``builds`` counts how many were (re)built here."""
 
@@ -79,7 +73,7 @@ class ExportCache:
         """Every file the manifest lists is there with its checksum (and nothing the manifest lacks is needed)."""
         try:
             files = json.loads((folder / MANIFEST).read_text())["files"]
-            return bool(files) and all(_sha256(folder / name) == digest for name, digest in files.items())
+            return bool(files) and all(sha256(folder / name) == digest for name, digest in files.items())
         except (OSError, ValueError, KeyError, TypeError):
             return False
 
@@ -96,7 +90,7 @@ class ExportCache:
         try:
             build(tmp)
             self.builds += 1
-            files = {p.relative_to(tmp).as_posix(): _sha256(p) for p in sorted(tmp.rglob("*")) if p.is_file()}
+            files = {p.relative_to(tmp).as_posix(): sha256(p) for p in sorted(tmp.rglob("*")) if p.is_file()}
             (tmp / MANIFEST).write_text(json.dumps({"key": key, "files": files}, indent=1))
             if folder.exists():
                 shutil.rmtree(folder, ignore_errors=True)

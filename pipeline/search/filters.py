@@ -61,6 +61,27 @@ class Filters(BaseModel):
         return v
 
 
+def parse_word_query(
+    text: Any, k: Any, max_chars: int, filters: Filters | dict[str, Any] | None, what: str
+) -> Filters | None:
+    """Check a query of the word-searched levels (on-screen text, speech) and parse its filters: a non-empty
+    UTF-8 text of at most ``max_chars``, k from 1 to 1000, and no object filters (``what`` has no objects)."""
+    if not isinstance(text, str) or not text.strip():
+        raise SearchError("the query text is empty")
+    try:
+        text.encode("utf-8")  # a lone surrogate (a JSON "\ud800" escape) cannot reach the index
+    except UnicodeEncodeError:
+        raise SearchError("the query must be valid Unicode text") from None
+    if len(text) > max_chars:
+        raise SearchError(f"the query is longer than {max_chars} characters")
+    if not isinstance(k, int) or isinstance(k, bool) or not 1 <= k <= 1000:
+        raise SearchError("k must be an integer from 1 to 1000")
+    parsed = parse_filters(filters)
+    if parsed is not None and (parsed.classes or parsed.min_track_duration is not None):
+        raise SearchError(f"classes and min_track_duration do not apply to {what}")
+    return parsed
+
+
 def parse_filters(filters: Filters | dict[str, Any] | None) -> Filters | None:
     """``filters`` as a validated ``Filters``; anything invalid is a ``SearchError`` naming the field."""
     if filters is None or isinstance(filters, Filters):

@@ -25,7 +25,7 @@ from dataclasses import asdict, dataclass
 from typing import Any
 
 from pipeline.errors import SearchError
-from pipeline.search.filters import Filters, parse_filters
+from pipeline.search.filters import Filters, parse_word_query
 from pipeline.search.results import SearchResult
 from pipeline.search.text import _where
 from pipeline.store import schema as S
@@ -126,19 +126,7 @@ class SpeechSearcher:
         self.store = db if isinstance(db, Store) else Store(db)
 
     def search(self, text: str, k: int = 10, filters: Filters | dict[str, Any] | None = None) -> list[SpeechHit]:
-        if not isinstance(text, str) or not text.strip():
-            raise SearchError("the query text is empty")
-        try:
-            text.encode("utf-8")  # a lone surrogate (a JSON "\ud800" escape) cannot reach the index
-        except UnicodeEncodeError:
-            raise SearchError("the query must be valid Unicode text") from None
-        if len(text) > MAX_QUERY_CHARS:
-            raise SearchError(f"the query is longer than {MAX_QUERY_CHARS} characters")
-        if not isinstance(k, int) or isinstance(k, bool) or not 1 <= k <= 1000:
-            raise SearchError("k must be an integer from 1 to 1000")
-        parsed = parse_filters(filters)
-        if parsed is not None and (parsed.classes or parsed.min_track_duration is not None):
-            raise SearchError("classes and min_track_duration do not apply to speech")
+        parsed = parse_word_query(text, k, MAX_QUERY_CHARS, filters, "speech")
         query = tokens(text)
         if not query:
             raise SearchError("the query has no words to search for")

@@ -23,8 +23,7 @@ from typing import Any
 
 from operators.base import StrictModel
 from operators.text_spans import normalise
-from pipeline.errors import SearchError
-from pipeline.search.filters import Filters, parse_filters
+from pipeline.search.filters import Filters, parse_word_query
 from pipeline.store import schema as S
 from pipeline.store.db import Store, in_list
 from pipeline.store.fts import Tokenizer, ensure_text_index
@@ -110,19 +109,7 @@ class TextSearcher:
         self.cfg = cfg or TextSearchConfig()
 
     def search(self, text: str, k: int = 10, filters: Filters | dict[str, Any] | None = None) -> list[TextHit]:
-        if not isinstance(text, str) or not text.strip():
-            raise SearchError("the query text is empty")
-        try:
-            text.encode("utf-8")  # a lone surrogate (a JSON "\ud800" escape) cannot reach the index
-        except UnicodeEncodeError:
-            raise SearchError("the query must be valid Unicode text") from None
-        if len(text) > self.cfg.max_query_chars:
-            raise SearchError(f"the query is longer than {self.cfg.max_query_chars} characters")
-        if not isinstance(k, int) or isinstance(k, bool) or not 1 <= k <= 1000:
-            raise SearchError("k must be an integer from 1 to 1000")
-        parsed = parse_filters(filters)
-        if parsed is not None and (parsed.classes or parsed.min_track_duration is not None):
-            raise SearchError("classes and min_track_duration do not apply to on-screen text")
+        parsed = parse_word_query(text, k, self.cfg.max_query_chars, filters, "on-screen text")
         videos = {
             r["video_id"]: r["path"] for r in self.store.complete_videos().select(["video_id", "path"]).to_pylist()
         }
