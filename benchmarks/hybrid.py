@@ -191,7 +191,11 @@ def latency(store: Any, queries: list[str]) -> None:
         return [r["segment_id"] for r, _ in fuse([vec, words], "segment_id")[:10]]
 
     def lance(i: int) -> list[str]:
-        q = segs.search(query_type="hybrid").vector(vecs[i].tolist()).text(MatchQuery(queries[i], "caption"))
+        q = (
+            segs.search(query_type="hybrid", vector_column_name="embedding")
+            .vector(vecs[i].tolist())
+            .text(MatchQuery(queries[i], "caption"))
+        )
         q = q.distance_type("cosine").nprobes(cfg.maintenance.nprobes).rerank(RRFReranker(K=cfg.search.rrf_k))
         return [r["segment_id"] for r in q.select(cols).limit(depth).to_list()[:10]]
 

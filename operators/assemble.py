@@ -21,8 +21,10 @@ and each frame row its own readings (``text_lines``: text, confidence and box pe
 
 Speech: the video's transcript arrives once, on its first frame row (``operators/transcript.py``); its
 utterances become ``speech`` rows at once, and each segment's ``speech`` holds the words whose midpoint lies in
-its span (a word never counts twice). ``speech_error`` (audio that could not be transcribed) is kept for the
-driver, which records it; the video's pictures are indexed all the same.
+its span (a word never counts twice); its row also hands on the whole utterances it overlaps
+(``speech_context``, not stored), which the writer embeds as the segment's speech vector. ``speech_error``
+(audio that could not be transcribed) is kept for the driver, which records it; the video's pictures are
+indexed all the same.
 """
 
 from __future__ import annotations
@@ -37,7 +39,7 @@ import numpy as np
 import numpy.typing as npt
 
 from operators.base import Batch, StrictModel
-from operators.contract import FRAMES, SEGMENTS, SPEECH, TEXTS, THUMBNAILS, TRACKS, make_id
+from operators.contract import FRAMES, SEGMENTS, SPEECH, SPEECH_CONTEXT, TEXTS, THUMBNAILS, TRACKS, make_id
 from operators.detect_track import DetectConfig, VideoTracker
 from operators.keyframes import SampleGrid, keyframe_index, shot_segment_windows
 from operators.shots import ShotConfig
@@ -322,6 +324,7 @@ class VideoAssembler:
                     "caption": win.captions[middle],
                     "screen_text": "\n".join(win.screen) or None,
                     "speech": self.spoken.take(start, end),
+                    SPEECH_CONTEXT: self.spoken.around(start, end),  # embedded, not stored
                 }
             ],
         )

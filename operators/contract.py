@@ -139,6 +139,9 @@ CAPTION_COLUMNS = (CAPTION,)
 TRANSCRIPT = "speech"
 SPEECH_ERROR = "speech_error"
 TRANSCRIPT_COLUMNS = (TRANSCRIPT, SPEECH_ERROR)
+#: On a segment row the assembler emits (not stored): the whole utterances its span overlaps, what its speech
+#: vector embeds (``pipeline/store/schema.py``, ``TEXT_VECTORS``).
+SPEECH_CONTEXT = "speech_context"
 
 #: What the per-video assembly reads; every other column is dropped before rows leave the embed stage.
 ASSEMBLY_COLUMNS = (

@@ -91,9 +91,11 @@ def speech_rows(video_id: str, utterances: list[Row]) -> list[Row]:
 class SegmentWords:
     """The words spoken inside each segment, for segments closed in time order: a word belongs to the segment
     that holds its midpoint (so a word on a boundary is in exactly one). Words are dropped once a segment
-    ending after them has closed, so it holds only the words not yet handed out."""
+    ending after them has closed, so it holds only the words not yet handed out; ``around`` gives the whole
+    utterances a segment overlaps."""
 
     def __init__(self, utterances: Iterable[Row] = ()) -> None:
+        utterances = list(utterances)
         found = [
             (0.5 * (float(w["start_s"]) + float(w["end_s"])), str(w["word"]))
             for u in utterances
@@ -101,6 +103,12 @@ class SegmentWords:
             if str(w["word"]).strip()
         ]
         self.words: deque[tuple[float, str]] = deque(sorted(found, key=lambda x: x[0]))
+        spoken = [
+            (float(u["start_s"]), float(u["end_s"]), " ".join(str(u["text"]).split()))
+            for u in utterances
+            if u.get("text") and u.get("start_s") is not None and u.get("end_s") is not None
+        ]
+        self.utterances: deque[tuple[float, float, str]] = deque(sorted(u for u in spoken if u[2]))
 
     def take(self, start_s: float, end_s: float) -> str | None:
         """The words with a midpoint in ``[start_s, end_s)``, joined by spaces; those before ``start_s`` (in a gap
@@ -110,4 +118,18 @@ class SegmentWords:
             t, word = self.words.popleft()
             if t >= start_s:
                 out.append(word)
+        return " ".join(out) or None
+
+    def around(self, start_s: float, end_s: float) -> str | None:
+        """The whole utterances that overlap ``[start_s, end_s)``, in time order (what a segment's speech vector
+        embeds: a sentence cut at the segment's edge keeps its meaning); None when none does. Call it for
+        segments in time order: utterances that ended before ``start_s`` are dropped."""
+        while self.utterances and self.utterances[0][1] <= start_s:
+            self.utterances.popleft()
+        out = []
+        for s, e, text in self.utterances:
+            if s >= end_s:
+                break
+            if e > start_s:
+                out.append(text)
         return " ".join(out) or None

@@ -24,6 +24,7 @@ from operators.encoders import EncoderConfig
 from operators.ocr import OcrConfig
 from operators.regions import RegionConfig
 from operators.speech import SpeechConfig
+from operators.text_embed import TextEmbedConfig
 from operators.text_spans import SpanConfig
 from operators.vqa import VqaConfig
 from pipeline.errors import ConfigError
@@ -132,6 +133,8 @@ class Config(StrictModel):
     captions: CaptionConfig = CaptionConfig()  # segment captions (operators/captions.py); model none: off
     # what is said (operators/speech.py); none here so a config written before speech existed keeps working
     speech: SpeechConfig = SpeechConfig(model="none")
+    # sentence embeddings of what is said, read and captioned (operators/text_embed.py); none here, as speech
+    text_embed: TextEmbedConfig = TextEmbedConfig(model="none")
 
     ray: RayConfig = RayConfig()
     db: DbConfig = DbConfig()
@@ -190,6 +193,9 @@ class Config(StrictModel):
         if self.speech.model != "none":  # absent otherwise, so databases indexed before speech keep their version
             # device, threads, batch size and the time limit change how fast, not which words
             parts["speech"] = self.speech.model_dump(exclude={"device", "cpu_threads", "batch_size", "timeout_s"})
+        if self.text_embed.enabled:  # absent otherwise, so databases indexed before text vectors keep their version
+            which = {"model", "revision", "query_prefix", "passage_prefix"}
+            parts["text_embed"] = self.text_embed.model_dump(include=which)
         bf16 = [s for s in ("encoder", "detect") if getattr(self, s).precision == "bf16"]
         if bf16:
             parts["bf16"] = bf16

@@ -10,7 +10,6 @@ from pathlib import Path
 import pytest
 
 from pipeline.search.searcher import Searcher
-from pipeline.search.text import TextSearcher
 from pipeline.serve.app import create_app
 from tests.helpers import TOKEN, running, wait_until
 
@@ -42,7 +41,7 @@ def test_text_hits_show_their_box_and_play_from_the_span(browser, site, text_db,
         page.fill("#text", "gate closed")
         page.click("#go")
         page.wait_for_selector(".result")
-        expected = TextSearcher(cfg.db.path).search("gate closed", k=12)
+        expected = Searcher(cfg.db.path, cfg).texts_searcher().search("gate closed", k=12)  # hybrid, the default
         cards = page.locator(".result")
         assert cards.count() == len(expected) >= 1
         hit = expected[0]

@@ -174,7 +174,12 @@ def test_hybrid_ranks_equal_an_independent_rrf_of_the_two_rankings(db, filters) 
     from lancedb.rerankers import RRFReranker
 
     emb = searcher.embed_query(query, None).embedding
-    q = searcher.store.table(S.SEGMENTS).search(query_type="hybrid").vector(emb.tolist()).distance_type("cosine")
+    q = (
+        searcher.store.table(S.SEGMENTS)
+        .search(query_type="hybrid", vector_column_name="embedding")
+        .vector(emb.tolist())
+        .distance_type("cosine")
+    )
     q = q.text(MatchQuery(query, "caption")).rerank(RRFReranker(K=RRF_K))
     if filters:
         q = q.where("array_has_any(class_names, make_array('dog'))", prefilter=True)
@@ -263,7 +268,8 @@ def test_cli_mode_and_its_errors(db, capsys) -> None:
 
     for args, msg in [
         (["a dog", "--mode", "text", "--level", "frames"], "only segments have"),
-        (["a dog", "--mode", "text", "--level", "texts"], "--mode does not apply to level texts"),
+        # on-screen text is searched by meaning too, but this database holds no text spans, so no vectors of them
+        (["a dog", "--mode", "vector", "--level", "texts"], "this database has no texts vectors of"),
     ]:  # in this process (the command's error handling without the log set-up of main)
         capsys.readouterr()
         parsed = cli.parser().parse_args(["search", "--config", "tiny", "--db", cfg.db.path, *args])
@@ -317,14 +323,18 @@ def test_page_mode_selector(db, browser) -> None:
         page.wait_for_selector("#status >> text=indexed")
         page.select_option("#level", "frames")
         page.select_option("#mode", "text")
-        assert page.locator("#level").is_disabled() and page.input_value("#level") == "segments"
+        # frames and tracks have no words: the level moves to segments and they cannot be chosen in text mode
+        assert page.input_value("#level") == "segments"
+        levels = page.locator("#level option").evaluate_all("os => os.map(o => [o.value, o.disabled])")
+        assert dict(levels)["frames"] and dict(levels)["tracks"] and not dict(levels)["segments"]
         page.fill("#text", query)
         page.click("#go")
         page.wait_for_selector("#message >> text=text mode")
         shown = page.locator(".result").evaluate_all("cs => cs.map(c => [c.dataset.videoId, +c.dataset.start])")
         assert shown == [[r.video_id, r.start_s] for r in want] and len(want) > 1
         page.select_option("#mode", "vector")
-        assert not page.locator("#level").is_disabled()
+        levels = page.locator("#level option").evaluate_all("os => os.map(o => [o.value, o.disabled])")
+        assert not dict(levels)["frames"] and not dict(levels)["tracks"]
         page.close()
 
 

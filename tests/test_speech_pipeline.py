@@ -171,3 +171,17 @@ def test_a_word_belongs_to_the_segment_holding_its_midpoint() -> None:
     assert phrase and coverage == 1.0 and [w["word"] for w in hit] == ["It", "was"]
     assert match_words(tokens("was it"), words)[:2] == (False, 1.0)
     assert json.dumps(hit)  # plain data, as the API serialises it
+
+
+def test_a_segment_hands_on_the_whole_utterances_it_overlaps() -> None:
+    said = [
+        {"start_s": 0.5, "end_s": 5.5, "text": "It was the best of times.", "words": []},
+        {"start_s": 6.0, "end_s": 7.0, "text": " It was  the worst ", "words": []},
+        {"start_s": 12.5, "end_s": 13.0, "text": "Later.", "words": []},
+    ]
+    spoken = SegmentWords(said)
+    assert spoken.around(0.0, 4.0) == "It was the best of times."
+    # the first utterance crosses the boundary at 4 s: the next segment embeds it whole, with the one after
+    assert spoken.around(4.0, 8.0) == "It was the best of times. It was the worst"
+    assert spoken.around(8.0, 12.0) is None  # nothing said there
+    assert spoken.around(12.0, 16.0) == "Later."

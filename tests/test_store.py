@@ -204,7 +204,10 @@ def test_migrate_adds_new_columns_to_tables_of_an_older_release_and_keeps_their_
     assert "caption" not in reopened.table(S.SEGMENTS).schema.names
 
     migrated = reopened.migrate()
-    assert migrated[S.SEGMENTS] == ["shot_idx", "shot_start_s", "shot_end_s", "caption", "screen_text", "speech"]
+    assert migrated[S.SEGMENTS] == [
+        "shot_idx", "shot_start_s", "shot_end_s", "caption", "screen_text", "speech",
+        "caption_vector", "screen_text_vector", "speech_vector", S.TEXT_MODEL,
+    ]  # fmt: skip
     assert migrated[S.FRAMES] == ["shot_idx", "text_lines"]
     assert reopened.migrate() == {}  # nothing left to add
     old = reopened.rows(S.SEGMENTS)
@@ -219,3 +222,21 @@ def test_migrate_adds_new_columns_to_tables_of_an_older_release_and_keeps_their_
     reopened.commit([video_row("b")], tables_of(rows))
     assert reopened.rows(S.SEGMENTS, "video_id = 'b'", ["caption"]).column("caption").to_pylist()[0] == "a cat"
     assert reopened.count(S.SEGMENTS, "video_id = 'a'") == old.num_rows
+
+
+def test_a_sentence_embedder_of_another_width_replaces_the_text_vectors_and_keeps_the_rows(tmp_path) -> None:
+    store = Store(str(tmp_path / "db"), DIM)
+    store.begin([video_row("a")])
+    store.commit([video_row("a")], tables_of(content("a", [0.0, 1.0])))
+    seg = store.table(S.SEGMENTS)
+    assert seg.schema.field("speech_vector").type.list_size == S.TEXT_DIM
+    n = seg.count_rows()
+    wider = Store(store.uri, DIM, text_dim=S.TEXT_DIM * 2)  # a model of 768 dimensions
+    migrated = wider.migrate()
+    assert migrated[S.SEGMENTS] == ["caption_vector", "screen_text_vector", "speech_vector"]
+    assert S.SPEECH not in migrated or migrated[S.SPEECH] == ["text_vector"]
+    table = wider.table(S.SEGMENTS)
+    assert table.count_rows() == n and table.schema.field("speech_vector").type.list_size == S.TEXT_DIM * 2
+    assert table.count_rows("speech_vector IS NOT NULL") == 0
+    assert Store(store.uri).text_dim == S.TEXT_DIM * 2  # a reader reads the width from the table
+    assert wider.migrate() == {}

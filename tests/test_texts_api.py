@@ -12,7 +12,6 @@ import httpx
 import pytest
 
 from pipeline.search.searcher import Searcher
-from pipeline.search.text import TextSearcher
 from pipeline.serve.app import create_app
 from pipeline.store import schema as S
 from pipeline.store.db import Store
@@ -40,7 +39,8 @@ def test_a_text_hit_carries_its_text_span_box_and_thumbnail(live, text_db) -> No
     body = res.json()
     assert body["level"] == "texts" and body["count"] == len(body["results"]) >= 1
     top = body["results"][0]
-    expected = TextSearcher(cfg.db.path).search("gate 7 closed", k=5)
+    expected = Searcher(cfg.db.path, cfg).texts_searcher().search("gate 7 closed", k=5)  # hybrid, the default
+    assert body["mode"] == "hybrid"
     assert [r["text_id"] for r in body["results"]] == [h.text_id for h in expected]
     assert top["id"] == top["text_id"] and top["level"] == "texts"
     assert "GATE" in top["text"].upper() and "CLOSED" in top["text"].upper()
@@ -82,15 +82,15 @@ def test_what_does_not_apply_to_text_is_a_clear_400(live) -> None:
     assert res.status_code == 400 and "do not apply" in res.json()["detail"]
     res = _search(live, text="gate", rerank="attention")
     assert res.status_code == 400 and "re-rankers" in res.json()["detail"]
-    res = _search(live, text="gate", mode="hybrid")  # modes are about captions
-    assert res.status_code == 400 and "modes are for segments" in res.json()["detail"]
+    res = _search(live, text="gate", mode="words")
+    assert res.status_code in (400, 422)
     res = _search(live, text="   ")
     assert res.status_code == 400 and "empty" in res.json()["detail"]
     jpeg = b"\xff\xd8\xff\xe0 not decoded: refused before any decoding"
     res = httpx.post(
         f"{live}/api/search", data={"level": "texts"}, files={"image": ("q.jpg", jpeg)}, headers=AUTH, timeout=60
     )
-    assert res.status_code == 400 and "searched by words" in res.json()["detail"]
+    assert res.status_code == 400 and "searched by words and meaning" in res.json()["detail"]
     surrogate = rb'{"text": "gate \ud800", "level": "texts"}'  # a lone surrogate, as a JSON escape
     res = httpx.post(f"{live}/api/search", content=surrogate, headers={**AUTH, **JSON}, timeout=60)
     assert res.status_code == 400 and "Unicode" in res.json()["detail"]
@@ -110,3 +110,13 @@ def test_a_database_without_a_texts_table_is_a_clear_400(text_db, tmp_path) -> N
         assert res.status_code == 400 and "no on-screen text" in res.json()["detail"]
         res = httpx.post(f"{url}/api/search", json={"text": "gate", "level": "texts"}, headers=AUTH, timeout=60)
         assert res.status_code == 400 and "ocr.engine=rapidocr" in res.json()["detail"]
+
+
+def test_on_screen_text_is_found_by_meaning_where_no_word_matches(live) -> None:
+    query = "entrance number seven is shut"  # no word of it is on screen
+    assert _search(live, text=query, mode="text").json()["count"] == 0
+    for mode in ("vector", "hybrid"):
+        body = _search(live, text=query, mode=mode, k=3).json()
+        assert body["mode"] == mode and body["count"] >= 1
+        top = body["results"][0]
+        assert "GATE" in top["text"].upper() and 0.3 < top["score"] <= 1.0

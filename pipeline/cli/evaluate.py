@@ -1,5 +1,5 @@
 """``vidsearch evaluate --manifest M``: the dispatcher of the evaluations, by the manifest's ``kind``
-(retrieval, shots, ocr, detection, speech); each evaluation is imported only when its manifest asks for it."""
+(retrieval, shots, ocr, detection, speech, semantic); each evaluation is imported only when its manifest asks for it."""
 
 from __future__ import annotations
 
@@ -103,6 +103,12 @@ def run(args: argparse.Namespace) -> int:
         from pipeline.evaluation.speech import run_speech_configs
 
         results, notices = run_speech_configs(
+            args.manifest, configs, args.overrides, args.media_root, args.work_dir, k=args.k, start_ray=_ray(args)
+        )
+    elif kind == "semantic":
+        from pipeline.evaluation.semantic import run_semantic_configs
+
+        results, notices = run_semantic_configs(
             args.manifest, configs, args.overrides, args.media_root, args.work_dir, k=args.k, start_ray=_ray(args)
         )
     elif kind == "ocr":

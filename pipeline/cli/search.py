@@ -35,10 +35,11 @@ def add(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--rerank", default="default", help="re-ranker name, or 'none'")
     p.add_argument(
         "--mode",
-        default="vector",
+        default=None,
         choices=["vector", "text", "hybrid"],
-        help="vector: embeddings; text: full-text over segment captions, on-screen text and speech; hybrid: both "
-        "fused by reciprocal rank",
+        help="vector: embeddings (at levels texts and speech: sentence embeddings, by meaning); text: full-text "
+        "(segments: over captions, on-screen text and speech); hybrid: both fused by reciprocal rank. Default: "
+        "hybrid at levels texts and speech, vector elsewhere",
     )
     p.add_argument("--json", action="store_true", help="print JSON")
     p.set_defaults(func=run)
@@ -93,13 +94,15 @@ def read_image(path: str) -> bytes:
 
 
 def run_texts(args: argparse.Namespace, cfg: Any) -> int:
-    """On-screen text: full-text search over the text spans."""
+    """On-screen text: the text spans searched by their words and meaning."""
     from pipeline.errors import SearchError
-    from pipeline.search.text import TextSearcher
+    from pipeline.search.searcher import Searcher, default_mode
 
-    if args.mode != "vector":
-        raise SearchError("--mode does not apply to level texts (on-screen text is always searched by its words)")
-    hits = TextSearcher(cfg.db.path).search(args.text or "", k=args.k, filters=filters(args))
+    if args.image:
+        raise SearchError("on-screen text is searched by words and meaning: give a text query, not --image")
+    searcher = Searcher(cfg.db.path, cfg).texts_searcher()
+    mode = args.mode or default_mode("texts")
+    hits = searcher.search(args.text or "", k=args.k, filters=filters(args), mode=mode, rrf_k=cfg.search.rrf_k)
     if args.json:
         print(json.dumps([h.as_dict() for h in hits], indent=2))
     else:

@@ -28,12 +28,33 @@ from operators.assemble import SegmentConfig, VideoAssembler, assemble_video
 from operators.base import Batch, Columns
 from operators.contract import ASSEMBLY_COLUMNS, CONTENT_TABLES
 from operators.detect_track import DetectConfig
+from operators.text_embed import TextEmbedConfig, TextEmbedder
 from operators.text_spans import SpanConfig
 from pipeline.store import schema as S
 from pipeline.store.fragments import FragmentBuffer, to_arrow
 
 #: Columns of the result rows the driver receives.
 RESULT_COLUMNS = ("video_id", "error", "result")
+
+
+class TextVectorFill:
+    """Completes rows with their sentence embeddings before they are written (``FragmentBuffer.prepare``): for
+    each of a table's ``TEXT_VECTORS``, the vector of the row's text (null where it is empty) and the model's id.
+    The model loads on the first text there is to embed, so a run whose videos hold none never loads it."""
+
+    def __init__(self, cfg: TextEmbedConfig, embedder: TextEmbedder | None = None) -> None:
+        self.embedder = embedder or TextEmbedder(cfg)
+
+    def __call__(self, table: str, rows: list[dict[str, Any]]) -> None:
+        columns = S.text_vectors(table)
+        if not columns or not rows:
+            return
+        for v in columns:
+            for r, vec in zip(rows, self.embedder.passages([r.get(v.source) for r in rows]), strict=True):
+                r[v.column] = vec
+        label = self.embedder.model_id
+        for r in rows:
+            r[S.TEXT_MODEL] = label if any(r.get(v.column) is not None for v in columns) else None
 
 
 class AssemblerActor:
@@ -48,11 +69,14 @@ class AssemblerActor:
         sample_fps: float,
         fragment_rows: int,
         spans: SpanConfig,
+        text_embed: TextEmbedConfig | None = None,
+        text_dim: int = S.TEXT_DIM,
     ) -> None:
         import ray
 
         self.db_uri = db_uri
-        self.schemas = {name: S.table_schema(name, dim) for name in CONTENT_TABLES}
+        self.schemas = {name: S.table_schema(name, dim, text_dim) for name in CONTENT_TABLES}
+        self.fill = TextVectorFill(text_embed) if text_embed is not None and text_embed.enabled else None
         self.segments = segments
         self.detect = detect
         self.sample_fps = sample_fps
@@ -67,7 +91,7 @@ class AssemblerActor:
         if video_id in self.results:
             return [self.results[video_id]]
         if video_id not in self.open:
-            buf = FragmentBuffer(self.db_uri, self.schemas, self.fragment_rows)
+            buf = FragmentBuffer(self.db_uri, self.schemas, self.fragment_rows, self.fill)
             va = VideoAssembler(video_id, self.segments, self.detect, self.sample_fps, buf.add, self.spans)
             self.open[video_id] = (va, buf)
         va, buf = self.open[video_id]
@@ -93,12 +117,22 @@ class AssemblerActor:
 
 
 def assemble_tables(
-    video_id: str, rows: Batch, segments: SegmentConfig, detect: DetectConfig | None, sample_fps: float, dim: int
+    video_id: str,
+    rows: Batch,
+    segments: SegmentConfig,
+    detect: DetectConfig | None,
+    sample_fps: float,
+    dim: int,
+    fill: TextVectorFill | None = None,
+    text_dim: int = S.TEXT_DIM,
 ) -> dict[str, pa.Table]:
     """One video's frame rows, all at once, as the Arrow rows of every content table (the sequential path and
     tests; the graph streams through ``AssemblerActor`` instead)."""
     out = assemble_video(video_id, rows, segments, detect, sample_fps)
-    return {name: to_arrow(out[name], S.table_schema(name, dim)) for name in CONTENT_TABLES}
+    if fill is not None:
+        for name in CONTENT_TABLES:
+            fill(name, out[name])
+    return {name: to_arrow(out[name], S.table_schema(name, dim, text_dim)) for name in CONTENT_TABLES}
 
 
 def start_assemblers(
@@ -111,6 +145,8 @@ def start_assemblers(
     sample_fps: float,
     fragment_rows: int,
     spans: SpanConfig,
+    text_embed: TextEmbedConfig | None = None,
+    text_dim: int = S.TEXT_DIM,
 ) -> tuple[str, list[Any]]:
     """Start ``n`` named assembler actors for one run; returns (their name prefix, the handles)."""
     import ray
@@ -122,7 +158,7 @@ def start_assemblers(
         # A restarted assembler has lost its open videos (they end ``Incomplete``) but serves the rest of the run.
         remote.options(
             name=f"{prefix}-{i}", num_cpus=num_cpus, scheduling_strategy="SPREAD", max_restarts=-1, max_task_retries=-1
-        ).remote(db_uri, dim, segments, detect, sample_fps, fragment_rows, spans)
+        ).remote(db_uri, dim, segments, detect, sample_fps, fragment_rows, spans, text_embed, text_dim)
         for i in range(n)
     ]
     ray.get([a.open_videos.remote() for a in actors])  # type: ignore[attr-defined]  # started, so a failure to start surfaces here

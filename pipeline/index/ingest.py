@@ -115,6 +115,8 @@ class Ingest:
                 cfg.decode.fps,
                 cfg.db.fragment_rows,
                 cfg.spans,
+                cfg.text_embed,
+                self.store.text_dim,
             )
         # The graph's source rows (C.VIDEO_ROW_COLUMNS); the fingerprint lets decode refuse a file whose content
         # changed since it was listed.

@@ -26,6 +26,8 @@ from operators.captions import RANDOM_CAPTIONS_NOTICE
 from operators.detect_track import resolve_yolo
 from operators.encoders import embedding_dim, resolve_checkpoint
 from operators.speech import model_path
+from operators.text_embed import model_path as text_model_path
+from operators.text_embed import text_dim
 from operators.weights import resolve_caption_checkpoint
 from pipeline.config import Config
 from pipeline.index.catalog import VideoFile, list_videos, prune
@@ -37,7 +39,6 @@ from pipeline.store.lock import DatabaseLock
 from pipeline.store.maintenance import maintain, needs_maintenance
 
 log = logging.getLogger(__name__)
-
 
 
 @dataclass
@@ -112,6 +113,8 @@ def preflight(cfg: Config) -> str | None:
         resolve_caption_checkpoint(cfg.captions)  # a random captioner is built and saved here, once
     if cfg.speech.model != "none":
         model_path(cfg.speech.model)  # hash-checked, or a sentence saying how to get it
+    if cfg.text_embed.enabled:
+        text_model_path(cfg.text_embed)
     return checkpoint
 
 
@@ -129,7 +132,8 @@ class Runner:
         self.retry_failed = retry_failed
         self.incremental = incremental
         self.dim = embedding_dim(cfg.encoder)
-        self.store = Store(cfg.db.path, self.dim)
+        self.text_dim = text_dim(cfg.text_embed)
+        self.store = Store(cfg.db.path, self.dim, text_dim=self.text_dim)
         self.version = cfg.pipeline_version()
 
     def plan(self, files: list[VideoFile], summary: RunSummary, quarantined: dict[str, set[str]] | None = None) -> Plan:

@@ -21,9 +21,11 @@
   so quotes, ``AND`` or ``:`` in a query are words, not operators. Score: BM25 divided by the best candidate's,
   so the top hit scores 1 (BM25 has no fixed range and the fusion re-rankers add a score in [-1, 1]).
   With screen text or speech too, the word rankings that found something are fused by RRF (below).
-- **hybrid** mode: the vector ranking (``Searcher.stage1``, exactly vector mode's) and the word rankings
-  (caption, then screen text, then speech, each where its index exists), each ``k * search.overfetch`` deep and
-  prefiltered by the same ``where``, fused by reciprocal-rank fusion: ``rrf(d) = sum over the lists containing d of
+- **hybrid** mode: the vector ranking (``Searcher.stage1``, exactly vector mode's), the word rankings
+  (caption, then screen text, then speech, each where its index exists) and the rankings by meaning (the
+  sentence embeddings of the captions, on-screen text and speech, each where the database holds vectors of the
+  query model; ``pipeline/search/meaning.py``), each ``k * search.overfetch`` deep and prefiltered by the same
+  ``where``, fused by reciprocal-rank fusion: ``rrf(d) = sum over the lists containing d of
   1 / (rrf_k + rank)``, reported scaled by ``(rrf_k + 1) / n_lists`` so a segment first in every list scores 1.
   Ties go to the vector ranking's order, then the caption ranking's, then the screen text's, then speech's.
 
@@ -45,7 +47,7 @@ from typing import Any, Literal, cast
 
 from operators.text_spans import normalise
 from pipeline.errors import SearchError
-from pipeline.search.speech import word_candidates
+from pipeline.search.speech import evidence, match_words, tokens, word_candidates
 from pipeline.search.text import match_score
 from pipeline.store import schema as S
 from pipeline.store.fts import CAPTION_FTS, SCREEN_FTS, SEGMENT_SPEECH_FTS, WORD_INDEXES
@@ -181,6 +183,7 @@ def caption_stage1(
     vector: Callable[[int], list[dict[str, Any]]],
     keep: Callable[[dict[str, Any]], bool],
     rrf_k: int = 60,
+    dense: tuple[Callable[[int], list[dict[str, Any]]], ...] = (),
 ) -> list[tuple[dict[str, Any], float]]:
     """Stage 1 of ``text`` or ``hybrid`` mode: up to ``fetch`` rows, best first, with their score.
 
@@ -191,20 +194,25 @@ def caption_stage1(
     The word rankings are the caption's and the on-screen text's, each where its index exists. ``text`` mode
     with one ranking that found something scores as that ranking does (BM25 over the best, or the on-screen
     similarity); with two, they are fused by ``rrf``. ``hybrid`` fuses the vector ranking with every word
-    ranking that has an index (found something or not, so a database's scores do not depend on the query)."""
+    ranking that has an index (found something or not, so a database's scores do not depend on the query), and
+    the ``dense`` rankings (``dense[i](n)``: the segments nearest the query in meaning by one text-vector column,
+    ``pipeline/search/meaning.py``); there the speech ranking keeps only segments holding the query as a phrase
+    or half its words that are not stop words (``speech.evidence``)."""
     legs = check_word_indexes(table)
     n = fetch if mode == "text" else depth
     rank = {
         CAPTION_COLUMN: lambda: text_ranking(table, text, columns, n, where),
         SCREEN_COLUMN: lambda: screen_ranking(table, text, columns, n, where),
-        SPEECH_COLUMN: lambda: word_candidates(table, SPEECH_COLUMN, text, columns, n, where),
+        SPEECH_COLUMN: lambda: _speech_ranking(table, text, columns, n, where, mode == "hybrid"),
     }
     pending = [_pool().submit(rank[leg]) for leg in legs]  # the word rankings run beside the vector one
+    meanings = [_pool().submit(leg, depth) for leg in dense] if mode == "hybrid" else []
     vector_rows = vector(depth) if mode == "hybrid" else []
     words = [[r for r in p.result() if keep(r)] for p in pending]
     key = columns[0]
     if mode == "hybrid":
-        return fuse([[r for r in vector_rows if keep(r)], *words], key, rrf_k)[:fetch]
+        near = [[r for r in p.result() if keep(r)] for p in meanings]
+        return fuse([[r for r in vector_rows if keep(r)], *words, *near], key, rrf_k)[:fetch]
     found = [(leg, rows) for leg, rows in zip(legs, words, strict=True) if rows]
     if len(found) > 1:
         return fuse([rows for _, rows in found], key, rrf_k)[:fetch]
@@ -213,6 +221,23 @@ def caption_stage1(
     leg, rows = found[0]
     scores = [float(r["_score"]) for r in rows] if leg == SCREEN_COLUMN else text_scores(rows)
     return list(zip(rows, scores, strict=True))
+
+
+def _speech_ranking(
+    table: Any, text: str, columns: list[str], n: int, where: str | None, content_only: bool
+) -> list[dict[str, Any]]:
+    """The segments' speech ranking (phrase first, then BM25); with ``content_only``, only the segments that hold
+    the query as a phrase or are evidence for it (``speech.evidence``)."""
+    rows = word_candidates(table, SPEECH_COLUMN, text, [*columns, SPEECH_COLUMN], n, where)
+    query = tokens(text)
+    if not content_only or not query:
+        return rows
+    out = []
+    for r in rows:
+        phrase, _, matched = match_words(query, [{"word": w} for w in (r.get(SPEECH_COLUMN) or "").split()])
+        if phrase or evidence(query, matched):
+            out.append(r)
+    return out
 
 
 _POOL: ThreadPoolExecutor | None = None

@@ -11,23 +11,30 @@ from __future__ import annotations
 import io
 import os
 import sys
+from collections.abc import Callable
+from functools import partial
 from typing import Any, Literal, cast
 
 import numpy as np
 
 from operators.encoders import OpenClipEncoder, build_encoder, embedding_dim
 from operators.rerank import RERANKERS, Query, RerankInput, build_reranker
+from operators.text_embed import TextEmbedder
 from pipeline.config import Config
 from pipeline.errors import SearchError
 from pipeline.search.contexts import contexts as span_contexts
 from pipeline.search.filters import Filters, compile_filters, parse_filters
 from pipeline.search.hybrid import Mode, caption_stage1, check_mode
+from pipeline.search.meaning import VectorColumns, dense_ranking
 from pipeline.search.results import SHOT_COLUMNS, Box, SearchResult
-from pipeline.search.speech import SPEECH_LEVEL, speech_results
+from pipeline.search.speech import SPEECH_LEVEL, SpeechSearcher, speech_results
+from pipeline.search.text import TextSearchConfig, TextSearcher
 from pipeline.store import schema as S
 from pipeline.store.db import Store, in_list, quote
 from pipeline.store.schema import Level
 
+#: The levels searched by their words and meaning, whose default mode is hybrid (the others': vector).
+TEXT_LEVELS = (S.SPEECH, S.TEXTS)
 FRAME_TEXT = "text_lines"  # frames: the lines of on-screen text read on the frame
 #: Per level: the columns stage 1 reads, those ``Searcher._result`` builds a result from.
 RESULT_COLUMNS: dict[str, list[str]] = {
@@ -47,6 +54,11 @@ RESULT_COLUMNS: dict[str, list[str]] = {
 }
 
 
+def default_mode(level: str) -> Mode:
+    """The mode a search at ``level`` gets when it names none: hybrid at the text levels, vector elsewhere."""
+    return "hybrid" if level in TEXT_LEVELS else "vector"
+
+
 class Searcher:
     """Search over the database at ``db`` with the encoder and search settings of ``config``."""
 
@@ -54,6 +66,8 @@ class Searcher:
         self.cfg = config
         self.store = db if isinstance(db, Store) else Store(db, embedding_dim(config.encoder))
         self.encoder = encoder
+        self._text_embedder: TextEmbedder | None = None
+        self.vectors = VectorColumns()  # which text-vector columns hold vectors of the query model
         self._rerankers: dict[str, Any] = {}
         self._shot_levels: set[str] = set()  # levels whose table has the shot columns (they are never dropped)
 
@@ -63,6 +77,22 @@ class Searcher:
             self.encoder = build_encoder(self.cfg.encoder)
             self.encoder.setup()
         return self.encoder
+
+    def text_embedder(self) -> TextEmbedder | None:
+        """The sentence embedder of the config's ``text_embed`` model (loaded on its first query), or None when
+        text embedding is off."""
+        if not self.cfg.text_embed.enabled:
+            return None
+        if self._text_embedder is None:
+            self._text_embedder = TextEmbedder(self.cfg.text_embed)
+        return self._text_embedder
+
+    def speech_searcher(self) -> SpeechSearcher:
+        return SpeechSearcher(self.store, self.text_embedder(), self.vectors, self.cfg.maintenance)
+
+    def texts_searcher(self, cfg: TextSearchConfig | None = None) -> TextSearcher:
+        """The on-screen text searcher (level ``texts``), with this searcher's query embedder."""
+        return TextSearcher(self.store, cfg, self.text_embedder(), self.vectors, self.cfg.maintenance)
 
     def embed_query(self, text: str | None, image: Any) -> Query:
         if (text is None) == (image is None):
@@ -93,15 +123,20 @@ class Searcher:
         level: Level | Literal["speech"] = "segments",
         filters: Filters | dict[str, Any] | None = None,
         rerank: str | None | Literal["default"] = "default",
-        mode: Mode = "vector",
+        mode: Mode | None = None,
     ) -> list[SearchResult]:
         """``mode``: ``vector`` (embedding search), ``text`` (full-text over captions, on-screen text and speech)
-        or ``hybrid`` (both, fused by reciprocal rank; ``pipeline/search/hybrid.py``). The filters and the re-ranker
-        apply in every mode. Level ``speech`` is searched by words only (``pipeline/search/speech.py``)."""
+        or ``hybrid`` (both, fused by reciprocal rank; ``pipeline/search/hybrid.py``); None: the level's default
+        (``default_mode``). The filters and the re-ranker apply in every mode. Level ``speech`` is searched by its
+        words and their meaning (``pipeline/search/speech.py``)."""
+        mode = default_mode(level) if mode is None else mode
         if level == SPEECH_LEVEL:
             if isinstance(text, str):
                 self._check_text(text)
-            return speech_results(self.store, text, image, k, filters, rerank, mode, self.cfg.search.max_k)
+            return speech_results(
+                self.store, text, image, k, filters, rerank, mode, self.cfg.search.max_k, self.speech_searcher(),
+                self.cfg.search.rrf_k,
+            )  # fmt: skip
         level = cast(Level, level)
         if level not in S.LEVELS:
             raise SearchError(f"level must be one of {', '.join([*S.LEVELS, SPEECH_LEVEL])}")
@@ -185,6 +220,7 @@ class Searcher:
                 vector=lambda n: self.stage1(query.embedding, level, n, where).to_pylist(),
                 keep=lambda r: r["video_id"] in videos,
                 rrf_k=self.cfg.search.rrf_k,
+                dense=self._dense_legs(mode, level, str(query.text), where),
             )
         except SearchError as exc:
             raise SearchError(str(exc)) from None
@@ -194,6 +230,27 @@ class Searcher:
             res.score = res.stage1_score = score
             results.append(res)
         return results
+
+    def _dense_legs(
+        self, mode: Mode, level: Level, text: str, where: str | None
+    ) -> tuple[Callable[[int], list[dict[str, Any]]], ...]:
+        """Hybrid's rankings by meaning at ``level``: one per text-vector column holding vectors of the query
+        model (none in text mode, or without a text embedder)."""
+        embedder = self.text_embedder() if mode == "hybrid" else None
+        if embedder is None:
+            return ()
+        table = self.store.table(level)
+        model = embedder.model_id
+        columns = [v.column for v in S.text_vectors(level) if self.vectors.has(table, level, v.column, model)]
+        if not columns:
+            return ()
+        vec = embedder.query(text)
+        return tuple(partial(self._dense, table, col, vec, model, RESULT_COLUMNS[level], where) for col in columns)
+
+    def _dense(
+        self, table: Any, column: str, vec: np.ndarray, model: str, columns: list[str], where: str | None, n: int
+    ) -> list[dict[str, Any]]:
+        return dense_ranking(table, column, vec, model, columns, n, where, self.cfg.maintenance)
 
     def _result(self, level: str, r: dict[str, Any], path: str) -> SearchResult:
         score = 1.0 - float(r["_distance"])

@@ -1,5 +1,6 @@
-"""Search what is said: full-text over the ``speech`` table (one row per utterance), and the phrase-aware word
-ranking of ``segments.speech`` that text and hybrid mode fuse with the captions' (``pipeline/search/hybrid.py``).
+"""Search what is said: full-text and sentence embeddings over the ``speech`` table (one row per utterance), and the
+phrase-aware word ranking of ``segments.speech`` that text and hybrid mode fuse with the captions'
+(``pipeline/search/hybrid.py``).
 
 Two stages, like the other searches:
 
@@ -13,6 +14,9 @@ Two stages, like the other searches:
    ``coverage`` the share of the query's distinct words it holds. Score: 1 for the phrase (a single word
    spoken counts), else ``coverage / 2``; ties go to BM25. A hit returns the words that matched, with their
    times: the phrase's words, else every word matching a query word.
+
+By meaning: each utterance's sentence embedding (``text_vector``) is searched too, in ``vector`` mode alone and in
+``hybrid`` mode (the default) fused with the word ranking, exact phrases first (``pipeline/search/meaning.py``).
 
 Only utterances of videos marked ``complete`` are returned, so a run in progress or a crashed one is never visible.
 """
@@ -33,11 +37,19 @@ from pipeline.store.db import Store
 from pipeline.store.fts import SPEECH_FTS
 
 SPEECH_LEVEL = S.SPEECH
+TEXT_VECTOR = "text_vector"  # the utterance's sentence embedding (pipeline/store/schema.py, TEXT_VECTORS)
+COLUMNS = ["utterance_id", "video_id", "start_s", "end_s", "text", "words", "language"]
 OVERFETCH = 10  # candidates per requested hit for the re-scoring stage
 MAX_QUERY_CHARS = 500
 #: Endings dropped before two words are compared ("hoped" ~ "hope", "times" ~ "time"), longest first: roughly
 #: what the index's stemmer does, so the words a hit returns are those the index matched.
 ENDINGS = ("ing", "ed", "es", "s", "ly")
+#: Lucene's English stop words (tantivy's list): the speech index keeps them, for phrase queries, but a row that
+#: shares only these with a query is no evidence for it (``evidence``, ``pipeline/search/meaning.py``).
+STOP_WORDS = frozenset(
+    "a an and are as at be but by for if in into is it no not of on or such that the their then there these they "
+    "this to was will with".split()
+)
 
 
 @dataclass
@@ -53,8 +65,10 @@ class SpeechHit:
     match_start_s: float  # the span of the matched words (the utterance's when none matched by word)
     match_end_s: float
     language: str
-    score: float  # 1: the query's words in order; else half the share of its words present
-    index_score: float  # BM25
+    # text mode: 1 for the query's words in order, else half the share of its words present; vector mode: cosine
+    # similarity; hybrid: the fused reciprocal-rank score (1: first in both rankings)
+    score: float
+    index_score: float  # BM25 of the word ranking (the cosine similarity for a hit found by meaning alone)
 
     def as_dict(self) -> dict[str, Any]:
         return asdict(self)
@@ -66,7 +80,21 @@ def tokens(text: str) -> list[str]:
     return re.findall(r"[a-z0-9]+", folded)
 
 
-def _stem(token: str) -> str:
+def content_words(query: list[str]) -> set[str]:
+    """The stemmed tokens of ``query`` that are not stop words."""
+    return {stem(t) for t in query if t not in STOP_WORDS}
+
+
+def evidence(query: list[str], matched: list[dict[str, Any]]) -> bool:
+    """Whether the ``matched`` words of a row (not holding the query as a phrase) are evidence for ``query`` in a
+    hybrid search: they hold at least half of its content words (the words that are not stop words). A row
+    sharing one word of a longer paraphrase ("an age of faith and of doubt" and "the age of wisdom") is not."""
+    want = content_words(query)
+    have = {stem(t) for w in matched for t in tokens(str(w["word"]))}
+    return bool(want) and len(want & have) >= 0.5 * len(want)
+
+
+def stem(token: str) -> str:
     for end in ENDINGS:
         if token.endswith(end) and len(token) - len(end) >= 3:
             return token[: -len(end)]
@@ -76,8 +104,8 @@ def _stem(token: str) -> str:
 def match_words(query: list[str], words: list[dict[str, Any]]) -> tuple[bool, float, list[dict[str, Any]]]:
     """(the query's tokens appear consecutively in order, the share of its distinct tokens present, the matched
     words) for an utterance's ``words``."""
-    want = [_stem(t) for t in query]
-    flat = [(_stem(t), i) for i, w in enumerate(words) for t in tokens(str(w["word"]))]
+    want = [stem(t) for t in query]
+    flat = [(stem(t), i) for i, w in enumerate(words) for t in tokens(str(w["word"]))]
     if not want or not flat:
         return False, 0.0, []
     have = {t for t, _ in flat}
@@ -120,16 +148,37 @@ def word_candidates(
 
 
 class SpeechSearcher:
-    """Search the ``speech`` table of the database at ``db`` by words."""
+    """Search the ``speech`` table of the database at ``db`` by words, by meaning, or both (``mode``; see
+    ``pipeline/search/meaning.py``). ``embedder`` embeds queries (a ``TextEmbedder``; without one, or without
+    vectors of its model in the database, hybrid searches the words alone); ``vectors`` caches which columns
+    hold vectors."""
 
-    def __init__(self, db: str | Store) -> None:
+    def __init__(self, db: str | Store, embedder: Any = None, vectors: Any = None, index: Any = None) -> None:
+        from pipeline.search.meaning import VectorColumns
+
         self.store = db if isinstance(db, Store) else Store(db)
+        self.embedder = embedder
+        self.vectors = vectors or VectorColumns()
+        self.index = index  # the ANN search parameters (a MaintenanceConfig; None: the defaults)
 
-    def search(self, text: str, k: int = 10, filters: Filters | dict[str, Any] | None = None) -> list[SpeechHit]:
+    def search(
+        self,
+        text: str,
+        k: int = 10,
+        filters: Filters | dict[str, Any] | None = None,
+        mode: str = "hybrid",
+        rrf_k: int = 60,
+    ) -> list[SpeechHit]:
+        from pipeline.search.meaning import check_text_mode, dense_ranking, fuse_text_level, no_vectors
+
+        check_text_mode(mode)
         parsed = parse_word_query(text, k, MAX_QUERY_CHARS, filters, "speech")
         query = tokens(text)
         if not query:
             raise SearchError("the query has no words to search for")
+        dense = mode != "text" and self._has_vectors()
+        if mode == "vector" and not dense:
+            raise no_vectors("speech", self.embedder.model_id if self.embedder is not None else None)
         videos = {
             r["video_id"]: r["path"] for r in self.store.complete_videos().select(["video_id", "path"]).to_pylist()
         }
@@ -138,24 +187,54 @@ class SpeechSearcher:
         table = self.store.table(S.SPEECH)
         if not table.count_rows():
             return []
+        where = _where(parsed, videos)
+        scored = [] if mode == "vector" else self._words(table, text, query, k * OVERFETCH, where, videos)
+        if mode == "text" or (mode == "hybrid" and not dense):
+            picked = [(score, words, r) for _, score, words, r in scored]
+        else:
+            near = dense_ranking(
+                table, TEXT_VECTOR, self.embedder.query(text), self.embedder.model_id, COLUMNS, k * OVERFETCH, where,
+                self.index,
+            )  # fmt: skip
+            near = [{**r, "_matched": [], "_phrase": False} for r in near if r["video_id"] in videos]
+            if mode == "vector":
+                picked = [(float(r["_score"]), [], r) for r in near]
+            else:
+                said = [
+                    {**r, "_score": float(key[2]), "_matched": words, "_phrase": key[0]}
+                    for key, _, words, r in scored
+                    if key[0] or evidence(query, words)
+                ]
+                fused = fuse_text_level(said, near, "utterance_id", lambda r: bool(r["_phrase"]), rrf_k)
+                picked = [(score, r["_matched"], r) for r, score in fused]
+        if parsed is not None and parsed.min_score is not None:
+            picked = [x for x in picked if x[0] >= parsed.min_score]
+        return [
+            _hit(i + 1, score, float(r["_score"]), words, r, videos[r["video_id"]])
+            for i, (score, words, r) in enumerate(picked[:k])
+        ]
+
+    def _has_vectors(self) -> bool:
+        if self.embedder is None or not self.store.exists(S.SPEECH):
+            return False
+        return bool(self.vectors.has(self.store.table(S.SPEECH), S.SPEECH, TEXT_VECTOR, self.embedder.model_id))
+
+    def _words(
+        self, table: Any, text: str, query: list[str], fetch: int, where: str | None, videos: dict[str, str]
+    ) -> list[tuple[tuple[bool, float, float], float, list[dict[str, Any]], dict[str, Any]]]:
+        """The word ranking: candidates from the index re-scored on their words (see the module docstring), best
+        first, each as ((phrase, coverage, BM25), score, matched words, row)."""
         if not any(ix.name == SPEECH_FTS.name for ix in table.list_indices()):
             SPEECH_FTS.build(table)  # normally `maintain`'s; a database indexed without it still answers
-        columns = ["utterance_id", "video_id", "start_s", "end_s", "text", "words", "language"]
-        rows = word_candidates(table, "text", text, columns, k * OVERFETCH, _where(parsed, videos))
+        rows = word_candidates(table, "text", text, COLUMNS, fetch, where)
         scored = []
         for r in rows:
             if r["video_id"] not in videos:  # the where clause restricts only when a filter names videos
                 continue
             phrase, coverage, words = match_words(query, r["words"] or [])
-            score = 1.0 if phrase else coverage / 2
-            scored.append(((phrase, coverage, float(r["_score"])), score, words, r))
+            scored.append(((phrase, coverage, float(r["_score"])), 1.0 if phrase else coverage / 2, words, r))
         scored.sort(key=lambda x: x[0], reverse=True)
-        if parsed is not None and parsed.min_score is not None:
-            scored = [x for x in scored if x[1] >= parsed.min_score]
-        return [
-            _hit(i + 1, score, key[2], words, r, videos[r["video_id"]])
-            for i, (key, score, words, r) in enumerate(scored[:k])
-        ]
+        return scored
 
 
 def _hit(rank: int, score: float, bm25: float, words: list[dict[str, Any]], r: dict[str, Any], path: str) -> SpeechHit:
@@ -183,21 +262,22 @@ def speech_results(
     k: int = 10,
     filters: Filters | dict[str, Any] | None = None,
     rerank: str | None = S.RERANK_DEFAULT,
-    mode: str = "vector",
+    mode: str = "hybrid",
     max_k: int = 1000,
+    searcher: SpeechSearcher | None = None,
+    rrf_k: int = 60,
 ) -> list[SearchResult]:
-    """``Searcher.search`` at level ``speech``: the ``SpeechSearcher`` hits as search results (``text``: what was
-    said; ``words``: the matched words with their times; ``stage1_score``: BM25). Utterances have no vectors: an
-    image, a named re-ranker and mode ``hybrid`` are refused; ``vector`` (the default) and ``text`` both search
-    the words."""
+    """``Searcher.search`` at level ``speech``: the ``SpeechSearcher`` hits (``searcher``: one holding the query
+    embedder) as search results (``text``: what was said; ``words``: the matched words with their times;
+    ``stage1_score``: the word ranking's BM25, or the cosine similarity of a hit found by meaning alone). An image
+    and a named re-ranker are refused."""
     if image is not None or text is None:
-        raise SearchError("speech is searched by words: give a text query, not an image, at level speech")
+        raise SearchError("speech is searched by its words and their meaning: give a text query, not an image")
     if rerank not in (None, S.RERANK_NONE, S.RERANK_DEFAULT):
         raise SearchError("re-rankers do not apply to speech (level speech): leave rerank out")
-    if mode == "hybrid":
-        raise SearchError("level speech is searched by its words (mode text); hybrid is for segments")
     if not isinstance(k, int) or isinstance(k, bool) or not 1 <= k <= max_k:
         raise SearchError(f"k must be an integer from 1 to {max_k}")
+    hits = (searcher or SpeechSearcher(store)).search(text, k, filters, mode, rrf_k)
     return [
         SearchResult(
             rank=h.rank,
@@ -213,5 +293,5 @@ def speech_results(
             text=h.text,
             words=h.words,
         )
-        for h in SpeechSearcher(store).search(text, k, filters)
+        for h in hits
     ]

@@ -11,6 +11,10 @@ Two stages, like the vector search:
    between the normalised query and any substring of the normalised text (case, accents and spaces removed),
    as a similarity in [0, 1]; ties go to the line the query covers more of, then to the index score.
 
+By meaning: each span's sentence embedding (``text_vector``) is searched too, in ``vector`` mode alone and in
+``hybrid`` mode (the default) fused with the word ranking, the query as written on screen first
+(``pipeline/search/meaning.py``).
+
 Only spans of videos marked ``complete`` are returned, so a run in progress or a crashed one is never visible.
 ``benchmarks/ocr.py`` and ``evaluate --manifest eval/ocr_text.yaml`` measure the two tokenizers.
 """
@@ -27,6 +31,13 @@ from pipeline.search.filters import Filters, parse_word_query
 from pipeline.store import schema as S
 from pipeline.store.db import Store, in_list
 from pipeline.store.fts import Tokenizer, ensure_text_index
+
+TEXT_VECTOR = "text_vector"  # the span's sentence embedding (pipeline/store/schema.py, TEXT_VECTORS)
+EXACT = 0.999  # a word hit this similar is the query written on screen (hybrid ranks it first)
+#: What a hit is built from.
+HIT_COLUMNS = [
+    "text_id", "video_id", "text", "start_s", "end_s", "best_t", "box", "thumb_id", "conf_mean", "trajectory",
+]  # fmt: skip
 
 
 class TextSearchConfig(StrictModel):
@@ -50,7 +61,9 @@ class TextHit:
     box: list[float]  # normalised x1, y1, x2, y2 on the thumbnail ``thumb_id`` (taken at ``best_t``)
     thumb_id: str
     conf: float
-    score: float  # substring similarity of the query in the text, 0..1
+    # text mode: substring similarity of the query in the text, 0..1; vector: cosine similarity; hybrid: the
+    # fused reciprocal-rank score (1: first in both rankings)
+    score: float
     index_score: float
     trajectory: list[dict[str, float]]
 
@@ -102,22 +115,80 @@ def _where(filters: Filters | None, videos: dict[str, str]) -> str | None:
 
 
 class TextSearcher:
-    """Search the ``texts`` table of the database at ``db`` by words."""
+    """Search the ``texts`` table of the database at ``db`` by words, by meaning, or both (``mode``; see
+    ``pipeline/search/meaning.py``; the word ranking is the two stages above). ``embedder`` embeds queries (a
+    ``TextEmbedder``; without one, or without vectors of its model, hybrid searches the words alone)."""
 
-    def __init__(self, db: str | Store, cfg: TextSearchConfig | None = None) -> None:
+    def __init__(
+        self,
+        db: str | Store,
+        cfg: TextSearchConfig | None = None,
+        embedder: Any = None,
+        vectors: Any = None,
+        index: Any = None,
+    ) -> None:
+        from pipeline.search.meaning import VectorColumns
+
         self.store = db if isinstance(db, Store) else Store(db)
         self.cfg = cfg or TextSearchConfig()
+        self.embedder = embedder
+        self.vectors = vectors or VectorColumns()
+        self.index = index  # the ANN search parameters (a MaintenanceConfig; None: the defaults)
 
-    def search(self, text: str, k: int = 10, filters: Filters | dict[str, Any] | None = None) -> list[TextHit]:
+    def search(
+        self,
+        text: str,
+        k: int = 10,
+        filters: Filters | dict[str, Any] | None = None,
+        mode: str = "hybrid",
+        rrf_k: int = 60,
+    ) -> list[TextHit]:
+        from pipeline.search.meaning import check_text_mode, dense_ranking, fuse_text_level, no_vectors
+
+        check_text_mode(mode)
         parsed = parse_word_query(text, k, self.cfg.max_query_chars, filters, "on-screen text")
+        dense = mode != "text" and self._has_vectors()
+        if mode == "vector" and not dense:
+            raise no_vectors("texts", self.embedder.model_id if self.embedder is not None else None)
         videos = {
             r["video_id"]: r["path"] for r in self.store.complete_videos().select(["video_id", "path"]).to_pylist()
         }
         if not videos or not self.store.exists(S.TEXTS):
             return []
         table = self.store.table(S.TEXTS)
+        where = _where(parsed, videos)
+        fetch = k * self.cfg.overfetch
+        scored = [] if mode == "vector" else self._words(table, text, fetch, where, videos)
+        if mode == "text" or (mode == "hybrid" and not dense):
+            picked = [(s[0], s, r) for s, r in scored]
+        else:
+            vec = self.embedder.query(text)
+            near = dense_ranking(table, TEXT_VECTOR, vec, self.embedder.model_id, HIT_COLUMNS, fetch, where, self.index)
+            near = [{**r, "_sim": (0.0, 0.0, float(r["_score"]))} for r in near if r["video_id"] in videos]
+            if mode == "vector":
+                picked = [(float(r["_score"]), (float(r["_score"]), 0.0, float(r["_score"])), r) for r in near]
+            else:
+                said = [{**r, "_sim": s} for s, r in scored]
+                fused = fuse_text_level(said, near, "text_id", lambda r: r["_sim"][0] >= EXACT, rrf_k)
+                picked = [(score, r["_sim"], r) for r, score in fused]
+        if parsed is not None and parsed.min_score is not None:
+            picked = [x for x in picked if x[0] >= parsed.min_score]
+        return [
+            self._hit(i + 1, (score, s[1], s[2]), r, videos[r["video_id"]])
+            for i, (score, s, r) in enumerate(picked[:k])
+        ]
+
+    def _has_vectors(self) -> bool:
+        if self.embedder is None or not self.store.exists(S.TEXTS):
+            return False
+        return bool(self.vectors.has(self.store.table(S.TEXTS), S.TEXTS, TEXT_VECTOR, self.embedder.model_id))
+
+    def _words(
+        self, table: Any, text: str, fetch: int, where: str | None, videos: dict[str, str]
+    ) -> list[tuple[tuple[float, float, float], dict[str, Any]]]:
+        """The word ranking, best first: ((similarity, coverage, index score), row) of each candidate kept."""
         ensure_text_index(table, self.cfg.tokenizer)
-        rows = self._candidates(table, text, k * self.cfg.overfetch, _where(parsed, videos))
+        rows = self._candidates(table, text, fetch, where)
         key = normalise(text)
         scored = []
         for r in rows:
@@ -127,9 +198,7 @@ class TextSearcher:
             if sim >= self.cfg.min_similarity:
                 scored.append(((sim, cover, float(r["_score"])), r))
         scored.sort(key=lambda x: x[0], reverse=True)
-        if parsed is not None and parsed.min_score is not None:
-            scored = [x for x in scored if x[0][0] >= parsed.min_score]
-        return [self._hit(i + 1, s, r, videos[r["video_id"]]) for i, (s, r) in enumerate(scored[:k])]
+        return scored
 
     def _candidates(self, table: Any, text: str, limit: int, where: str | None) -> list[dict[str, Any]]:
         if self.cfg.tokenizer == "ngram":

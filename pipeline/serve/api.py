@@ -24,9 +24,9 @@ from pipeline.config import Config
 from pipeline.errors import SearchError
 from pipeline.index.catalog import Verifier
 from pipeline.search.hybrid import Mode
-from pipeline.search.searcher import Filters, Searcher
+from pipeline.search.searcher import Filters, Searcher, default_mode
 from pipeline.search.shot_list import video_shots
-from pipeline.search.text import TextSearchConfig, TextSearcher
+from pipeline.search.text import TextSearchConfig
 from pipeline.serve.media import media_type
 from pipeline.store import schema as S
 from pipeline.store.db import Store, quote
@@ -49,8 +49,9 @@ class SearchRequest(BaseModel):
     filters: Filters | None = None
     rerank: str | None = "default"  # a re-ranker name, "default" (the config's), or null / "none"
     # vector, text (full-text over captions, on-screen text and speech) or hybrid (both, fused by reciprocal rank);
-    # level speech is searched by words (vector or text), never hybrid
-    mode: Mode = "vector"
+    # at levels texts and speech, vector searches by meaning (sentence embeddings). None: hybrid at texts and
+    # speech, vector elsewhere
+    mode: Mode | None = None
 
 
 class Api:
@@ -85,8 +86,9 @@ class Api:
         if req.level == TEXTS_LEVEL:
             return self.search_texts(req, image is not None)
         rerank = None if req.rerank in (None, S.RERANK_NONE) else req.rerank
-        # speech hits are ranked by their words alone (pipeline/search/speech.py)
+        # speech hits are ranked by their words and meaning, never re-ranked (pipeline/search/speech.py)
         name = None if req.level == S.SPEECH else S.rerank_choice(rerank, self.cfg.search.rerank)
+        mode = default_mode(req.level) if req.mode is None else req.mode
         t0 = time.perf_counter()
         self.store()
         serial = self.serial or name not in THREAD_SAFE_RERANKERS or name not in self._warm
@@ -98,12 +100,12 @@ class Api:
                 level=cast(Level | Literal["speech"], req.level),
                 filters=req.filters,
                 rerank=rerank,
-                mode=req.mode,
+                mode=mode,
             )
             self._warm.add(name)
         return {
             "level": req.level,
-            "mode": req.mode,
+            "mode": mode,
             "rerank": name,
             "took_ms": round(1000 * (time.perf_counter() - t0), 1),
             "count": len(results),
@@ -116,17 +118,15 @@ class Api:
         return self.store().exists(S.TEXTS)
 
     def search_texts(self, req: SearchRequest, has_image: bool) -> dict[str, Any]:
-        """Level ``texts``: the words of ``req.text`` in the on-screen text spans (``TextSearcher``); each result
-        carries the text read, its span, its normalised box on the thumbnail ``thumb_id`` and the box trajectory.
-        Refused (``SearchError``, a 400): an image, a re-ranker, a database without a ``texts`` table."""
+        """Level ``texts``: ``req.text`` in the on-screen text spans by words and meaning (``TextSearcher``, mode
+        hybrid unless the request names one); each result carries the text read, its span, its normalised box on
+        the thumbnail ``thumb_id`` and the box trajectory. Refused (``SearchError``, a 400): an image, a re-ranker,
+        a database without a ``texts`` table."""
         if has_image:
-            raise SearchError("on-screen text is searched by words: give a text query, not an image, at level texts")
+            raise SearchError("on-screen text is searched by words and meaning: give a text query, not an image")
         if req.rerank not in (None, S.RERANK_NONE, S.RERANK_DEFAULT):
             raise SearchError("re-rankers do not apply to on-screen text (level texts): leave rerank out")
-        if req.mode != "vector":
-            raise SearchError(
-                "modes are for segments (their captions and on-screen text): level texts is always searched by words"
-            )
+        mode = default_mode(TEXTS_LEVEL) if req.mode is None else req.mode
         if not isinstance(req.k, int) or not 1 <= req.k <= self.cfg.search.max_k:
             raise SearchError(f"k must be an integer from 1 to {self.cfg.search.max_k}")
         t0 = time.perf_counter()
@@ -138,10 +138,12 @@ class Api:
             )
         # The first search may build the full-text index (a write), so it runs alone.
         with self._texts_lock if not self._texts_warm else contextlib.nullcontext():
-            hits = TextSearcher(store, self.text_cfg).search(req.text or "", k=req.k, filters=req.filters)
+            searcher = self.searcher.texts_searcher(self.text_cfg)
+            hits = searcher.search(req.text or "", req.k, req.filters, mode, self.cfg.search.rrf_k)
             self._texts_warm = True
         return {
             "level": TEXTS_LEVEL,
+            "mode": mode,
             "rerank": None,
             "took_ms": round(1000 * (time.perf_counter() - t0), 1),
             "count": len(hits),

@@ -219,7 +219,7 @@ def create_app(
         time_range: Annotated[list[float] | None, Query(min_length=2, max_length=2)] = None,
         min_track_duration: float | None = None,
         min_score: float | None = None,
-        mode: Mode = "vector",
+        mode: Mode | None = None,  # None: hybrid at levels texts and speech, vector elsewhere
     ) -> dict[str, Any]:
         raw = {
             "video_ids": video_ids,

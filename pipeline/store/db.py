@@ -52,9 +52,12 @@ class Store:
     (the search server) sees each commit of a concurrent index run as soon as it lands.
     """
 
-    def __init__(self, uri: str, dim: int | None = None, read_consistency_s: float | None = 0.0) -> None:
+    def __init__(
+        self, uri: str, dim: int | None = None, read_consistency_s: float | None = 0.0, text_dim: int | None = None
+    ) -> None:
         self.uri = uri
         self._dim = dim
+        self._text_dim = text_dim
         interval = None if read_consistency_s is None else dt.timedelta(seconds=read_consistency_s)
         self.db = lancedb.connect(uri, read_consistency_interval=interval)
         self._tables: dict[str, Any] = {}
@@ -73,12 +76,28 @@ class Store:
                 raise ValueError(f"{self.uri} has no vector table yet: give the embedding dimension to create one")
         return self._dim
 
+    @property
+    def text_dim(self) -> int:
+        """The sentence-embedding width: as given, else read from a table that has text vectors, else the default
+        model's."""
+        if self._text_dim is None:
+            self._text_dim = S.TEXT_DIM
+            for v in S.TEXT_VECTORS:
+                try:
+                    self._text_dim = int(self.db.open_table(v.table).schema.field(v.column).type.list_size)
+                    break
+                except (ValueError, FileNotFoundError, KeyError):  # no such table or column yet
+                    continue
+        return self._text_dim
+
+    def schema(self, name: str) -> pa.Schema:
+        return S.table_schema(name, self.dim, self.text_dim)
+
     # -- tables -------------------------------------------------------------------------------------------
     def table(self, name: str) -> Any:
         if name not in self._tables:
             if not self.exists(name):
-                schema = S.table_schema(name, self.dim)
-                self._tables[name] = self.db.create_table(name, schema=schema, exist_ok=True)
+                self._tables[name] = self.db.create_table(name, schema=self.schema(name), exist_ok=True)
                 return self._tables[name]
             try:
                 self._tables[name] = self.db.open_table(name)
@@ -87,7 +106,7 @@ class Store:
                 # rows, so create it afresh (otherwise every later run fails to open it).
                 if "not found" not in str(exc):
                     raise
-                self._tables[name] = self.db.create_table(name, schema=S.table_schema(name, self.dim), mode="overwrite")
+                self._tables[name] = self.db.create_table(name, schema=self.schema(name), mode="overwrite")
         return self._tables[name]
 
     def exists(self, name: str) -> bool:
@@ -95,7 +114,7 @@ class Store:
 
     def rows(self, name: str, where: str | None = None, columns: list[str] | None = None) -> pa.Table:
         if not self.exists(name):
-            return S.table_schema(name, self.dim).empty_table()
+            return self.schema(name).empty_table()
         q = self.table(name).search()
         if where:
             q = q.where(where)
@@ -170,23 +189,35 @@ class Store:
 
     def _upsert(self, name: str, rows: pa.Table) -> None:
         table = self.table(name)
+        # a null vector is a row without one (text embedding off, or empty text), not a bad vector
         if table.count_rows() == 0:
-            table.add(rows)
+            table.add(rows, on_bad_vectors="null")
             return
         key = S.KEYS[name]
-        (table.merge_insert(key).when_matched_update_all().when_not_matched_insert_all().execute(rows))
+        merge = table.merge_insert(key).when_matched_update_all().when_not_matched_insert_all()
+        merge.execute(rows, on_bad_vectors="null")
 
     def migrate(self) -> dict[str, list[str]]:
         """Add to each existing table the columns its schema gained since the table was created (all null there);
         returns them by table. Called under the database lock, before a run writes fragments of the new schema
-        (a commit of fragments with columns the table lacks would fail)."""
+        (a commit of fragments with columns the table lacks would fail). A text-vector column of another width
+        (another sentence-embedding model) is replaced by an empty one: its vectors could never be compared with
+        the new model's, and the version change re-indexes the videos that held them."""
         out: dict[str, list[str]] = {}
         for name in (*S.CONTENT_TABLES, S.VIDEOS):
             if not self.exists(name):
                 continue
             table = self.table(name)
+            want = self.schema(name)
+            resized = [
+                v.column
+                for v in S.text_vectors(name)
+                if v.column in table.schema.names and table.schema.field(v.column).type != want.field(v.column).type
+            ]
+            if resized:
+                table.drop_columns(resized)
             have = set(table.schema.names)
-            missing = [f for f in S.table_schema(name, self.dim) if f.name not in have]
+            missing = [f for f in want if f.name not in have]
             if missing:
                 bad = [f.name for f in missing if not S.is_added(f)]
                 if bad:

@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import json
 import os
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 from typing import Any
 
 import numpy as np
@@ -77,11 +77,24 @@ def to_arrow(rows: list[Row], schema: pa.Schema) -> pa.Table:
     for f in schema:
         values = [r.get(f.name) for r in rows] if is_added(f) else [r[f.name] for r in rows]
         if pa.types.is_fixed_size_list(f.type) and pa.types.is_float32(f.type.value_type):
-            flat = np.asarray(values, dtype=np.float32).reshape(-1)
-            cols.append(pa.FixedSizeListArray.from_arrays(pa.array(flat, pa.float32()), f.type.list_size))
+            cols.append(_vectors(values, f.type.list_size))
         else:
             cols.append(pa.array(values, type=f.type))
     return pa.Table.from_arrays(cols, schema=schema)
+
+
+def _vectors(values: list[Any], dim: int) -> pa.FixedSizeListArray:
+    """Fixed-size float vectors as one buffer; a None value (a row without one, e.g. empty text) is null."""
+    nulls = [v is None for v in values]
+    if not any(nulls):
+        flat = np.asarray(values, dtype=np.float32).reshape(-1)
+        return pa.FixedSizeListArray.from_arrays(pa.array(flat, pa.float32()), dim)
+    stacked = np.zeros((len(values), dim), np.float32)
+    for i, v in enumerate(values):
+        if v is not None:
+            stacked[i] = np.asarray(v, dtype=np.float32).reshape(dim)
+    flat_array = pa.array(stacked.reshape(-1), pa.float32())
+    return pa.FixedSizeListArray.from_arrays(flat_array, dim, mask=pa.array(nulls))
 
 
 def write_fragments(uri: str, table: pa.Table, options: dict[str, str] | None) -> list[str]:
@@ -94,12 +107,20 @@ def write_fragments(uri: str, table: pa.Table, options: dict[str, str] | None) -
 
 class FragmentBuffer:
     """Rows of one video for each table, flushed to fragments once ``max_rows`` are buffered (and at the end),
-    so a long video never sits whole in memory. ``fragments[table]`` collects the written metadata."""
+    so a long video never sits whole in memory. ``fragments[table]`` collects the written metadata. ``prepare``
+    sees each flush's rows first (the text vectors are computed there, one batch per flush)."""
 
-    def __init__(self, db_uri: str, schemas: dict[str, pa.Schema], max_rows: int) -> None:
+    def __init__(
+        self,
+        db_uri: str,
+        schemas: dict[str, pa.Schema],
+        max_rows: int,
+        prepare: Callable[[str, list[Row]], None] | None = None,
+    ) -> None:
         self.db_uri = db_uri
         self.schemas = schemas
         self.max_rows = max_rows
+        self.prepare = prepare  # (table, rows) -> None, completes the rows in place before they are written
         self.options = storage_options(db_uri)
         self.rows: dict[str, list[Row]] = {name: [] for name in schemas}
         self.fragments: dict[str, list[str]] = {name: [] for name in schemas}
@@ -113,6 +134,8 @@ class FragmentBuffer:
         for name in [table] if table else list(self.rows):
             rows, self.rows[name] = self.rows[name], []
             if rows:
+                if self.prepare is not None:
+                    self.prepare(name, rows)
                 arrow = to_arrow(rows, self.schemas[name])
                 self.fragments[name] += write_fragments(table_uri(self.db_uri, name), arrow, self.options)
 

@@ -2,7 +2,8 @@
 full-text indexes on class names and paths, and compaction; and ``prune``, which removes the rows of videos
 whose files are gone.
 
-- **Vector indexes** (``embedding`` of segments, frames, tracks): below ``vector_index_min_rows`` none (exact
+- **Vector indexes** (``embedding`` of segments, frames, tracks; and the sentence-embedding columns of speech,
+  texts and segments, counting the rows that hold a vector): below ``vector_index_min_rows`` none (exact
   search is fast and exact there); above, ``index_type`` with the configured parameters, cosine distance (what
   search uses). ``build_vector_index`` is the one function that builds it, so benchmarks measure what
   production builds. Rebuilt when the configured type changes or the table grew ``retrain_growth`` times since
@@ -89,8 +90,11 @@ def _scalar_config(kind: str) -> Any:
     return {"BTREE": BTree, "BITMAP": Bitmap, "LABEL_LIST": LabelList}[kind]()
 
 
-def build_vector_index(table: Any, cfg: MaintenanceConfig, n_rows: int, force: bool = False) -> dict[str, Any] | None:
-    """Build (or replace) the vector index on ``table.embedding`` for a table of ``n_rows`` rows.
+def build_vector_index(
+    table: Any, cfg: MaintenanceConfig, n_rows: int, force: bool = False, column: str = VECTOR_COLUMN
+) -> dict[str, Any] | None:
+    """Build (or replace) the vector index on ``table.<column>`` (``embedding``, or a text-vector column) for
+    ``n_rows`` vectors.
 
     Below ``cfg.vector_index_min_rows`` nothing is built and ``None`` is returned (exact search), unless
     ``force``. Otherwise ``cfg.index_type`` with ``num_partitions`` (default about sqrt(n_rows)),
@@ -99,18 +103,54 @@ def build_vector_index(table: Any, cfg: MaintenanceConfig, n_rows: int, force: b
     """
     if n_rows < cfg.vector_index_min_rows and not force:
         return None
-    dim = table.schema.field(VECTOR_COLUMN).type.list_size
+    dim = table.schema.field(column).type.list_size
     index = _index_config(cfg, n_rows, dim)
     t0 = time.monotonic()
-    table.create_index(VECTOR_COLUMN, config=index, replace=True, name=VECTOR_INDEX)
+    table.create_index(column, config=index, replace=True, name=vector_index_name(column))
     built = {
         "index_type": cfg.index_type,
         "rows": n_rows,
         "num_partitions": index.num_partitions,
         "seconds": round(time.monotonic() - t0, 3),
     }
-    log.info("built %s on %s rows in %.1f s", cfg.index_type, n_rows, built["seconds"])
+    log.info("built %s on %s rows of %s in %.1f s", cfg.index_type, n_rows, column, built["seconds"])
     return built
+
+
+def vector_index_name(column: str) -> str:
+    return VECTOR_INDEX if column == VECTOR_COLUMN else f"{column}_idx"
+
+
+def text_vector_counts(table: Any, name: str) -> dict[str, int]:
+    """Text-vector column of table ``name`` -> how many rows hold a vector there (nulls are not indexed)."""
+    return {
+        v.column: int(table.count_rows(f"{v.column} IS NOT NULL"))
+        for v in S.text_vectors(name)
+        if v.column in table.schema.names
+    }
+
+
+def _text_vector_indexes(
+    table: Any, name: str, cfg: MaintenanceConfig, existing: dict[str, Any], builds: dict[str, Any], force: bool
+) -> tuple[list[str], dict[str, Any]]:
+    """The ANN indexes of ``name``'s sentence-embedding columns, by the rules of the ``embedding`` index (rows
+    counted are those holding a vector); returns (the actions, the builds keyed ``table.column``)."""
+    actions, built = [], {}
+    for column, n in text_vector_counts(table, name).items():
+        if not n:
+            continue
+        ix, last = existing.get(vector_index_name(column)), builds.get(f"{name}.{column}")
+        if ix is None:
+            rebuild = n >= cfg.vector_index_min_rows or force
+        else:
+            grown = last is not None and n >= cfg.retrain_growth * max(1, int(last["rows"]))
+            rebuild = ix["type"] != cfg.index_type or grown
+        if rebuild:
+            done = build_vector_index(table, cfg, n, force=True, column=column)
+            if done:
+                built[f"{name}.{column}"] = done
+                actions.append(f"vector index {cfg.index_type} on {n} vectors of {column}")
+    return actions, built
 
 
 def build_scalar_indexes(table: Any, name: str, existing: Any = ()) -> list[str]:
@@ -152,13 +192,14 @@ def index_state(table: Any) -> list[dict[str, Any]]:
 
 
 def _maintain_table(
-    store: Store, name: str, cfg: MaintenanceConfig, last_build: dict[str, Any] | None, force: bool
-) -> tuple[dict[str, Any], dict[str, Any] | None]:
+    store: Store, name: str, cfg: MaintenanceConfig, builds: dict[str, Any], force: bool
+) -> tuple[dict[str, Any], dict[str, Any]]:
     table = store.table(name)
     n = table.count_rows()
     report: dict[str, Any] = {"rows": n, "actions": []}
     existing = {ix["name"]: ix for ix in index_state(table)}
-    built = None
+    built: dict[str, Any] = {}
+    last_build = builds.get(name)
     if name in S.LEVELS and n:
         vec = existing.get(VECTOR_INDEX)
         if vec is None:
@@ -167,8 +208,14 @@ def _maintain_table(
             grown = last_build is not None and n >= cfg.retrain_growth * max(1, int(last_build["rows"]))
             rebuild = vec["type"] != cfg.index_type or grown
         if rebuild:
-            built = build_vector_index(table, cfg, n, force=True)
+            done = build_vector_index(table, cfg, n, force=True)
+            if done:
+                built[name] = done
             report["actions"].append(f"vector index {cfg.index_type} on {n} rows")
+    if n:
+        actions, text_built = _text_vector_indexes(table, name, cfg, existing, builds, force)
+        report["actions"] += actions
+        built |= text_built
     if n >= cfg.scalar_index_min_rows:
         report["actions"] += build_scalar_indexes(table, name, existing)
     if cfg.fts and n:
@@ -199,6 +246,9 @@ def needs_maintenance(store: Store, cfg: MaintenanceConfig) -> bool:
         if name in S.LEVELS and VECTOR_INDEX in names and name in builds:
             if n >= cfg.retrain_growth * max(1, int(builds[name]["rows"])):
                 return True
+        for column, vectors in text_vector_counts(table, name).items():
+            if vectors >= cfg.vector_index_min_rows and vector_index_name(column) not in names:
+                return True
         if n >= cfg.scalar_index_min_rows and any(
             f"{c}_{k.lower()}" not in names for c, k in SCALAR_INDEXES.get(name, {}).items()
         ):
@@ -228,10 +278,9 @@ def maintain(store: Store, cfg: MaintenanceConfig, force: bool = False) -> dict[
     for name in (S.VIDEOS, *S.CONTENT_TABLES):
         if not store.exists(name):
             continue
-        tr, built = _maintain_table(store, name, cfg, builds.get(name), force)
+        tr, built = _maintain_table(store, name, cfg, builds, force)
         report["tables"][name] = tr
-        if built:
-            report["vector_index_builds"][name] = built
+        report["vector_index_builds"] |= built
     report["wall_s"] = round(time.monotonic() - t0, 3)
     store.record_run(f"maintain-{uuid.uuid4()}", started, "", report)
     return report

@@ -10,6 +10,8 @@ Ids are deterministic (``uuid5``) so that a rerun or a retried commit produces t
 
 from __future__ import annotations
 
+from dataclasses import dataclass
+
 import pyarrow as pa
 
 from operators.contract import (
@@ -20,6 +22,7 @@ from operators.contract import (
     RERANK_NONE,
     SEGMENTS,
     SPEECH,
+    SPEECH_CONTEXT,
     TEXTS,
     THUMBNAILS,
     TRACKS,
@@ -41,6 +44,7 @@ __all__ = [
     "THUMBNAILS",
     "TRACKS",
     "VIDEOS",
+    "SPEECH_CONTEXT",
     "Level",
     "make_id",
     "rerank_choice",
@@ -94,6 +98,46 @@ TEXT_LINE = pa.struct(
 
 def vector(dim: int) -> pa.DataType:
     return pa.list_(pa.float32(), dim)
+
+
+# -- sentence embeddings of the text rows (operators/text_embed.py) -----------------------------------------------
+
+TEXT_DIM = 384  # the default model's (all-MiniLM-L6-v2); a table's own width is read from it
+#: The model that wrote a row's text vectors (``operators.text_embed.model_id``): search reads only its query
+#: model's rows, so vectors of two models are never compared.
+TEXT_MODEL = "text_model"
+
+
+@dataclass(frozen=True)
+class TextVector:
+    """A sentence-embedding column: table ``table``'s ``column`` holds the vector of the row's ``source`` text
+    (null where that text is empty, or text embedding is off)."""
+
+    table: str
+    column: str
+    source: str  # the row key embedded (a stored column, or a value the assembler hands on only for this)
+    label: str  # what the searches call it
+
+
+TEXT_VECTORS: tuple[TextVector, ...] = (
+    TextVector(SPEECH, "text_vector", "text", "speech"),
+    TextVector(TEXTS, "text_vector", "text", "on-screen text"),
+    TextVector(SEGMENTS, "caption_vector", "caption", "captions"),
+    TextVector(SEGMENTS, "screen_text_vector", "screen_text", "on-screen text"),
+    # the whole utterances the segment's span overlaps: its ``speech`` column holds only the words inside it,
+    # and a sentence cut at a segment boundary loses its meaning
+    TextVector(SEGMENTS, "speech_vector", SPEECH_CONTEXT, "speech"),
+)
+
+
+def text_vectors(table: str) -> tuple[TextVector, ...]:
+    return tuple(v for v in TEXT_VECTORS if v.table == table)
+
+
+def text_vector_fields(table: str, text_dim: int) -> list[pa.Field]:
+    """The sentence-embedding columns of ``table`` and the model column (added after the tables' first release)."""
+    fields = [added(v.column, vector(text_dim)) for v in text_vectors(table)]
+    return [*fields, added(TEXT_MODEL, pa.string())] if fields else []
 
 
 def videos_schema() -> pa.Schema:
@@ -158,7 +202,7 @@ def frames_schema(dim: int) -> pa.Schema:
     )
 
 
-def segments_schema(dim: int) -> pa.Schema:
+def segments_schema(dim: int, text_dim: int = TEXT_DIM) -> pa.Schema:
     return pa.schema(
         [
             ("segment_id", pa.string()),
@@ -180,6 +224,7 @@ def segments_schema(dim: int) -> pa.Schema:
             # The words spoken inside the segment's span (a word belongs to the segment holding its midpoint), in
             # time order; null where speech is off or nobody spoke. Searched by words next to the caption.
             added("speech", pa.string()),
+            *text_vector_fields(SEGMENTS, text_dim),
         ]
     )
 
@@ -259,19 +304,17 @@ KEYS = {
 }
 
 
-def table_schema(name: str, dim: int) -> pa.Schema:
-    """The schema of table ``name`` for embeddings of width ``dim``."""
-    builders = {
-        VIDEOS: videos_schema,
-        THUMBNAILS: thumbnails_schema,
-        FAILURES: failures_schema,
-        RUNS: runs_schema,
-        TEXTS: texts_schema,
-        SPEECH: speech_schema,
-    }
+def table_schema(name: str, dim: int, text_dim: int = TEXT_DIM) -> pa.Schema:
+    """The schema of table ``name`` for image/text embeddings of width ``dim`` and sentence embeddings of width
+    ``text_dim``."""
+    builders = {VIDEOS: videos_schema, THUMBNAILS: thumbnails_schema, FAILURES: failures_schema, RUNS: runs_schema}
     if name in builders:
         return builders[name]()
-    return {FRAMES: frames_schema, SEGMENTS: segments_schema, TRACKS: tracks_schema}[name](dim)
+    if name in (TEXTS, SPEECH):
+        return {TEXTS: texts_schema, SPEECH: speech_schema}[name](text_dim)
+    if name == SEGMENTS:
+        return segments_schema(dim, text_dim)
+    return {FRAMES: frames_schema, TRACKS: tracks_schema}[name](dim)
 
 
 # -- on-screen text (operators/ocr.py, operators/text_spans.py) ------------------------------------------------
@@ -279,7 +322,7 @@ def table_schema(name: str, dim: int) -> pa.Schema:
 TEXT_OBSERVATION = pa.struct(TIMED_BOX)
 
 
-def texts_schema() -> pa.Schema:
+def texts_schema(text_dim: int = TEXT_DIM) -> pa.Schema:
     """One row per text span: the same on-screen text across consecutive sampled frames.
 
     ``start_s``/``end_s`` estimate when the text was on screen (half a sampling step beyond the first and last
@@ -301,6 +344,7 @@ def texts_schema() -> pa.Schema:
             ("box", pa.list_(pa.float32(), 4)),
             ("thumb_id", pa.string()),
             ("trajectory", pa.list_(TEXT_OBSERVATION)),
+            *text_vector_fields(TEXTS, text_dim),
         ]
     )
 
@@ -317,7 +361,7 @@ WORD = pa.struct(
 )
 
 
-def speech_schema() -> pa.Schema:
+def speech_schema(text_dim: int = TEXT_DIM) -> pa.Schema:
     """One row per utterance (a stretch of speech Whisper wrote as one segment), times on the video clock (seconds
     from the first video frame); ``utterance_id`` is ``make_id(video_id, "speech", utterance_idx)``."""
     return pa.schema(
@@ -332,6 +376,7 @@ def speech_schema() -> pa.Schema:
             ("language", pa.string()),
             ("avg_logprob", pa.float32()),
             ("no_speech_prob", pa.float32()),
+            *text_vector_fields(SPEECH, text_dim),
         ]
     )
 

@@ -76,7 +76,7 @@ async function search(event) {
     level: $("level").value,
     rerank: $("rerank").value,
     filters: filters(),
-    mode: $("mode").value, // an image sets it to vector (syncMode)
+    mode: $("mode").value || null, // an image sets it to vector (syncMode); "": the level's default
   };
   let options;
   if (image) {
@@ -153,6 +153,7 @@ function screenLine(result) {
 
 function render(body) {
   if (body.level === "texts") return renderTexts(body);
+  if (body.level === "speech") return renderSpeech(body);
   const grid = $("results");
   grid.replaceChildren();
   for (const r of body.results) {
@@ -201,15 +202,19 @@ function play(result, card) {
   }
 }
 
-// Text and hybrid modes search captions and on-screen text, which only segments have; an image query is always
-// a vector search.
+// Text and hybrid modes search words: segments (captions, on-screen text, speech), on-screen text and speech have
+// them, frames and tracks do not; an image query is always a vector search.
+const WORD_LEVELS = ["segments", "texts", "speech"];
+
 function syncMode() {
   const image = Boolean($("image").files[0]);
   if (image) $("mode").value = "vector";
   $("mode").disabled = image;
-  const words = $("mode").value !== "vector";
-  if (words) $("level").value = "segments";
-  $("level").disabled = words;
+  const words = $("mode").value === "text" || $("mode").value === "hybrid";
+  if (words && !WORD_LEVELS.includes($("level").value)) $("level").value = "segments";
+  for (const option of $("level").options) {
+    if (!WORD_LEVELS.includes(option.value)) option.disabled = words;
+  }
 }
 
 function pickImage() {
@@ -249,6 +254,7 @@ async function start() {
     status.append(el("span", "", `${info.videos} video${info.videos === 1 ? "" : "s"} indexed`));
     if (info.random_weights) status.append(el("span", "warn", "random weights: results carry no meaning"));
     textLevelAvailable(info.texts);
+    speechLevelAvailable(info.speech);
     levelChanged(); // the browser may have restored the level chosen before a reload
   } catch (err) {
     say(err.message, "error");
@@ -257,7 +263,7 @@ async function start() {
 
 // -- On-screen text (level "texts"): hits are text spans, searched by words ---------------------------------
 
-const TEXT_ONLY_OFF = ["rerank", "image", "classes", "min_track_duration", "mode"]; // what does not apply to text
+const TEXT_ONLY_OFF = ["rerank", "image", "classes", "min_track_duration"]; // what does not apply to text
 
 function textLevelAvailable(available) {
   const option = $("level").querySelector('option[value="texts"]');
@@ -265,18 +271,25 @@ function textLevelAvailable(available) {
   option.title = available ? "" : "This database was indexed without reading on-screen text";
 }
 
+function speechLevelAvailable(available) {
+  const option = $("level").querySelector('option[value="speech"]');
+  option.disabled = !available;
+  option.title = available ? "" : "This database holds no transcribed speech";
+}
+
 function levelChanged() {
-  const texts = $("level").value === "texts";
+  const level = $("level").value;
+  const texts = level === "texts" || level === "speech"; // searched by words and meaning, never by an image
   if (texts && $("image").files[0]) {
     $("image").value = ""; // words only: a chosen image is let go
     pickImage();
   }
-  if (texts) $("mode").value = "vector"; // text spans have their own word search; modes are about segments
   for (const id of TEXT_ONLY_OFF) $(id).disabled = texts;
   $("image").closest("label").classList.toggle("disabled", texts);
   // On-screen text is read by trained OCR models: the random-weights warning is about the vector levels.
   document.querySelectorAll("#status .warn").forEach((w) => (w.hidden = texts));
-  $("text").placeholder = texts ? "Words shown on screen, e.g. “gate 7 closed”" : $("text").dataset.placeholder;
+  const hint = { texts: "Words shown on screen, e.g. “gate 7 closed”", speech: "What is said, or what it means" };
+  $("text").placeholder = hint[level] || $("text").dataset.placeholder;
 }
 
 function markedText(text, query) {
@@ -335,6 +348,38 @@ function renderTexts(body) {
     sub.append(el("span", "", "on-screen text"), el("span", "", `read at ${Math.round(100 * r.conf)}%`));
     meta.append(top, markedText(r.text, query), el("div", "name", basename(r.path)), sub);
     card.append(textThumb(r), meta);
+    card.addEventListener("click", () => {
+      play(r, card);
+      $("now").textContent = `${basename(r.path)} · “${r.text}” ${fmtTime(r.start_s)} – ${fmtTime(r.end_s)}`;
+    });
+    grid.append(card);
+  }
+}
+
+// -- Speech (level "speech"): hits are utterances, by their words and meaning --------------------------------
+
+function renderSpeech(body) {
+  const grid = $("results");
+  grid.replaceChildren();
+  const query = $("text").value;
+  for (const r of body.results) {
+    const card = el("button", "result text-result speech-result");
+    card.type = "button";
+    card.dataset.videoId = r.video_id;
+    card.dataset.start = String(r.start_s);
+    card.dataset.end = String(r.end_s);
+    card.title = `Play ${basename(r.path)} from ${fmtTime(r.start_s)}, where this is said`;
+    const meta = el("div", "meta");
+    const top = el("div", "row");
+    top.append(el("span", "rank", `#${r.rank}`), el("span", "score", fmtScore(r.score)));
+    const sub = el("div", "row small");
+    const matched = (r.words || []).length;
+    sub.append(
+      el("span", "", `said ${fmtTime(r.start_s)} – ${fmtTime(r.end_s)}`),
+      el("span", "", matched ? `${matched} word${matched === 1 ? "" : "s"} matched` : "by meaning"),
+    );
+    meta.append(top, markedText(r.text, query), el("div", "name", basename(r.path)), sub);
+    card.append(meta);
     card.addEventListener("click", () => {
       play(r, card);
       $("now").textContent = `${basename(r.path)} · “${r.text}” ${fmtTime(r.start_s)} – ${fmtTime(r.end_s)}`;
