@@ -374,5 +374,6 @@ def _decode_small(im: Any, max_pixels: int) -> Any:
     rgb = im.convert("RGB")
     scale = DECODE_SIDE / min(rgb.size)
     if scale < 1:
-        rgb = rgb.resize((max(1, round(rgb.width * scale)), max(1, round(rgb.height * scale))), Image.Resampling.BICUBIC)
+        size = (max(1, round(rgb.width * scale)), max(1, round(rgb.height * scale)))
+        rgb = rgb.resize(size, Image.Resampling.BICUBIC)
     return rgb

@@ -41,7 +41,9 @@ SECURITY_HEADERS = {
     b"content-security-policy": CSP.encode(),
     b"x-frame-options": b"DENY",
     b"x-content-type-options": b"nosniff",
-    b"referrer-policy": b"no-referrer",
+    # never to another origin; to this one, so that a browser's same-origin form POST carries its real Origin
+    # (with no-referrer it sends "Origin: null", which the cross-origin check cannot tell from a sandboxed page)
+    b"referrer-policy": b"same-origin",
 }
 
 
@@ -60,12 +62,12 @@ class BodyTimeout(Exception):
 
 
 def cross_origin(headers: dict[bytes, bytes]) -> bool:
-    """Whether a browser says the request comes from another origin (``Sec-Fetch-Site``, else ``Origin`` against
-    the Host header). Other ports of the same host are another origin; a client that sends neither header (curl,
-    scripts) is not a browser page and is not refused."""
+    """Whether a browser says the request comes from another origin: by ``Sec-Fetch-Site`` where it is sent (the
+    browser's own verdict), else by ``Origin`` against the Host header. Other ports of the same host are another
+    origin; a client that sends neither header (curl, scripts) is not a browser page and is not refused."""
     site = headers.get(b"sec-fetch-site")
-    if site is not None and site.strip().lower() not in (b"same-origin", b"none"):
-        return True
+    if site is not None:
+        return site.strip().lower() not in (b"same-origin", b"none")
     origin = headers.get(b"origin")
     if origin is None:
         return False
