@@ -5,6 +5,7 @@ from __future__ import annotations
 import os
 import shutil
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -118,3 +119,32 @@ def browser():
         )
         yield b
         b.close()
+
+
+@pytest.fixture
+def media_db(tmp_path: Path) -> tuple[Any, dict[str, Any]]:
+    """A database written directly (no indexing) whose only complete video is a copy of a real .webm clip,
+    recorded as the index records it: size, fingerprint and modification time."""
+    import lancedb
+    import pyarrow as pa
+
+    from pipeline.index.catalog import fingerprint
+    from pipeline.store import schema as S
+
+    src = TESTDATA / "mdn" / "flower.webm"
+    if not src.exists():
+        pytest.skip(f"{src} is missing")
+    archive = tmp_path / "archive"
+    archive.mkdir()
+    path = archive / "clip.webm"
+    shutil.copy(src, path)
+    size, fp = fingerprint(str(path))
+    row = {
+        "video_id": S.make_id("video", fp), "fingerprint": fp, "path": str(path), "size_bytes": size,
+        "duration_s": 5.0, "fps": 24.0, "n_frames": 120, "width": 640, "height": 360, "rotation": 0,
+        "backend": "pyav", "n_samples": 5, "status": S.STATUS_COMPLETE, "pipeline_version": "test", "run_id": "",
+        "indexed_at": None, "mtime_ns": path.stat().st_mtime_ns,
+    }  # fmt: skip
+    cfg = tiny_config(tmp_path / "db")
+    lancedb.connect(cfg.db.path).create_table(S.VIDEOS, pa.Table.from_pylist([row], schema=S.videos_schema()))
+    return cfg, row

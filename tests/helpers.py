@@ -10,6 +10,7 @@ import threading
 import time
 from collections.abc import Iterator
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import pyarrow as pa
@@ -200,12 +201,15 @@ def free_port() -> int:
 
 
 @contextlib.contextmanager
-def running(app) -> Iterator[str]:
-    """``app`` served by uvicorn on 127.0.0.1 in a thread; yields its base URL."""
+def running(app, **settings) -> Iterator[str]:
+    """``app`` served by uvicorn on 127.0.0.1 in a thread with the settings ``serve`` uses
+    (``pipeline/serve/server.py``; ``settings`` override them); yields its base URL."""
     import uvicorn
 
+    from pipeline.serve.server import server_config
+
     port = free_port()
-    server = uvicorn.Server(uvicorn.Config(app, host="127.0.0.1", port=port, log_level="warning"))
+    server = uvicorn.Server(server_config(app, "127.0.0.1", port, **settings))
     thread = threading.Thread(target=server.run, daemon=True)
     thread.start()
     deadline = time.monotonic() + 60
@@ -218,6 +222,34 @@ def running(app) -> Iterator[str]:
     finally:
         server.should_exit = True
         thread.join(timeout=10)
+
+
+def http_request(
+    base: str,
+    method: str,
+    target: str,
+    headers: dict[str, Any] | list[tuple[str, Any]] | None = None,
+    body: bytes = b"",
+) -> Any:
+    """A request with headers sent byte for byte (Host included; a list may repeat a header), so tests choose
+    exactly what arrives. The response carries its body as ``.body``."""
+    import http.client
+
+    host, port = base.removeprefix("http://").split(":")
+    items = list(headers.items()) if isinstance(headers, dict) else list(headers or [])
+    conn = http.client.HTTPConnection(host, int(port), timeout=60)
+    try:
+        conn.putrequest(method, target, skip_host=any(k == "Host" for k, _ in items), skip_accept_encoding=True)
+        for key, value in items:
+            conn.putheader(key, value)
+        if body:
+            conn.putheader("Content-Length", str(len(body)))
+        conn.endheaders(body or None)
+        res = conn.getresponse()
+        res.body = res.read()
+        return res
+    finally:
+        conn.close()
 
 
 def killed_mid_commit_env(nth: int) -> dict[str, str]:

@@ -278,8 +278,8 @@ def test_media_only_for_the_indexed_regular_file_inside_the_roots(indexed_db, tm
     archive.mkdir()
     elsewhere.mkdir()
     webm, mkv, avi = videos["webm"], videos["mkv"], videos["avi"]
-    shutil.copy(webm["path"], archive / "inside.webm")
-    shutil.copy(mkv["path"], elsewhere / "outside.mkv")
+    shutil.copy2(webm["path"], archive / "inside.webm")  # copy2 keeps the modification time, as a move does
+    shutil.copy2(mkv["path"], elsewhere / "outside.mkv")
     (archive / "escape.mkv").symlink_to(elsewhere / "outside.mkv")  # a link from the archive to outside it
     (archive / "swapped.avi").symlink_to("/etc/hostname")  # the indexed file replaced by a link elsewhere
     store = Store(str(db), 64)

@@ -31,6 +31,14 @@ def add(sub: argparse._SubParsersAction) -> None:
         action="append",
         help="also answer requests for this Host name (repeatable; default: loopback names and --host; '*': any)",
     )
+    p.add_argument(
+        "--trusted-proxy",
+        dest="trusted_proxies",
+        action="append",
+        metavar="IP",
+        help="a reverse proxy in front of the server: believe its X-Forwarded-For and X-Forwarded-Proto (repeatable; "
+        "default: none, so the client is the connection's peer and the sign-in limit counts it)",
+    )
     p.set_defaults(func=run)
 
 
@@ -53,5 +61,6 @@ def run(args: argparse.Namespace) -> int:
         token=args.token or None,
         media_roots=args.media_roots,
         allowed_hosts=args.allowed_hosts,
+        trusted_proxies=args.trusted_proxies,
     )
     return 0

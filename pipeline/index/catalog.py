@@ -4,7 +4,8 @@ Fingerprint = file size plus SHA-256 over sampled byte ranges: the first and las
 ranges spread evenly between them. It reads at most ~256 KiB per file however large the file is, changes
 whenever the size or any sampled range changes (re-encodes, truncation, appends, header edits), and is the
 same for a file that was only moved or renamed, so a move is recognised without re-encoding.
-The video id is ``uuid5(fingerprint)``.
+The video id is ``uuid5(fingerprint)``. The file's modification time is recorded next to it, so a file edited after
+indexing, even in bytes the fingerprint does not read, is not served as the indexed content (``Verifier``).
 """
 
 from __future__ import annotations
@@ -30,6 +31,7 @@ class VideoFile:
     path: str
     size: int
     fingerprint: str
+    mtime_ns: int | None = None  # stat'ed before the fingerprint was read: an edit during the read shows too
 
     @property
     def video_id(self) -> str:
@@ -82,7 +84,8 @@ def list_videos(inputs: list[str]) -> tuple[list[VideoFile], list[Unreadable]]:
             problems.append(Unreadable(path, "is a directory, not a video file"))
             continue
         try:
-            if not stat.S_ISREG(os.stat(path).st_mode):  # a FIFO or device would block or never end
+            st = os.stat(path)
+            if not stat.S_ISREG(st.st_mode):  # a FIFO or device would block or never end
                 problems.append(Unreadable(path, "not a regular file (a pipe, socket or device)"))
                 continue
             size, fp = fingerprint(path)
@@ -92,7 +95,7 @@ def list_videos(inputs: list[str]) -> tuple[list[VideoFile], list[Unreadable]]:
         if size == 0:
             problems.append(Unreadable(path, "file is empty (0 bytes)"))
             continue
-        videos.append(VideoFile(path, size, fp))
+        videos.append(VideoFile(path, size, fp, st.st_mtime_ns))
     return videos, problems
 
 
@@ -164,16 +167,20 @@ class Verifier:
                 self._cache.popitem(last=False)
         return fp
 
-    def open(self, path: str, size: int, expected: str) -> tuple[int, os.stat_result] | None:
+    def open(
+        self, path: str, size: int, expected: str, mtime_ns: int | None = None
+    ) -> tuple[int, os.stat_result] | None:
         """An open descriptor of ``path`` and its stat, if it is a regular file of ``size`` bytes whose
-        fingerprint is ``expected``; None otherwise. The caller closes the descriptor."""
+        fingerprint is ``expected`` and, when ``mtime_ns`` is known (databases indexed before it was recorded lack
+        it), whose modification time is still that; None otherwise. The caller closes the descriptor."""
         try:
             fd = os.open(path, os.O_RDONLY | getattr(os, "O_NONBLOCK", 0))  # a FIFO must not block the open
         except OSError:
             return None
         try:
             st = os.fstat(fd)
-            if stat.S_ISREG(st.st_mode) and st.st_size == size and self._fingerprint(path, st) == expected:
+            same = stat.S_ISREG(st.st_mode) and st.st_size == size and mtime_ns in (None, st.st_mtime_ns)
+            if same and self._fingerprint(path, st) == expected:
                 return fd, st
         except OSError:
             pass

@@ -138,7 +138,9 @@ class Runner:
 
     def plan(self, files: list[VideoFile], summary: RunSummary, quarantined: dict[str, set[str]] | None = None) -> Plan:
         """What to index (see the module docstring); updates ``summary`` with skips, moves, quarantines."""
-        rows = self.store.complete_videos().select(["video_id", "path", "pipeline_version"]).to_pylist()
+        complete = self.store.complete_videos()
+        seen = ["video_id", "path", "pipeline_version", *(["mtime_ns"] if "mtime_ns" in complete.schema.names else [])]
+        rows = complete.select(seen).to_pylist()
         done = {r["video_id"]: r for r in rows}
         at_path: dict[str, list[str]] = {}
         for r in rows:
@@ -156,8 +158,12 @@ class Runner:
                 summary.skipped += 1
                 taken.add(f.video_id)
                 if prev["path"] != f.path and not _holds(prev["path"], f.video_id, listed):
-                    self.store.update_path(f.video_id, f.path)  # moved or renamed: same content, new path
+                    self.store.update_path(f.video_id, f.path, f.mtime_ns)  # moved or renamed: same content, new path
                     summary.moved += 1
+                elif prev["path"] == f.path and prev.get("mtime_ns") not in (None, f.mtime_ns):
+                    # touched since indexing and the fingerprint still matches: this run accepts it as the same
+                    # content, so the server may stream it again
+                    self.store.update_path(f.video_id, f.path, f.mtime_ns)
                 if replaced:  # a replacement that committed but died before removing the old video
                     self.store.delete_videos(replaced)
             elif f.video_id in quarantined.get(f.path, ()):
@@ -246,6 +252,7 @@ class Runner:
             "pipeline_version": self.version,
             "run_id": "",
             "indexed_at": None,
+            "mtime_ns": f.mtime_ns,
         }
 
     def _ingest(self, plan: Plan, checkpoint: str | None, summary: RunSummary) -> None:

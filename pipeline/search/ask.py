@@ -228,7 +228,7 @@ class Asker:
         rows = []
         if _looks_like_id(video_id):
             where = f"video_id = {quote(video_id)} AND status = {quote(S.STATUS_COMPLETE)}"
-            rows = self.store.rows(S.VIDEOS, where, ["video_id", "path", "duration_s", "size_bytes", "fingerprint"])
+            rows = self.store.rows(S.VIDEOS, where)  # every column: mtime_ns only where the database records it
             rows = rows.to_pylist()
         if not rows:
             raise AskError("no indexed video with that id", 404)
@@ -272,7 +272,7 @@ class Asker:
         real = os.path.realpath(video["path"])
         if self.media_roots and not any(real.startswith(os.path.join(r, "")) for r in self.media_roots):
             raise AskError("no stored frame near that time, and the video file is outside the media roots", 409)
-        opened = self.verifier.open(real, video["size_bytes"], video["fingerprint"])
+        opened = self.verifier.open(real, video["size_bytes"], video["fingerprint"], video.get("mtime_ns"))
         if opened is None:
             raise AskError(
                 "no stored frame near that time, and the video file is gone or no longer the indexed content", 409

@@ -61,6 +61,7 @@ class Api:
         self.cfg = cfg
         self.searcher = searcher or Searcher(cfg.db.path, cfg)
         self.media_roots = [os.path.realpath(r) for r in media_roots]
+        self._shown_roots = sorted({*self.media_roots, *(os.path.abspath(r) for r in media_roots)}, key=len)[::-1]
         self.refresh_s = refresh_s
         self.verifier = Verifier()
         self.model_lock = threading.Lock()  # model loading, and re-rankers that are not thread-safe
@@ -150,6 +151,16 @@ class Api:
             "results": [{"id": h.text_id, "level": TEXTS_LEVEL, **h.as_dict()} for h in hits],
         }
 
+    def shown(self, row: dict[str, Any]) -> dict[str, Any]:
+        """``row`` as an answer shows it: with media roots its ``path`` is relative to the root holding it (the
+        file name alone for a file outside them), so answers do not reveal the server's folders; without roots,
+        as indexed."""
+        path = row.get("path")
+        if not self.media_roots or not isinstance(path, str):
+            return row
+        root = next((r for r in self._shown_roots if path.startswith(os.path.join(r, ""))), None)
+        return {**row, "path": os.path.relpath(path, root) if root else os.path.basename(path)}
+
     def videos(self, video_id: str | None = None) -> list[dict[str, Any]]:
         where = f"status = {quote(S.STATUS_COMPLETE)}"
         if video_id is not None:
@@ -207,5 +218,5 @@ class Api:
         real = os.path.realpath(video["path"])
         if self.media_roots and not any(real.startswith(os.path.join(root, "")) for root in self.media_roots):
             return None
-        opened = self.verifier.open(real, video["size_bytes"], video["fingerprint"])
+        opened = self.verifier.open(real, video["size_bytes"], video["fingerprint"], video.get("mtime_ns"))
         return None if opened is None else (*opened, media_type(video["path"]))

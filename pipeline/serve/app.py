@@ -2,30 +2,32 @@
 
 Routes: ``GET /`` (the page), ``GET|POST /api/search``, ``GET /api/info``, ``GET /api/videos``,
 ``GET /api/videos/{id}``, ``GET /api/thumbnails/{id}``, ``GET /media/{video_id}`` (the original file, with
-HTTP Range so a browser can seek), ``GET /openapi.json`` and ``GET /docs``. With a token every route needs
-``Authorization: Bearer <token>`` or the HttpOnly session cookie that ``POST /login`` sets (the page's
-``<img>``/``<video>`` requests cannot send headers); only the sign-in form and its stylesheet are open.
-``pipeline/serve/guard.py`` adds the Host allow-list, body limits, security headers and the sign-in limit.
+HTTP Range so a browser can seek) and ``GET /openapi.json`` (no ``/docs``: Swagger UI would come from a CDN). With
+a token every route needs ``Authorization: Bearer <token>`` or the HttpOnly session cookie that ``POST /login``
+sets (the page's ``<img>``/``<video>`` requests cannot send headers); only the sign-in form, its stylesheet and
+``POST /logout`` are open. Every wrong token, in the form or in a header, counts against the client's address
+(``LoginLimiter``): past the limit every token check is a 429 with ``Retry-After``.
+``pipeline/serve/guard.py`` adds the Host allow-list, the same-origin check, body limits and read timeout and the
+security headers; ``pipeline/serve/server.py`` the uvicorn settings (trusted proxies, head timeout, connection cap).
 
 Media are looked up by id among ``complete`` videos, never by a path from the request; the file is served
-only if it still is the indexed content (size and fingerprint, see ``pipeline/serve/media.py``) and, with
-``media_roots``, lies under one of them after resolving symlinks. Bad input is a 4xx with a JSON ``detail``:
-``SearchError`` 400, validation 422, unknown ids 404, a re-ranker without weights 503.
+only if it still is the indexed content (size, fingerprint and modification time, see ``pipeline/serve/media.py``)
+and, with ``media_roots``, lies under one of them after resolving symlinks; paths in answers are then relative to
+their root. Uploaded images are decoded at most ``DECODE_SLOTS`` at a time (503 with ``Retry-After`` beyond).
+Bad input is a 4xx with a JSON ``detail``: ``SearchError`` 400, validation 422, unknown ids 404, a re-ranker
+without weights 503.
 Searches run concurrently (``pipeline/serve/api.py``).
 """
 
 from __future__ import annotations
 
-import base64
-import hashlib
 import json
 import os
-import re
+import threading
 from typing import Annotated, Any, Literal
 
 from fastapi import FastAPI, Query, Request
 from fastapi.exceptions import RequestValidationError
-from fastapi.openapi.docs import get_swagger_ui_html
 from fastapi.responses import FileResponse, HTMLResponse, JSONResponse, RedirectResponse, Response
 from fastapi.staticfiles import StaticFiles
 from starlette.concurrency import run_in_threadpool
@@ -53,7 +55,15 @@ MAX_UPLOAD_BYTES = 20 * 1024 * 1024
 MAX_JSON_BYTES = 1024 * 1024
 MAX_FORM_BYTES = 16 * 1024  # the sign-in form, and any body sent to a route that takes none
 MAX_ASK_BYTES = 16 * 1024  # POST /api/ask: a question of at most vqa.max_question_chars and two ids
-PUBLIC = {("GET", "/login"), ("POST", "/login"), ("GET", "/static/style.css"), ("HEAD", "/static/style.css")}
+PUBLIC = {
+    ("GET", "/login"),
+    ("POST", "/login"),
+    ("POST", "/logout"),
+    ("GET", "/static/style.css"),
+    ("HEAD", "/static/style.css"),
+}
+#: Uploaded images decoded at once: each may take ~64 MiB (``searcher.MAX_DECODED_PIXELS``) while it decodes.
+DECODE_SLOTS = 2
 
 
 def _login_page(error: str = "") -> str:
@@ -84,20 +94,6 @@ def body_limit(scope: Scope) -> tuple[int, str]:
     return MAX_FORM_BYTES, f"a request to this route must be under {_size(MAX_FORM_BYTES)}"
 
 
-def _docs_page() -> HTMLResponse:
-    """Swagger UI (from its CDN, as FastAPI serves it) with a CSP that admits exactly that."""
-    page = get_swagger_ui_html(openapi_url="/openapi.json", title="vidsearch API")
-    inline = re.findall(rb"<script>(.*?)</script>", bytes(page.body), re.S)
-    hashes = " ".join(f"'sha256-{base64.b64encode(hashlib.sha256(s).digest()).decode()}'" for s in inline)
-    cdn = "https://cdn.jsdelivr.net"
-    page.headers["content-security-policy"] = (
-        f"default-src 'self'; script-src 'self' {cdn} {hashes}; style-src 'self' 'unsafe-inline' {cdn}; "
-        "img-src 'self' data: https://fastapi.tiangolo.com; object-src 'none'; base-uri 'none'; "
-        "frame-ancestors 'none'"
-    )
-    return page
-
-
 def create_app(
     cfg: Config,
     token: str | None = None,
@@ -106,11 +102,13 @@ def create_app(
     refresh_s: float = 5.0,
     allowed_hosts: list[str] | None = None,
     login_attempts: tuple[int, float] = (10, 60.0),
+    body_timeout_s: float = 30.0,
 ) -> FastAPI:
     """The app for the database of ``cfg``; ``token`` (or $VIDSEARCH_TOKEN) protects every route.
 
     ``allowed_hosts``: Host header names answered (default: the loopback names, plus $VIDSEARCH_ALLOWED_HOSTS;
-    ``*`` for any). ``login_attempts``: failed sign-ins per client address per window (seconds).
+    ``*`` for any). ``login_attempts``: wrong tokens (sign-in form or ``Authorization`` header) per client address
+    per window (seconds). ``body_timeout_s``: the longest a request body may stall.
     """
     token = token if token is not None else os.environ.get(TOKEN_ENV) or None
     secret = token.encode("utf-8") if token else b""
@@ -118,19 +116,38 @@ def create_app(
     sessions, limiter = Sessions(), LoginLimiter(*login_attempts)
     app = FastAPI(title="vidsearch", docs_url=None, redoc_url=None, openapi_url="/openapi.json")
     app.state.api = api
+    app.state.decode_slots = decode_slots = threading.BoundedSemaphore(DECODE_SLOTS)
 
-    def authorised(scope: Scope) -> bool:
+    def shown(answer: dict[str, Any]) -> dict[str, Any]:
+        return {**answer, "results": [api.shown(r) for r in answer["results"]]}
+
+    def authorised(scope: Scope) -> bool | Response:
+        """Whether the request carries the token or a live session; a 429 for a client past the failure limit."""
         if token is None:
             return True
         headers = dict(scope["headers"])
         scheme, _, given = headers.get(b"authorization", b"").partition(b" ")
         if scheme.lower() == b"bearer":
-            return same_secret(given.strip(), secret)
+            client = scope["client"][0] if scope.get("client") else ""
+            wait = limiter.retry_after(client)
+            if wait > 0:
+                response = detail(429, "too many wrong tokens from this address; wait and try again")
+                response.headers["Retry-After"] = str(int(wait) + 1)
+                return response
+            if same_secret(given.strip(), secret):
+                return True
+            limiter.failed(client)
+            return False
         cookies = cookie_parser(headers.get(b"cookie", b"").decode("latin-1"))
-        return sessions.valid(cookies.get(COOKIE, ""))
+        return sessions.valid(cookies.get(COOKIE, ""))  # a stale cookie is no guess: a 256-bit random id
 
     def gate(scope: Scope) -> Any:
-        if (scope["method"], scope["path"]) in PUBLIC or authorised(scope):
+        if (scope["method"], scope["path"]) in PUBLIC:
+            return None
+        verdict = authorised(scope)
+        if isinstance(verdict, Response):
+            return verdict
+        if verdict:
             return None
         if scope["path"] == "/" and scope["method"] == "GET":
             return RedirectResponse("/login", status_code=303)
@@ -140,7 +157,11 @@ def create_app(
 
     extra_hosts = [h for h in os.environ.get(HOSTS_ENV, "").split(",") if h.strip()]
     app.add_middleware(
-        Guard, allowed_hosts=[*(allowed_hosts or LOOPBACK_HOSTS), *extra_hosts], body_limit=body_limit, gate=gate
+        Guard,
+        allowed_hosts=[*(allowed_hosts or LOOPBACK_HOSTS), *extra_hosts],
+        body_limit=body_limit,
+        gate=gate,
+        body_timeout_s=body_timeout_s,
     )
 
     @app.exception_handler(SearchError)
@@ -181,13 +202,17 @@ def create_app(
         response.set_cookie(COOKIE, sessions.new(), max_age=max_age, httponly=True, samesite="strict", secure=secure)
         return response
 
+    @app.post("/logout", include_in_schema=False)
+    def logout(request: Request) -> Response:
+        """Ends the session of the cookie (if any) and clears the cookie; then the sign-in form."""
+        sessions.end(request.cookies.get(COOKIE, ""))
+        response = RedirectResponse("/login", status_code=303)
+        response.delete_cookie(COOKIE, httponly=True, samesite="strict", secure=request.url.scheme == "https")
+        return response
+
     @app.get("/", include_in_schema=False)
     def index() -> FileResponse:
         return FileResponse(os.path.join(STATIC, "index.html"), media_type="text/html")
-
-    @app.get("/docs", include_in_schema=False)
-    def docs() -> HTMLResponse:
-        return _docs_page()
 
     app.mount("/static", StaticFiles(directory=STATIC), name="static")
 
@@ -231,7 +256,7 @@ def create_app(
         }
         filters = {key: v for key, v in raw.items() if v is not None} or None
         body = {"text": text, "k": k, "level": level, "filters": filters, "rerank": rerank, "mode": mode}
-        return api.search(search_request(body), None)
+        return shown(api.search(search_request(body), None))
 
     @app.post("/api/search", response_model=None, openapi_extra=_SEARCH_BODY)
     async def search_post(request: Request) -> dict[str, Any] | Response:
@@ -264,20 +289,29 @@ def create_app(
                 raise RequestValidationError([field_error("body", "the body must be a JSON object")])
         req = search_request(body)
         if req.level == TEXTS_LEVEL:  # searched by words: an image is refused before it is decoded
-            return await run_in_threadpool(api.search_texts, req, upload is not None)
+            return shown(await run_in_threadpool(api.search_texts, req, upload is not None))
         # Decoded once, here, in a worker thread: a non-image upload is a 400 before any model loads.
-        image = None if upload is None else await run_in_threadpool(load_image, upload)
-        return await run_in_threadpool(api.search, req, image)
+        image = None
+        if upload is not None:
+            if not decode_slots.acquire(blocking=False):
+                busy = detail(503, f"{DECODE_SLOTS} images are being decoded already; try again in a moment")
+                busy.headers["Retry-After"] = "1"
+                return busy
+            try:
+                image = await run_in_threadpool(load_image, upload)
+            finally:
+                decode_slots.release()
+        return shown(await run_in_threadpool(api.search, req, image))
 
     @app.get("/api/videos")
     def videos() -> dict[str, Any]:
-        rows = api.videos()
+        rows = [api.shown(r) for r in api.videos()]
         return {"count": len(rows), "videos": rows}
 
     @app.get("/api/videos/{video_id}")
     def video(video_id: str) -> Any:
         found = api.video(video_id)
-        return found if found is not None else not_found("indexed video")
+        return api.shown(found) if found is not None else not_found("indexed video")
 
     @app.get("/api/videos/{video_id}/shots")
     def video_shots(video_id: str) -> Any:
@@ -329,11 +363,15 @@ def serve(
     token: str | None = None,
     media_roots: list[str] | None = None,
     allowed_hosts: list[str] | None = None,
+    trusted_proxies: list[str] | None = None,
 ) -> None:
-    """Run the app with uvicorn until interrupted. The Host allow-list is the loopback names, the address
-    bound (unless a wildcard) and ``allowed_hosts``."""
+    """Run the app with uvicorn until interrupted (settings: ``pipeline/serve/server.py``). The Host allow-list is
+    the loopback names, the address bound (unless a wildcard) and ``allowed_hosts``; ``trusted_proxies``: the
+    addresses whose ``X-Forwarded-For`` names the client."""
     import uvicorn
+
+    from pipeline.serve.server import server_config
 
     hosts = [*LOOPBACK_HOSTS, *([host] if host not in ("0.0.0.0", "::", "") else []), *(allowed_hosts or [])]
     app = create_app(cfg, token=token, media_roots=media_roots, allowed_hosts=hosts)
-    uvicorn.run(app, host=host, port=port, log_level="warning")
+    uvicorn.Server(server_config(app, host, port, trusted_proxies)).run()

@@ -55,4 +55,4 @@ def ask_routes(app: FastAPI, cfg: Config, api: Api) -> None:
         except ValidationError as exc:
             raise RequestValidationError(exc.errors(include_url=False, include_context=False)) from None
         result = await run_in_threadpool(asker.ask, req.question, req.video_id, req.t, req.hit_id)
-        return result.as_dict()
+        return api.shown(result.as_dict())

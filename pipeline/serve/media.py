@@ -37,6 +37,11 @@ def media_type(indexed_path: str) -> str:
 
 
 _SPEC = re.compile(r"(\d*)-(\d*)")
+BEYOND = 10**18  # past any file's size; a position with more digits is read as this (int() refuses 4,300+)
+
+
+def _position(digits: str) -> int:
+    return int(digits) if len(digits) <= 18 else BEYOND
 
 
 def parse_range(header: str | None, size: int) -> tuple[int, int] | None | bool:
@@ -63,16 +68,16 @@ def parse_range(header: str | None, size: int) -> tuple[int, int] | None | bool:
         if m is None or not (m.group(1) or m.group(2)):
             return None
         first, last = m.group(1), m.group(2)
-        if first and last and int(last) < int(first):
+        if first and last and _position(last) < _position(first):
             return None  # invalid range-spec: the whole header is ignored
         ranges.append((first, last))
     for first, last in ranges:
         if first:
-            a = int(first)
+            a = _position(first)
             if a < size:
-                return a, min(int(last), size - 1) if last else size - 1
-        elif int(last) > 0 and size > 0:  # suffix range: the last N bytes
-            return max(0, size - int(last)), size - 1
+                return a, min(_position(last), size - 1) if last else size - 1
+        elif _position(last) > 0 and size > 0:  # suffix range: the last N bytes
+            return max(0, size - _position(last)), size - 1
     return False
 
 

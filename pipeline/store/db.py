@@ -257,8 +257,9 @@ class Store:
     def complete_ids(self) -> set[str]:
         return set(self.complete_videos().column("video_id").to_pylist())
 
-    def update_path(self, video_id: str, path: str) -> None:
-        self.table(S.VIDEOS).update(where=f"video_id = {quote(video_id)}", values={"path": path})
+    def update_path(self, video_id: str, path: str, mtime_ns: int | None = None) -> None:
+        values: dict[str, Any] = {"path": path} if mtime_ns is None else {"path": path, "mtime_ns": mtime_ns}
+        self.table(S.VIDEOS).update(where=f"video_id = {quote(video_id)}", values=values)
 
     def status_counts(self) -> dict[str, int]:
         """Videos per status (``started`` ones belong to a run in progress or a crashed one)."""

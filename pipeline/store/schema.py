@@ -159,6 +159,7 @@ def videos_schema() -> pa.Schema:
             ("pipeline_version", pa.string()),
             ("run_id", pa.string()),
             ("indexed_at", pa.timestamp("us", tz="UTC")),
+            added("mtime_ns", pa.int64()),  # the file's st_mtime_ns when it was listed; the server refuses another
         ]
     )
 
