@@ -22,7 +22,7 @@ from operators.decode import Decode
 from operators.transcript import SegmentWords
 from pipeline.evaluation.speech_clips import SpokenClip, build_spoken_clip, corrupt_audio_clip
 from pipeline.search.searcher import Searcher
-from pipeline.search.speech import match_words, tokens
+from pipeline.search.speech import STOP_WORDS, match_words, tokens
 from pipeline.serve.app import create_app
 from pipeline.store import schema as S
 from pipeline.store.db import Store
@@ -60,7 +60,7 @@ def spoken(tmp_path_factory: pytest.TempPathFactory, ray_session: Any) -> dict[s
 @pytest.mark.slow  # the module fixture indexes three clips through Ray (~60 s)
 def test_a_phrase_is_found_by_level_speech_around_the_moment_it_is_said(spoken: dict[str, Any]) -> None:
     cfg = spoken["cfg"]
-    hits = Searcher(cfg.db.path, cfg).search(PHRASE, level="speech", k=5)
+    hits = Searcher(cfg.db.path, cfg).search(PHRASE, level="speech", k=5, mode="text")
     top = hits[0]
     assert top.level == "speech" and top.video_id == spoken["ids"]["reading"] and top.score == 1.0
     assert PHRASE in top.text.lower()
@@ -69,7 +69,7 @@ def test_a_phrase_is_found_by_level_speech_around_the_moment_it_is_said(spoken: 
     assert lo <= top.words[0]["start_s"] < top.words[-1]["end_s"] <= hi
     assert top.start_s <= top.words[0]["start_s"] and top.words[-1]["end_s"] <= top.end_s <= top.start_s + 8
     assert all(h.score < 1.0 for h in hits[1:])  # the others share "of", not the phrase
-    once = Searcher(cfg.db.path, cfg).search("foolishness", level="speech")
+    once = Searcher(cfg.db.path, cfg).search("foolishness", level="speech", mode="text")
     assert len(once) == 1 and [w["word"].strip(".,") for w in once[0].words] == ["foolishness"]
     assert 6.5 < once[0].words[0]["start_s"] < 8.5
 
@@ -77,7 +77,11 @@ def test_a_phrase_is_found_by_level_speech_around_the_moment_it_is_said(spoken: 
 @pytest.mark.slow  # the module fixture indexes three clips through Ray (~60 s)
 def test_filters_apply_to_speech(spoken: dict[str, Any]) -> None:
     cfg = spoken["cfg"]
-    search = Searcher(cfg.db.path, cfg).search
+    searcher = Searcher(cfg.db.path, cfg)
+
+    def search(text: str, **kw: Any) -> list[Any]:
+        return searcher.search(text, mode="text", **kw)
+
     assert search(PHRASE, level="speech", filters={"time_range": (0.0, 10.0)})[0].score < 1.0
     assert search(PHRASE, level="speech", filters={"time_range": (17.0, 19.0)})[0].score == 1.0
     assert search(PHRASE, level="speech", filters={"video_ids": [spoken["ids"]["mute"]]}) == []
@@ -136,8 +140,14 @@ def test_the_http_api_returns_speech_hits_and_the_transcript(spoken: dict[str, A
         assert httpx.get(f"{url}/api/info", headers=AUTH, timeout=60).json()["speech"] is True
         res = httpx.get(f"{url}/api/search", params={"text": PHRASE, "level": "speech"}, headers=AUTH, timeout=120)
         assert res.status_code == 200, res.text
+        assert res.json()["mode"] == "hybrid"  # the level's default
         top = res.json()["results"][0]
         assert top["level"] == "speech" and PHRASE in top["text"].lower() and len(top["words"]) == 3
+        query, said, _ = PARAPHRASES[0]
+        res = httpx.get(
+            f"{url}/api/search", params={"text": query, "level": "speech", "mode": "vector"}, headers=AUTH, timeout=60
+        )
+        assert res.json()["mode"] == "vector" and said in res.json()["results"][0]["text"].lower()
         body = {"text": "hope", "level": "speech", "rerank": "vilt"}
         assert httpx.post(f"{url}/api/search", json=body, headers=AUTH, timeout=60).status_code == 400
         vid = spoken["ids"]["reading"]
@@ -185,3 +195,83 @@ def test_a_segment_hands_on_the_whole_utterances_it_overlaps() -> None:
     assert spoken.around(4.0, 8.0) == "It was the best of times. It was the worst"
     assert spoken.around(8.0, 12.0) is None  # nothing said there
     assert spoken.around(12.0, 16.0) == "Later."
+
+
+# -- meaning: the utterances' sentence embeddings (all-MiniLM-L6-v2, trained, from the pinned wheel) -----------
+# In the reading, "It was the epoch of belief. It was the epoch of incredulity" is said at about 8.3-12.9 s and
+# "It was the spring of hope. It was the winter of despair" at about 17.2-20.4 s.
+PARAPHRASES = [
+    ("an era of faith and of doubt", "epoch of belief", 10.5),
+    ("optimism in the warm months, hopelessness in the cold", "winter of despair", 18.5),
+]
+
+
+@pytest.mark.slow  # the module fixture indexes three clips through Ray (~60 s)
+def test_the_text_rows_carry_unit_sentence_vectors_labelled_with_their_model(spoken: dict[str, Any]) -> None:
+    from operators.text_embed import model_id
+
+    store, cfg, ids = spoken["store"], spoken["cfg"], spoken["ids"]
+    label = model_id(cfg.text_embed)
+    assert label == "sentence-transformers/all-MiniLM-L6-v2@1110a243fdf4706b3f48f1d95db1a4f5529b4d41"
+    rows = store.rows(S.SPEECH, columns=["text", "text_vector", S.TEXT_MODEL]).to_pylist()
+    assert rows and all(r[S.TEXT_MODEL] == label for r in rows)
+    vecs = np.array([r["text_vector"] for r in rows], np.float32)
+    assert vecs.shape == (len(rows), 384) and np.allclose(np.linalg.norm(vecs, axis=1), 1.0, atol=1e-4)
+    assert len({tuple(np.round(v, 4)) for v in vecs}) == len(rows)  # each utterance its own vector
+    segs = store.rows(S.SEGMENTS, columns=["video_id", "speech", "speech_vector", "caption_vector"]).to_pylist()
+    for s in segs:
+        said = s["video_id"] == ids["reading"]
+        assert (s["speech_vector"] is not None) == said, s["video_id"]  # the clips without speech: null
+        assert s["caption_vector"] is not None  # the tiny captioner writes (meaningless) captions everywhere
+
+
+@pytest.mark.slow  # the module fixture indexes three clips through Ray (~60 s)
+def test_a_paraphrase_finds_the_utterance_by_meaning_in_vector_and_hybrid_mode(spoken: dict[str, Any]) -> None:
+    cfg, ids = spoken["cfg"], spoken["ids"]
+    searcher = Searcher(cfg.db.path, cfg)
+    for query, said, at in PARAPHRASES:
+        for mode in ("vector", "hybrid"):
+            top = searcher.search(query, level="speech", k=3, mode=mode)[0]
+            assert top.video_id == ids["reading"] and said in top.text.lower(), (query, mode, top.text)
+            assert top.start_s <= at <= top.end_s and top.words == []  # found by meaning: no word matched
+        if mode == "vector":
+            assert 0.3 < top.score < 1.0
+        # the words alone match only stop words ("the", "in", "of"): no evidence, which hybrid leaves out
+        words = searcher.search(query, level="speech", k=3, mode="text")
+        assert all(w["word"].strip(".,").lower() in STOP_WORDS for h in words for w in h.words)
+        # filters apply to the ranking by meaning: a clip without speech has nothing to give
+        assert searcher.search(query, level="speech", mode="vector", filters={"video_ids": [ids["mute"]]}) == []
+        assert searcher.search(query, level="speech", mode="vector", filters={"time_range": (0.0, 5.0)})[0].end_s < at
+
+
+@pytest.mark.slow  # the module fixture indexes three clips through Ray (~60 s)
+def test_an_exact_phrase_stays_first_in_hybrid_and_the_query_vector_is_cached(spoken: dict[str, Any]) -> None:
+    cfg = spoken["cfg"]
+    searcher = Searcher(cfg.db.path, cfg)
+    top = searcher.search("the age of foolishness", level="speech", k=3)[0]  # hybrid, the default
+    assert "age of foolishness" in top.text.lower() and [w["word"].strip(".,") for w in top.words][-1] == "foolishness"
+    embedder = searcher.text_embedder()
+    assert embedder is not None
+    calls = []
+    encode = embedder.model.encode
+    embedder.model.encode = lambda *a, **kw: calls.append(a) or encode(*a, **kw)
+    first = searcher.search("the age of foolishness", level="speech", k=3)
+    assert [h.id for h in first][0] == top.id and calls == []  # the query's vector came from the cache
+
+
+@pytest.mark.slow  # the module fixture indexes three clips through Ray (~60 s)
+def test_vectors_of_another_model_are_never_compared(spoken: dict[str, Any], tmp_path: Path) -> None:
+    from operators.model_catalog import resolve
+    from pipeline.errors import SearchError
+
+    cfg = spoken["cfg"]
+    local = tmp_path / "my-minilm"  # the same weights as a local folder: another label, so not comparable
+    shutil.copytree(resolve("all-MiniLM-L6-v2").path, local)
+    other = cfg.model_copy(update={"text_embed": cfg.text_embed.model_copy(update={"model": str(local)})})
+    assert other.pipeline_version() != cfg.pipeline_version()  # indexing with it re-embeds every video
+    searcher = Searcher(cfg.db.path, other)
+    with pytest.raises(SearchError, match="no speech vectors of my-minilm@sha256:"):
+        searcher.search(PARAPHRASES[0][0], level="speech", mode="vector")
+    # hybrid falls back to the words: exactly the text mode's ranking
+    hybrid = searcher.search(PHRASE, level="speech", k=5)
+    assert [h.id for h in hybrid] == [h.id for h in searcher.search(PHRASE, level="speech", k=5, mode="text")]
