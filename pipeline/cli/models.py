@@ -120,6 +120,12 @@ def uses(cfg: Any) -> list[ModelUse]:
 
         name = cfg.speech.model
         out.append(_catalog("speech", name) if _in_catalog(name) else _try("speech", name, lambda: model_path(name)))
+    if cfg.text_embed.enabled:
+        from operators.text_embed import model_path as text_model_path
+
+        te = cfg.text_embed
+        use = _catalog("text embeddings", te.model) if _in_catalog(te.model) else None
+        out.append(use or _try("text embeddings", te.model, lambda: text_model_path(te)))
     vqa = cfg.vqa
     if vqa.random_weights:
         out.append(ModelUse("question answering (ask)", vqa.model, "random", note="built from vqa.architecture"))
