@@ -4,8 +4,8 @@ speech-heavy video.
 
 Rows are the real ones of the Dickens reading muxed into a real clip (built with ffmpeg in a temporary folder):
 its utterances as the default config's Whisper writes them, and each 4 s segment's speech context (the whole
-utterances it overlaps, ``SegmentWords.around``), embedded as the assembler does (one batch per table flush,
-repeated text embedded once). Queries: distinct short sentences, each embedded once (uncached), then again
+utterances it overlaps, ``SegmentWords.around``), embedded as the assembler does (one batch per table flush; a
+text as its whole and its sentences, each piece once per video: the contexts reuse the utterances' sentences). Queries: distinct short sentences, each embedded once (uncached), then again
 (cached). Share: the embedding CPU / (the other stages of the default config on the same clip, measured in the
 same run by ``benchmarks/speech.py``'s --share method: ``realtime.stage_cpu`` with every stage, plus speech,
 plus the embedding). CPU time is ``time.process_time`` of this process.
@@ -72,6 +72,7 @@ def main() -> None:
     embedder.passages(texts[:2])  # warm-up
     c = time.process_time()
     for _ in range(args.repeat):
+        embedder._pieces.clear()  # each repeat as a new video: nothing of it embedded before
         embedder.passages(texts)
         embedder.passages(contexts)
     embed_cpu = (time.process_time() - c) / args.repeat

@@ -208,16 +208,20 @@ PARAPHRASES = [
 
 @pytest.mark.slow  # the module fixture indexes three clips through Ray (~60 s)
 def test_the_text_rows_carry_unit_sentence_vectors_labelled_with_their_model(spoken: dict[str, Any]) -> None:
-    from operators.text_embed import model_id
+    from operators.text_embed import model_id, pieces
 
     store, cfg, ids = spoken["store"], spoken["cfg"], spoken["ids"]
     label = model_id(cfg.text_embed)
     assert label == "sentence-transformers/all-MiniLM-L6-v2@1110a243fdf4706b3f48f1d95db1a4f5529b4d41"
     rows = store.rows(S.SPEECH, columns=["text", "text_vector", S.TEXT_MODEL]).to_pylist()
     assert rows and all(r[S.TEXT_MODEL] == label for r in rows)
-    vecs = np.array([r["text_vector"] for r in rows], np.float32)
-    assert vecs.shape == (len(rows), 384) and np.allclose(np.linalg.norm(vecs, axis=1), 1.0, atol=1e-4)
-    assert len({tuple(np.round(v, 4)) for v in vecs}) == len(rows)  # each utterance its own vector
+    for r in rows:  # the whole utterance's vector, then one per sentence when it has several
+        vecs = np.array(r["text_vector"], np.float32)
+        assert vecs.shape == (len(pieces(r["text"])), 384), r["text"]
+        assert np.allclose(np.linalg.norm(vecs, axis=1), 1.0, atol=1e-4)
+    assert any(len(r["text_vector"]) > 1 for r in rows)  # the reading's utterances hold two sentences or more
+    whole = {tuple(np.round(r["text_vector"][0], 4)) for r in rows}
+    assert len(whole) == len(rows)  # each utterance its own vector
     segs = store.rows(S.SEGMENTS, columns=["video_id", "speech", "speech_vector", "caption_vector"]).to_pylist()
     for s in segs:
         said = s["video_id"] == ids["reading"]

@@ -229,14 +229,14 @@ def test_a_sentence_embedder_of_another_width_replaces_the_text_vectors_and_keep
     store.begin([video_row("a")])
     store.commit([video_row("a")], tables_of(content("a", [0.0, 1.0])))
     seg = store.table(S.SEGMENTS)
-    assert seg.schema.field("speech_vector").type.list_size == S.TEXT_DIM
+    assert seg.schema.field("speech_vector").type.value_type.list_size == S.TEXT_DIM
     n = seg.count_rows()
     wider = Store(store.uri, DIM, text_dim=S.TEXT_DIM * 2)  # a model of 768 dimensions
     migrated = wider.migrate()
     assert migrated[S.SEGMENTS] == ["caption_vector", "screen_text_vector", "speech_vector"]
     assert S.SPEECH not in migrated or migrated[S.SPEECH] == ["text_vector"]
     table = wider.table(S.SEGMENTS)
-    assert table.count_rows() == n and table.schema.field("speech_vector").type.list_size == S.TEXT_DIM * 2
+    assert table.count_rows() == n and table.schema.field("speech_vector").type.value_type.list_size == S.TEXT_DIM * 2
     assert table.count_rows("speech_vector IS NOT NULL") == 0
     assert Store(store.uri).text_dim == S.TEXT_DIM * 2  # a reader reads the width from the table
     assert wider.migrate() == {}

@@ -54,7 +54,10 @@ def load_semantic_manifest(path: str | Path) -> SemanticManifest:
     return SemanticManifest.model_validate(yaml.safe_load(Path(path).read_text()))
 
 
-def truth_spans(manifest: SemanticManifest, clips: dict[str, Path], speech_model: str) -> dict[str, tuple[float, float]]:
+Span = tuple[float, float]
+
+
+def truth_spans(manifest: SemanticManifest, clips: dict[str, Path], speech_model: str) -> dict[str, Span]:
     """Query id -> when its ``said`` is said (a float32 reference run of ``speech_model``) or shown (drawn)."""
     from operators.speech import SpeechConfig, Transcribe
     from pipeline.search.speech import match_words, tokens
@@ -81,7 +84,7 @@ def truth_spans(manifest: SemanticManifest, clips: dict[str, Path], speech_model
     return out
 
 
-def first_right(hits: list[tuple[str, tuple[float, float]]], clip: str, truth: tuple[float, float]) -> tuple[int, float]:
+def first_right(hits: list[tuple[str, Span]], clip: str, truth: Span) -> tuple[int, float]:
     """(rank of the first right hit, 0 if none; tIoU of the top hit's span with the truth, 0 if it is wrong)."""
     right = [i for i, (c, span) in enumerate(hits, 1) if c == clip and temporal_iou(span, truth) > 0]
     top = temporal_iou(hits[0][1], truth) if hits and hits[0][0] == clip else 0.0

@@ -84,7 +84,7 @@ class Store:
             self._text_dim = S.TEXT_DIM
             for v in S.TEXT_VECTORS:
                 try:
-                    self._text_dim = int(self.db.open_table(v.table).schema.field(v.column).type.list_size)
+                    self._text_dim = int(self.db.open_table(v.table).schema.field(v.column).type.value_type.list_size)
                     break
                 except (ValueError, FileNotFoundError, KeyError):  # no such table or column yet
                     continue

@@ -78,6 +78,8 @@ def to_arrow(rows: list[Row], schema: pa.Schema) -> pa.Table:
         values = [r.get(f.name) for r in rows] if is_added(f) else [r[f.name] for r in rows]
         if pa.types.is_fixed_size_list(f.type) and pa.types.is_float32(f.type.value_type):
             cols.append(_vectors(values, f.type.list_size))
+        elif pa.types.is_list(f.type) and pa.types.is_fixed_size_list(f.type.value_type):
+            cols.append(_multivectors(values, f.type.value_type.list_size))
         else:
             cols.append(pa.array(values, type=f.type))
     return pa.Table.from_arrays(cols, schema=schema)
@@ -95,6 +97,17 @@ def _vectors(values: list[Any], dim: int) -> pa.FixedSizeListArray:
             stacked[i] = np.asarray(v, dtype=np.float32).reshape(dim)
     flat_array = pa.array(stacked.reshape(-1), pa.float32())
     return pa.FixedSizeListArray.from_arrays(flat_array, dim, mask=pa.array(nulls))
+
+
+def _multivectors(values: list[Any], dim: int) -> pa.ListArray:
+    """Per row a (k, dim) array of vectors (a multivector) or None (null), as one list array over one buffer."""
+    counts = [0 if v is None else len(v) for v in values]
+    offsets = np.concatenate([[0], np.cumsum(counts)]).astype(np.int32)
+    parts = [np.asarray(v, np.float32).reshape(-1, dim) for v in values if v is not None]
+    flat = np.concatenate(parts).reshape(-1) if parts else np.zeros(0, np.float32)
+    inner = pa.FixedSizeListArray.from_arrays(pa.array(flat, pa.float32()), dim)
+    mask = pa.array([v is None for v in values])
+    return pa.ListArray.from_arrays(pa.array(offsets), inner, mask=mask)
 
 
 def write_fragments(uri: str, table: pa.Table, options: dict[str, str] | None) -> list[str]:

@@ -29,6 +29,8 @@ import time
 import uuid
 from typing import Any, Final
 
+import pyarrow as pa
+
 from pipeline.config import MaintenanceConfig
 from pipeline.store import fts
 from pipeline.store import schema as S
@@ -103,7 +105,8 @@ def build_vector_index(
     """
     if n_rows < cfg.vector_index_min_rows and not force:
         return None
-    dim = table.schema.field(column).type.list_size
+    kind = table.schema.field(column).type
+    dim = (kind if pa.types.is_fixed_size_list(kind) else kind.value_type).list_size  # a vector, or a multivector
     index = _index_config(cfg, n_rows, dim)
     t0 = time.monotonic()
     table.create_index(column, config=index, replace=True, name=vector_index_name(column))

@@ -110,8 +110,8 @@ TEXT_MODEL = "text_model"
 
 @dataclass(frozen=True)
 class TextVector:
-    """A sentence-embedding column: table ``table``'s ``column`` holds the vector of the row's ``source`` text
-    (null where that text is empty, or text embedding is off)."""
+    """A sentence-embedding column: table ``table``'s ``column`` holds the vectors of the row's ``source`` text (a
+    multivector: the whole text's, then its sentences'; null where that text is empty, or text embedding is off)."""
 
     table: str
     column: str
@@ -134,9 +134,14 @@ def text_vectors(table: str) -> tuple[TextVector, ...]:
     return tuple(v for v in TEXT_VECTORS if v.table == table)
 
 
+def multivector(dim: int) -> pa.DataType:
+    """A row's sentence vectors: the whole text's, then its sentences' (``operators/text_embed.py``, ``pieces``)."""
+    return pa.list_(vector(dim))
+
+
 def text_vector_fields(table: str, text_dim: int) -> list[pa.Field]:
     """The sentence-embedding columns of ``table`` and the model column (added after the tables' first release)."""
-    fields = [added(v.column, vector(text_dim)) for v in text_vectors(table)]
+    fields = [added(v.column, multivector(text_dim)) for v in text_vectors(table)]
     return [*fields, added(TEXT_MODEL, pa.string())] if fields else []
 
 
