@@ -5,10 +5,11 @@ speech-heavy video.
 Rows are the real ones of the Dickens reading muxed into a real clip (built with ffmpeg in a temporary folder):
 its utterances as the default config's Whisper writes them, and each 4 s segment's speech context (the whole
 utterances it overlaps, ``SegmentWords.around``), embedded as the assembler does (one batch per table flush; a
-text as its whole and its sentences, each piece once per video: the contexts reuse the utterances' sentences). Queries: distinct short sentences, each embedded once (uncached), then again
-(cached). Share: the embedding CPU / (the other stages of the default config on the same clip, measured in the
-same run by ``benchmarks/speech.py``'s --share method: ``realtime.stage_cpu`` with every stage, plus speech,
-plus the embedding). CPU time is ``time.process_time`` of this process.
+text as its whole and its sentences, each piece once per video: the contexts reuse the utterances' sentences).
+Queries: distinct short sentences, each embedded once (uncached), then again (cached). Share: the embedding CPU
+/ (the other stages of the default config on the same clip, measured in the same run as
+``benchmarks/speech.py --share`` does: ``realtime.stage_cpu`` with every stage, plus speech, plus the
+embedding). CPU time is ``time.process_time`` of this process.
 
     python benchmarks/text_embed.py [--repeat 3] [--export-cache /tmp/exports]
 """

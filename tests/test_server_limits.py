@@ -20,7 +20,7 @@ from PIL import Image, ImageFile
 
 from pipeline.errors import SearchError
 from pipeline.index.catalog import fingerprint, list_videos
-from pipeline.search.searcher import DECODE_SIDE, load_image
+from pipeline.search.images import DECODE_SIDE, load_image
 from pipeline.serve.app import DECODE_SLOTS, create_app
 from tests.helpers import http_request, running
 

@@ -33,7 +33,7 @@ from operators.vqa import QuestionError, VqaConfig, VqaModel, build_vqa
 from pipeline.config import Config
 from pipeline.errors import AskError
 from pipeline.index.catalog import Verifier
-from pipeline.search.searcher import load_image
+from pipeline.search.images import load_image
 from pipeline.store import schema as S
 from pipeline.store.db import Store, quote
 

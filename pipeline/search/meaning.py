@@ -6,7 +6,7 @@ captions, on-screen text and speech), and how the text levels fuse them with the
   (``text_model``). A dense ranking reads only rows of the query model's label, prefiltered by the search's
   ``where`` like every other ranking, so vectors of two models are never compared. Score: cosine similarity.
 - **Modes at the text levels** (``speech``, ``texts``): ``text`` is the word ranking alone, ``vector`` the dense
-  ranking alone, ``hybrid`` (their default) both fused by reciprocal rank (``pipeline/search/hybrid.py``, ``rrf``)
+  ranking alone, ``hybrid`` (their default) both fused by reciprocal rank (``pipeline/search/fusion.py``)
   with one rule on top: rows the words match exactly (the query's words said in order; the query written on
   screen) come first, in their fused order. A paraphrase has no such row and is ranked by the fusion; an exact
   phrase stays first even when another row is nearer in meaning. In hybrid the speech word ranking keeps only
@@ -27,7 +27,7 @@ import numpy as np
 
 from pipeline.config import MaintenanceConfig
 from pipeline.errors import SearchError
-from pipeline.search.hybrid import fuse
+from pipeline.search.fusion import fuse
 from pipeline.store import schema as S
 from pipeline.store.db import quote
 

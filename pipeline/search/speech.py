@@ -30,6 +30,7 @@ from typing import Any
 
 from pipeline.errors import SearchError
 from pipeline.search.filters import Filters, parse_word_query
+from pipeline.search.meaning import VectorColumns, check_text_mode, dense_ranking, fuse_text_level, no_vectors
 from pipeline.search.results import SearchResult
 from pipeline.search.text import _where
 from pipeline.store import schema as S
@@ -154,8 +155,6 @@ class SpeechSearcher:
     hold vectors."""
 
     def __init__(self, db: str | Store, embedder: Any = None, vectors: Any = None, index: Any = None) -> None:
-        from pipeline.search.meaning import VectorColumns
-
         self.store = db if isinstance(db, Store) else Store(db)
         self.embedder = embedder
         self.vectors = vectors or VectorColumns()
@@ -169,8 +168,6 @@ class SpeechSearcher:
         mode: str = "hybrid",
         rrf_k: int = 60,
     ) -> list[SpeechHit]:
-        from pipeline.search.meaning import check_text_mode, dense_ranking, fuse_text_level, no_vectors
-
         check_text_mode(mode)
         parsed = parse_word_query(text, k, MAX_QUERY_CHARS, filters, "speech")
         query = tokens(text)

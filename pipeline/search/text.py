@@ -28,6 +28,7 @@ from typing import Any
 from operators.base import StrictModel
 from operators.text_spans import normalise
 from pipeline.search.filters import Filters, parse_word_query
+from pipeline.search.meaning import VectorColumns, check_text_mode, dense_ranking, fuse_text_level, no_vectors
 from pipeline.store import schema as S
 from pipeline.store.db import Store, in_list
 from pipeline.store.fts import Tokenizer, ensure_text_index
@@ -127,8 +128,6 @@ class TextSearcher:
         vectors: Any = None,
         index: Any = None,
     ) -> None:
-        from pipeline.search.meaning import VectorColumns
-
         self.store = db if isinstance(db, Store) else Store(db)
         self.cfg = cfg or TextSearchConfig()
         self.embedder = embedder
@@ -143,8 +142,6 @@ class TextSearcher:
         mode: str = "hybrid",
         rrf_k: int = 60,
     ) -> list[TextHit]:
-        from pipeline.search.meaning import check_text_mode, dense_ranking, fuse_text_level, no_vectors
-
         check_text_mode(mode)
         parsed = parse_word_query(text, k, self.cfg.max_query_chars, filters, "on-screen text")
         dense = mode != "text" and self._has_vectors()

@@ -38,7 +38,8 @@ from operators.rerank import RERANKERS
 from pipeline.config import Config
 from pipeline.errors import SearchError
 from pipeline.search.hybrid import MODES, Mode
-from pipeline.search.searcher import Searcher, load_image
+from pipeline.search.images import load_image
+from pipeline.search.searcher import Searcher
 from pipeline.serve.api import TEXTS_LEVEL, Api
 from pipeline.serve.ask import ask_routes
 from pipeline.serve.guard import LOOPBACK_HOSTS, Guard, LoginLimiter, Scope, Sessions, same_secret
