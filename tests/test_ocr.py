@@ -159,7 +159,7 @@ def _write(db, videos, texts):
         row.update(video_id=vid, path=path, status=status, indexed_at=now)
         rows.append(row)
     conn.create_table(S.VIDEOS, pa.Table.from_pylist(rows, schema=S.videos_schema()))
-    conn.create_table(S.TEXTS, pa.Table.from_pylist(texts, schema=S.texts_schema()))
+    conn.create_table(S.TEXTS, schema=S.texts_schema()).add(pa.Table.from_pylist(texts, schema=S.texts_schema()))
 
 
 @pytest.mark.parametrize("tokenizer", ["ngram", "word"])

@@ -305,5 +305,7 @@ def _write_db(path: Path, videos: list[dict[str, Any]], texts: list[dict[str, An
     shutil.rmtree(path, ignore_errors=True)
     db = lancedb.connect(str(path))
     db.create_table(S.VIDEOS, pa.Table.from_pylist(videos, schema=S.videos_schema()))
-    db.create_table(S.TEXTS, pa.Table.from_pylist(texts, schema=S.texts_schema()))
+    # created from the schema, then filled: LanceDB's create_table infers vector widths from the data, and cannot
+    # from an all-null multivector column (the texts' sentence vectors, not computed here)
+    db.create_table(S.TEXTS, schema=S.texts_schema()).add(pa.Table.from_pylist(texts, schema=S.texts_schema()))
     return str(path)

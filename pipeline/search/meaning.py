@@ -21,7 +21,7 @@ from __future__ import annotations
 
 import threading
 from collections.abc import Callable
-from typing import Any
+from typing import Any, ClassVar
 
 import numpy as np
 
@@ -29,7 +29,7 @@ from pipeline.config import MaintenanceConfig
 from pipeline.errors import SearchError
 from pipeline.search.fusion import fuse
 from pipeline.store import schema as S
-from pipeline.store.db import quote
+from pipeline.store.db import Store, quote
 
 TEXT_MODES = ("vector", "text", "hybrid")
 
@@ -117,3 +117,45 @@ def fuse_text_level(
     fused = fuse([words, dense], key, rrf_k)
     exact_ids = {r[key] for r in words if exact(r)}
     return sorted(fused, key=lambda x: x[0][key] not in exact_ids)  # stable: fused order within each group
+
+
+class TextLevel:
+    """What the searchers of the text levels share (``SpeechSearcher``, ``TextSearcher``): the database, the query
+    embedder (a ``TextEmbedder``, or None: words only), the cache of which columns hold vectors, the ANN search
+    parameters (a ``MaintenanceConfig``), and the ranking by meaning of their table's ``text_vector``."""
+
+    table_name: ClassVar[str]
+    level: ClassVar[str]
+    column: ClassVar[str] = "text_vector"
+
+    def __init__(
+        self, db: str | Store, embedder: Any = None, vectors: VectorColumns | None = None, index: Any = None
+    ) -> None:
+        self.store = db if isinstance(db, Store) else Store(db)
+        self.embedder = embedder
+        self.vectors = vectors or VectorColumns()
+        self.index = index
+
+    def uses_meaning(self, mode: str) -> bool:
+        """Whether ``mode`` ranks by meaning here: not in text mode, nor without vectors of the query model (then
+        hybrid is the words alone, and vector mode an error saying why)."""
+        check_text_mode(mode)
+        dense = mode != "text" and self.embedder is not None and self.store.exists(self.table_name)
+        dense = dense and self.vectors.has(
+            self.store.table(self.table_name), self.table_name, self.column, self.embedder.model_id
+        )
+        if mode == "vector" and not dense:
+            raise no_vectors(self.level, self.embedder.model_id if self.embedder is not None else None)
+        return bool(dense)
+
+    def complete_videos(self) -> dict[str, str]:
+        """video id -> path of the videos marked complete (the only ones a search returns)."""
+        rows = self.store.complete_videos().select(["video_id", "path"]).to_pylist()
+        return {r["video_id"]: r["path"] for r in rows}
+
+    def nearest(self, table: Any, text: str, columns: list[str], fetch: int, where: str | None) -> list[dict[str, Any]]:
+        """The ranking by meaning of ``text`` over the table's vectors (``dense_ranking``)."""
+        assert self.embedder is not None
+        return dense_ranking(
+            table, self.column, self.embedder.query(text), self.embedder.model_id, columns, fetch, where, self.index
+        )

@@ -30,7 +30,7 @@ from typing import Any
 
 from pipeline.errors import SearchError
 from pipeline.search.filters import Filters, parse_word_query
-from pipeline.search.meaning import VectorColumns, check_text_mode, dense_ranking, fuse_text_level, no_vectors
+from pipeline.search.meaning import TextLevel, fuse_text_level
 from pipeline.search.results import SearchResult
 from pipeline.search.text import _where
 from pipeline.store import schema as S
@@ -38,7 +38,6 @@ from pipeline.store.db import Store
 from pipeline.store.fts import SPEECH_FTS
 
 SPEECH_LEVEL = S.SPEECH
-TEXT_VECTOR = "text_vector"  # the utterance's sentence embedding (pipeline/store/schema.py, TEXT_VECTORS)
 COLUMNS = ["utterance_id", "video_id", "start_s", "end_s", "text", "words", "language"]
 OVERFETCH = 10  # candidates per requested hit for the re-scoring stage
 MAX_QUERY_CHARS = 500
@@ -148,17 +147,12 @@ def word_candidates(
     return (first + rest)[:fetch]
 
 
-class SpeechSearcher:
+class SpeechSearcher(TextLevel):
     """Search the ``speech`` table of the database at ``db`` by words, by meaning, or both (``mode``; see
-    ``pipeline/search/meaning.py``). ``embedder`` embeds queries (a ``TextEmbedder``; without one, or without
-    vectors of its model in the database, hybrid searches the words alone); ``vectors`` caches which columns
-    hold vectors."""
+    ``pipeline/search/meaning.py``, ``TextLevel`` for the other arguments)."""
 
-    def __init__(self, db: str | Store, embedder: Any = None, vectors: Any = None, index: Any = None) -> None:
-        self.store = db if isinstance(db, Store) else Store(db)
-        self.embedder = embedder
-        self.vectors = vectors or VectorColumns()
-        self.index = index  # the ANN search parameters (a MaintenanceConfig; None: the defaults)
+    table_name = S.SPEECH
+    level = "speech"
 
     def search(
         self,
@@ -168,17 +162,12 @@ class SpeechSearcher:
         mode: str = "hybrid",
         rrf_k: int = 60,
     ) -> list[SpeechHit]:
-        check_text_mode(mode)
         parsed = parse_word_query(text, k, MAX_QUERY_CHARS, filters, "speech")
         query = tokens(text)
         if not query:
             raise SearchError("the query has no words to search for")
-        dense = mode != "text" and self._has_vectors()
-        if mode == "vector" and not dense:
-            raise no_vectors("speech", self.embedder.model_id if self.embedder is not None else None)
-        videos = {
-            r["video_id"]: r["path"] for r in self.store.complete_videos().select(["video_id", "path"]).to_pylist()
-        }
+        dense = self.uses_meaning(mode)
+        videos = self.complete_videos()
         if not videos or not self.store.exists(S.SPEECH):
             return []
         table = self.store.table(S.SPEECH)
@@ -186,13 +175,10 @@ class SpeechSearcher:
             return []
         where = _where(parsed, videos)
         scored = [] if mode == "vector" else self._words(table, text, query, k * OVERFETCH, where, videos)
-        if mode == "text" or (mode == "hybrid" and not dense):
+        if not dense:
             picked = [(score, words, r) for _, score, words, r in scored]
         else:
-            near = dense_ranking(
-                table, TEXT_VECTOR, self.embedder.query(text), self.embedder.model_id, COLUMNS, k * OVERFETCH, where,
-                self.index,
-            )  # fmt: skip
+            near = self.nearest(table, text, COLUMNS, k * OVERFETCH, where)
             near = [{**r, "_matched": [], "_phrase": False} for r in near if r["video_id"] in videos]
             if mode == "vector":
                 picked = [(float(r["_score"]), [], r) for r in near]
@@ -210,11 +196,6 @@ class SpeechSearcher:
             _hit(i + 1, score, float(r["_score"]), words, r, videos[r["video_id"]])
             for i, (score, words, r) in enumerate(picked[:k])
         ]
-
-    def _has_vectors(self) -> bool:
-        if self.embedder is None or not self.store.exists(S.SPEECH):
-            return False
-        return bool(self.vectors.has(self.store.table(S.SPEECH), S.SPEECH, TEXT_VECTOR, self.embedder.model_id))
 
     def _words(
         self, table: Any, text: str, query: list[str], fetch: int, where: str | None, videos: dict[str, str]

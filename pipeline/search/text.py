@@ -28,12 +28,11 @@ from typing import Any
 from operators.base import StrictModel
 from operators.text_spans import normalise
 from pipeline.search.filters import Filters, parse_word_query
-from pipeline.search.meaning import VectorColumns, check_text_mode, dense_ranking, fuse_text_level, no_vectors
+from pipeline.search.meaning import TextLevel, fuse_text_level
 from pipeline.store import schema as S
 from pipeline.store.db import Store, in_list
 from pipeline.store.fts import Tokenizer, ensure_text_index
 
-TEXT_VECTOR = "text_vector"  # the span's sentence embedding (pipeline/store/schema.py, TEXT_VECTORS)
 EXACT = 0.999  # a word hit this similar is the query written on screen (hybrid ranks it first)
 #: What a hit is built from.
 HIT_COLUMNS = [
@@ -115,10 +114,13 @@ def _where(filters: Filters | None, videos: dict[str, str]) -> str | None:
     return " AND ".join(f"({p})" for p in parts) if parts else None
 
 
-class TextSearcher:
+class TextSearcher(TextLevel):
     """Search the ``texts`` table of the database at ``db`` by words, by meaning, or both (``mode``; see
-    ``pipeline/search/meaning.py``; the word ranking is the two stages above). ``embedder`` embeds queries (a
-    ``TextEmbedder``; without one, or without vectors of its model, hybrid searches the words alone)."""
+    ``pipeline/search/meaning.py``, ``TextLevel`` for the other arguments; the word ranking is the two stages
+    above, tuned by ``cfg``)."""
+
+    table_name = S.TEXTS
+    level = "texts"
 
     def __init__(
         self,
@@ -128,11 +130,8 @@ class TextSearcher:
         vectors: Any = None,
         index: Any = None,
     ) -> None:
-        self.store = db if isinstance(db, Store) else Store(db)
+        super().__init__(db, embedder, vectors, index)
         self.cfg = cfg or TextSearchConfig()
-        self.embedder = embedder
-        self.vectors = vectors or VectorColumns()
-        self.index = index  # the ANN search parameters (a MaintenanceConfig; None: the defaults)
 
     def search(
         self,
@@ -142,25 +141,19 @@ class TextSearcher:
         mode: str = "hybrid",
         rrf_k: int = 60,
     ) -> list[TextHit]:
-        check_text_mode(mode)
         parsed = parse_word_query(text, k, self.cfg.max_query_chars, filters, "on-screen text")
-        dense = mode != "text" and self._has_vectors()
-        if mode == "vector" and not dense:
-            raise no_vectors("texts", self.embedder.model_id if self.embedder is not None else None)
-        videos = {
-            r["video_id"]: r["path"] for r in self.store.complete_videos().select(["video_id", "path"]).to_pylist()
-        }
+        dense = self.uses_meaning(mode)
+        videos = self.complete_videos()
         if not videos or not self.store.exists(S.TEXTS):
             return []
         table = self.store.table(S.TEXTS)
         where = _where(parsed, videos)
         fetch = k * self.cfg.overfetch
         scored = [] if mode == "vector" else self._words(table, text, fetch, where, videos)
-        if mode == "text" or (mode == "hybrid" and not dense):
+        if not dense:
             picked = [(s[0], s, r) for s, r in scored]
         else:
-            vec = self.embedder.query(text)
-            near = dense_ranking(table, TEXT_VECTOR, vec, self.embedder.model_id, HIT_COLUMNS, fetch, where, self.index)
+            near = self.nearest(table, text, HIT_COLUMNS, fetch, where)
             near = [{**r, "_sim": (0.0, 0.0, float(r["_score"]))} for r in near if r["video_id"] in videos]
             if mode == "vector":
                 picked = [(float(r["_score"]), (float(r["_score"]), 0.0, float(r["_score"])), r) for r in near]
@@ -170,15 +163,8 @@ class TextSearcher:
                 picked = [(score, r["_sim"], r) for r, score in fused]
         if parsed is not None and parsed.min_score is not None:
             picked = [x for x in picked if x[0] >= parsed.min_score]
-        return [
-            self._hit(i + 1, (score, s[1], s[2]), r, videos[r["video_id"]])
-            for i, (score, s, r) in enumerate(picked[:k])
-        ]
-
-    def _has_vectors(self) -> bool:
-        if self.embedder is None or not self.store.exists(S.TEXTS):
-            return False
-        return bool(self.vectors.has(self.store.table(S.TEXTS), S.TEXTS, TEXT_VECTOR, self.embedder.model_id))
+        hits = enumerate(picked[:k])
+        return [self._hit(i + 1, (score, s[1], s[2]), r, videos[r["video_id"]]) for i, (score, s, r) in hits]
 
     def _words(
         self, table: Any, text: str, fetch: int, where: str | None, videos: dict[str, str]
