@@ -200,9 +200,14 @@ def test_cluster_gpu_config_puts_decode_on_cpus_and_models_on_fractional_gpus() 
     assert 0 < cfg.ray.detect.num_gpus < 1 and 0 < cfg.ray.embed.num_gpus < 1
     assert cfg.encoder.device == "cuda" and cfg.detect.device == "cuda"
     # Same rows as default.yaml but for the shot detector (TransNetV2 on the GPU, the content detector on CPU),
-    # captions (on with a GPU, off on CPU by cost) and the speech model (large-v3-turbo on the GPU, tiny.en on CPU).
+    # captions (on with a GPU, off on CPU by cost), the speech model (large-v3-turbo on the GPU, tiny.en on CPU)
+    # and the sentence embedder that goes with a multilingual Whisper (multilingual-e5-small, MiniLM on CPU).
     gpu_choices = ["segments.shots=transnetv2", "captions.model=blip", "speech.model=large-v3-turbo"]
-    gpu_choices += ["speech.compute_type=float16", "speech.beam_size=5"]
+    gpu_choices += [
+        "speech.compute_type=float16",
+        "speech.beam_size=5",
+        "text_embed.model=intfloat/multilingual-e5-small",
+    ]
     assert cfg.pipeline_version() == load_config("default", gpu_choices).pipeline_version()
     partial = load_config("tiny", ["ray.embed.batch_size=2"])  # a stage given in part keeps its other defaults
     assert (partial.ray.embed.num_cpus, partial.ray.embed.batch_size) == (load_config("tiny").ray.embed.num_cpus, 2)

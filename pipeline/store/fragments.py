@@ -96,7 +96,7 @@ def _vectors(values: list[Any], dim: int) -> pa.FixedSizeListArray:
         if v is not None:
             stacked[i] = np.asarray(v, dtype=np.float32).reshape(dim)
     flat_array = pa.array(stacked.reshape(-1), pa.float32())
-    return pa.FixedSizeListArray.from_arrays(flat_array, dim, mask=pa.array(nulls))
+    return pa.FixedSizeListArray.from_arrays(flat_array, dim, mask=pa.array(nulls, pa.bool_()))
 
 
 def _multivectors(values: list[Any], dim: int) -> pa.ListArray:
@@ -106,7 +106,7 @@ def _multivectors(values: list[Any], dim: int) -> pa.ListArray:
     parts = [np.asarray(v, np.float32).reshape(-1, dim) for v in values if v is not None]
     flat = np.concatenate(parts).reshape(-1) if parts else np.zeros(0, np.float32)
     inner = pa.FixedSizeListArray.from_arrays(pa.array(flat, pa.float32()), dim)
-    mask = pa.array([v is None for v in values])
+    mask = pa.array([v is None for v in values], pa.bool_())
     return pa.ListArray.from_arrays(pa.array(offsets), inner, mask=mask)
 
 
