@@ -6,7 +6,9 @@ Exit codes (documented in the README):
 ====  =========================================================================================================
 0     done
 1     a storage failure (disk full, permissions, a vanished database folder)
-2     a request that cannot be served as given: a config error, a missing checkpoint, a bad search
+2     a request that cannot be served as given: a config error, a missing checkpoint, a bad search, a database
+      that is missing, not a vidsearch database, too old for the request, read-only for a command that writes,
+      or behind an object-store endpoint that cannot be reached
 75    another run holds the database lock (``EX_TEMPFAIL``: a scheduled run leaves without touching anything)
 ====  =========================================================================================================
 """
@@ -37,6 +39,11 @@ class AskError(SearchError):
         self.status = status
 
 
+class DatabaseUnusable(ValueError):
+    """A database the command cannot use as given (missing, empty, too old, read-only, unreachable); the message
+    names it and says what to do."""
+
+
 class LockBusy(RuntimeError):
     """Another process holds the database lock; the message names the holder."""
 
@@ -51,7 +58,7 @@ class LockBusy(RuntimeError):
         self.db, self.path, self.holder = db, path, holder
 
 
-USAGE_ERRORS = (ConfigError, SearchError, MissingCheckpointError)
+USAGE_ERRORS = (ConfigError, SearchError, MissingCheckpointError, DatabaseUnusable)
 
 
 def exit_code(exc: BaseException) -> int | None:

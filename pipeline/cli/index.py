@@ -6,7 +6,7 @@ import argparse
 import json
 import os
 
-from pipeline.cli.common import add_common, load, start_ray
+from pipeline.cli.common import add_common, load, require_writable, start_ray
 
 
 def add(sub: argparse._SubParsersAction) -> None:
@@ -33,6 +33,7 @@ def run(args: argparse.Namespace) -> int:
     from pipeline.store.lock import DatabaseLock
 
     cfg = load(args)
+    require_writable(cfg.db.path)
     # The lock first, before the heavy imports: a scheduled run that finds another one going leaves at once.
     with DatabaseLock(cfg.db.path, "index", cfg.db.lock_dir):
         from pipeline.index.runner import preflight, run_index

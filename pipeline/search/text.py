@@ -116,6 +116,8 @@ class TextSearcher:
         if not videos or not self.store.exists(S.TEXTS):
             return []
         table = self.store.table(S.TEXTS)
+        if table.count_rows() == 0:  # no text was read (OCR off): nothing to index or find
+            return []
         ensure_text_index(table, self.cfg.tokenizer)
         rows = self._candidates(table, text, k * self.cfg.overfetch, _where(parsed, videos))
         key = normalise(text)

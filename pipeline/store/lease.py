@@ -29,15 +29,18 @@ log = logging.getLogger(__name__)
 LEASE_NAME = "_vidsearch.lock"
 
 
+def endpoint_url() -> str | None:
+    return os.environ.get("AWS_ENDPOINT_URL") or os.environ.get("AWS_ENDPOINT")
+
+
+def region() -> str:
+    return os.environ.get("AWS_REGION") or os.environ.get("AWS_DEFAULT_REGION") or "us-east-1"
+
+
 def _client() -> Any:
     import boto3
 
-    env = os.environ
-    return boto3.client(
-        "s3",
-        endpoint_url=env.get("AWS_ENDPOINT_URL") or env.get("AWS_ENDPOINT"),
-        region_name=env.get("AWS_REGION") or env.get("AWS_DEFAULT_REGION") or "us-east-1",
-    )
+    return boto3.client("s3", endpoint_url=endpoint_url(), region_name=region())
 
 
 def _status(exc: Exception) -> int:
