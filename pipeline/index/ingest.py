@@ -24,6 +24,7 @@ from pipeline.index.assembly import start_assemblers
 from pipeline.index.catalog import VideoFile
 from pipeline.index.graph import build_dataset, fit_to_cluster
 from pipeline.store.db import Store
+from pipeline.store.lock import check_held
 
 log = logging.getLogger(__name__)
 
@@ -129,6 +130,7 @@ class Ingest:
         def commit() -> None:
             nonlocal pending, last_commit
             if pending:
+                check_held(cfg.db.path, cfg.db.lock_dir)  # a writer that lost its lock stops before committing
                 with timed(stages, "commit"):
                     self.store.commit_fragments([v for v, _ in pending], self._tables(pending), reindexed, replaces)
                     self.store.clear_failures([v["path"] for v, _ in pending])

@@ -33,11 +33,10 @@ from pipeline.index.graph import graph_stage_times
 from pipeline.index.ingest import Ingest, timed
 from pipeline.store import schema as S
 from pipeline.store.db import Store, now
-from pipeline.store.lock import DatabaseLock
+from pipeline.store.lock import DatabaseLock, check_held
 from pipeline.store.maintenance import maintain, needs_maintenance
 
 log = logging.getLogger(__name__)
-
 
 
 @dataclass
@@ -77,6 +76,17 @@ class RunSummary:
 
     def as_dict(self) -> dict[str, Any]:
         return {"kind": "index", **asdict(self)}
+
+    def exit_code(self) -> int:
+        """``EXIT_OK``; ``EXIT_SOME_FAILED`` when videos failed (listing or in the graph, ``Incomplete`` ones
+        included) beside some that indexed or were already indexed; ``EXIT_NOTHING_INDEXED`` when every video
+        tried failed. A video indexed without its speech (or shots) is indexed: its failure record says what it
+        lacks, the exit code does not change."""
+        from pipeline.errors import EXIT_NOTHING_INDEXED, EXIT_OK, EXIT_SOME_FAILED
+
+        if not self.failed:
+            return EXIT_OK
+        return EXIT_SOME_FAILED if self.indexed else EXIT_NOTHING_INDEXED
 
     def text(self) -> str:
         lines = [
@@ -215,6 +225,7 @@ class Runner:
             self.store.begin([self._video_row(f) for f in plan.todo])
             self._ingest(plan, checkpoint, summary)
         if self.cfg.maintenance.after_index and (summary.indexed or summary.pruned or summary.moved):
+            check_held(self.cfg.db.path, self.cfg.db.lock_dir)
             with timed(st, "maintain"):
                 if needs_maintenance(self.store, self.cfg.maintenance):
                     report = maintain(self.store, self.cfg.maintenance)  # the full report is its own runs row
