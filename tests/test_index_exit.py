@@ -93,3 +93,19 @@ def test_nothing_indexed_is_its_own_exit_code_and_a_rerun_of_a_done_folder_is_ok
     assert "videos: 1 indexed" in out
     rc, out, err = cli("index", str(folder), "--db", db)  # nothing to do is not a failure
     assert rc == EXIT_OK and "1 skipped" in out, err[-3000:]
+
+
+def test_a_shot_detection_failure_is_recorded_and_the_video_indexed_as_one_shot(cli, tmp_path, sample_folder) -> None:  # type: ignore[no-untyped-def]
+    """Shots are refused past ``shots.max_frames`` (a real limit of the detector's reader); decode reads the same
+    file fine, so the video is indexed as one shot and the reason is a failure record of stage ``shots``."""
+    folder = _folder(tmp_path, sample_folder, "flower.webm")
+    db = str(tmp_path / "db")
+    rc, out, err = cli("index", str(folder), "--db", db, "--set", "segments.shots={detector: content, max_frames: 5}")
+    assert rc == EXIT_OK, err[-3000:]
+    assert "videos: 1 indexed" in out and "1 videos indexed as one shot" in out
+    store = Store(db, TINY_DIM)
+    (failure,) = store.rows(S.FAILURES).to_pylist()
+    assert (failure["stage"], failure["error_type"]) == ("shots", "ShotDetectionError")
+    assert "max_frames" in failure["message"] and not failure["quarantined"]
+    assert len(store.complete_ids()) == 1
+    assert set(store.rows(S.SEGMENTS, columns=["shot_idx"]).column("shot_idx").to_pylist()) == {0}

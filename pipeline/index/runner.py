@@ -66,6 +66,7 @@ class RunSummary:
     texts: int = 0  # on-screen text spans
     speech: int = 0  # utterances
     speech_failed: int = 0  # indexed videos whose audio could not be transcribed (each has a failure record)
+    shots_failed: int = 0  # indexed videos whose shots could not be found: one shot each (a failure record each)
     wall_s: float = 0.0
     stages: dict[str, float] = field(default_factory=dict)  # driver seconds per step
     fragments_by_node: dict[str, int] = field(default_factory=dict)  # Ray node id -> fragments its workers wrote
@@ -96,7 +97,8 @@ class RunSummary:
             + (f", {self.recovered} recovered from a crashed run" if self.recovered else ""),
             f"rows: {self.frames} frames, {self.segments} segments, {self.tracks} tracks, {self.thumbnails} "
             f"thumbnails, {self.texts} text spans, {self.speech} utterances; {self.wall_s:.1f} s"
-            + (f"; {self.speech_failed} videos indexed without their speech" if self.speech_failed else ""),
+            + (f"; {self.speech_failed} videos indexed without their speech" if self.speech_failed else "")
+            + (f"; {self.shots_failed} videos indexed as one shot (no shots found)" if self.shots_failed else ""),
             "stages: " + ", ".join(f"{k} {v:.1f} s" for k, v in self.stages.items()),
         ]
         lines += [f"  failed: {f['path']}: {f['message']}" for f in self.failures]
@@ -272,8 +274,9 @@ class Runner:
             summary.speech += counts.get(S.SPEECH, 0)
 
         def fail(f: VideoFile, stage: str, error_type: str, message: str) -> None:
-            if stage == "speech":  # the video is indexed (its pictures); only its speech failed
-                summary.speech_failed += 1
+            if stage in ("speech", "shots"):  # the video is indexed; only its speech (or its shots) failed
+                summary.speech_failed += stage == "speech"
+                summary.shots_failed += stage == "shots"
                 summary.failures.append({"path": f.path, "stage": stage, "message": message})
                 # never quarantined: the file is indexed, and a quarantine would stop its later re-indexing
                 self.store.record_failure(f.path, f.video_id, stage, error_type, message, sys.maxsize)
