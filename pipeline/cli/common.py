@@ -124,9 +124,11 @@ def check_reachable(uri: str) -> None:
         raise
 
 
-def require_database(cfg: Any) -> None:
+def require_database(cfg: Any, tables: bool = True) -> None:
     """Stop a command that reads an existing database when there is none at ``db.path`` (a missing folder, an
-    empty one, a folder of something else) or its object store cannot be reached; never creates anything."""
+    empty one, a folder of something else) or its object store cannot be reached; never creates anything.
+    ``tables=False`` checks only the folder and the store (a writer checks the tables once it holds the lock:
+    a first index run holding it may be creating them)."""
     import os
 
     from pipeline.errors import DatabaseUnusable
@@ -142,6 +144,8 @@ def require_database(cfg: Any) -> None:
             raise DatabaseUnusable(f"no vidsearch database at {uri}: {hint}")
         if not os.path.isdir(path):
             raise DatabaseUnusable(f"{uri} is a file, not a vidsearch database folder")
+    if not tables:
+        return
     from pipeline.store.db import Store
 
     if not Store(uri).exists(S.VIDEOS):

@@ -34,8 +34,9 @@ def run_prune(args: argparse.Namespace) -> int:
 
     cfg = load(args)
     require_writable(cfg.db.path)
-    require_database(cfg)
+    require_database(cfg, tables=False)
     with DatabaseLock(cfg.db.path, "prune", cfg.db.lock_dir):
+        require_database(cfg)
         removed = prune(open_store(cfg), roots=args.under, dry_run=args.dry_run)
     verb = "would remove" if args.dry_run else "removed"
     print(f"{verb} {len(removed)} videos whose files are gone")
@@ -50,8 +51,9 @@ def run_maintain(args: argparse.Namespace) -> int:
 
     cfg = load(args)
     require_writable(cfg.db.path)
-    require_database(cfg)
+    require_database(cfg, tables=False)
     with DatabaseLock(cfg.db.path, "maintain", cfg.db.lock_dir):
+        require_database(cfg)
         report = maintain(open_store(cfg), cfg.maintenance, force=args.force)
     for table, r in report["tables"].items():
         print(f"{table}: {r['rows']} rows; " + ("; ".join(r["actions"]) or "nothing to do"))
