@@ -139,7 +139,6 @@ def main() -> None:
         f"\nframes with text: {with_text}, without: {empty}; detector on a frame without text "
         f"{1000 * det_empty_s / max(1, empty):.1f} ms, on one with text {det_text_ms:.1f} ms"
     )
-    print(f"OCR select=changed vs a 240 CPU ms/frame production pipeline: {100 * 1000 * rows[1][2] / n / 240:.0f} %")
     print(f"stock / select=all CPU: {stock_s / rows[0][2]:.2f}x; all / changed: {rows[0][2] / rows[1][2]:.2f}x")
 
 

@@ -137,6 +137,7 @@ class VideoAssembler:
         self.counts = {FRAMES: 0, SEGMENTS: 0, TRACKS: 0, THUMBNAILS: 0, TEXTS: 0, SPEECH: 0}
         self.spoken = SegmentWords()  # the transcript's words not yet given to a segment
         self.speech_error = ""  # why the audio could not be transcribed ("" when fine or speech is off)
+        self.shots_error = ""  # why its shots could not be found (it is then one shot); "" when fine or off
 
     @property
     def done(self) -> bool:
@@ -167,6 +168,8 @@ class VideoAssembler:
                 # (start, end, shot) per segment window; the caption stage derives them with the same function
                 self.windows = shot_segment_windows(starts, self.duration_s, self.window_s)
                 self.shot_spans = np.stack([starts, np.append(starts[1:], max(end, float(starts[-1])))], axis=1)
+        if isinstance(row.get("shots_error"), str) and row["shots_error"]:  # the first row only, like speech
+            self.shots_error = row["shots_error"]
         if isinstance(row.get("speech"), str):  # the first row only (decode hands the transcript on once)
             self._speech(decode_transcript(row["speech"]), row.get("speech_error"))
         t = float(row["t"])

@@ -103,6 +103,10 @@ DECODE_COLUMNS = (VIDEO_ID, PATH, T, FRAME_IDX, SAMPLE_IDX, N_SAMPLES, FRAME, TH
 #: times (float64 array, first 0.0). Absent without a shot detector.
 SHOT_BOUNDS = "shot_bounds"
 SHOT_COLUMNS = (SHOT_BOUNDS,)
+#: Also written by the shot detector on the video row: why its shots could not be found ("" when fine; the video
+#: then counts as one shot and is still indexed). Decode hands it on to the video's first frame row only, the
+#: assembler reports it with the video's result and the driver records it as a failure of stage ``shots``.
+SHOTS_ERROR = "shots_error"
 
 #: Written by the detector: per frame, boxes (K x 4, normalised xyxy), confidences (K), class names (JSON list)
 #: and, for segmentation models only, masks (K x h x w).
@@ -158,6 +162,7 @@ ASSEMBLY_COLUMNS = (
     *EMBED_COLUMNS,
     *OCR_COLUMNS,
     *SHOT_COLUMNS,
+    SHOTS_ERROR,
     *CAPTION_COLUMNS,
     *TRANSCRIPT_COLUMNS,
 )

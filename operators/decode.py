@@ -98,14 +98,14 @@ class Decode(Operator):
     ``t``, ``frame_idx``, ``sample_idx``, ``n_samples`` (planned samples of the video), ``frame`` (uint8 HxWx3,
     upright, working size), ``thumb`` (JPEG bytes), ``error`` ("" when fine) and the video's metadata columns;
     repeats the video row's ``shot_bounds`` (when the shot detector ran) on each of its frames, and hands its
-    transcript (``speech``, ``speech_error``, when the speech stage ran) to its first frame row only (null on the
-    others: a transcript is one value per video, not one per frame).
+    transcript (``speech``, ``speech_error``, when the speech stage ran) and ``shots_error`` to its first frame row
+    only (null on the others: they are one value per video, not one per frame).
     """
 
     reads = (C.VIDEO_ID, C.PATH)
     writes = C.DECODE_COLUMNS
     # 1 video : N new frame rows; nothing else of the video row travels on
-    carries = (*C.SHOT_COLUMNS, *C.TRANSCRIPT_COLUMNS)
+    carries = (*C.SHOT_COLUMNS, C.SHOTS_ERROR, *C.TRANSCRIPT_COLUMNS)
 
     def __init__(self, cfg: DecodeConfig) -> None:
         self.cfg = cfg
@@ -248,7 +248,8 @@ class Decode(Operator):
         n = len(batch[C.VIDEO_ID])
         prints = batch.get(C.FINGERPRINT, [None] * n)
         shots = batch.get(C.SHOT_BOUNDS)  # from the shot detector, when it ran: repeated on each frame row
-        once = [c for c in C.TRANSCRIPT_COLUMNS if c in batch]  # from the speech stage: on the first row only
+        # from the speech stage and the shot detector's reason: one value per video, on its first row only
+        once = [c for c in (*C.TRANSCRIPT_COLUMNS, C.SHOTS_ERROR) if c in batch]
         for i, (video_id, path, fp) in enumerate(zip(batch[C.VIDEO_ID], batch[C.PATH], prints, strict=True)):
             first = True
             for chunk in self.iter_video(str(video_id), str(path), str(fp) if fp else None):

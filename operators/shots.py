@@ -300,13 +300,13 @@ DETECTORS: dict[str, Callable[[ShotConfig], CutDetector]] = {
 
 
 class ShotDetect(Operator):
-    """Shot boundaries per video (1:1). Reads ``path`` (and ``error``, when present: a video that already
-    failed is passed through); writes ``shot_bounds`` (float64 array of shot start times in seconds, first 0.0)
-    and ``error`` (empty, or why shots could not be found: the video then counts as one shot). Other columns
-    pass through."""
+    """Shot boundaries per video (1:1). Reads ``path``; writes ``shot_bounds`` (float64 array of shot start
+    times in seconds, first 0.0) and ``shots_error`` (empty, or why shots could not be found: the video then
+    counts as one shot, is still indexed, and the reason becomes a failure record of stage ``shots``). Other
+    columns pass through."""
 
     reads = (C.PATH,)
-    writes = (C.SHOT_BOUNDS, C.ERROR)
+    writes = (C.SHOT_BOUNDS, C.SHOTS_ERROR)
 
     def __init__(self, cfg: ShotConfig, detector: CutDetector | None = None) -> None:
         self.cfg = cfg
@@ -338,20 +338,18 @@ class ShotDetect(Operator):
         import av
 
         paths = [str(p) for p in batch[C.PATH]]
-        prior = [str(e) for e in batch[C.ERROR]] if C.ERROR in batch else [""] * len(paths)
         bounds, errors = [], []
-        for path, err in zip(paths, prior, strict=True):
-            starts, reason = np.zeros(1, np.float64), err
-            if not err:
-                try:
-                    starts = self.detect(path)
-                except (DecodeError, av.error.FFmpegError, OSError, ValueError) as exc:
-                    reason = f"shot detection failed: {short_error(exc, path)}"
+        for path in paths:
+            starts, reason = np.zeros(1, np.float64), ""
+            try:
+                starts = self.detect(path)
+            except (DecodeError, av.error.FFmpegError, OSError, ValueError) as exc:
+                reason = f"shot detection failed: {short_error(exc, path)}"
             bounds.append(starts)
             errors.append(reason)
         out = dict(batch)
         out[C.SHOT_BOUNDS] = np.array(bounds + [None], dtype=object)[:-1]  # ragged: one float64 array per video
-        out[C.ERROR] = np.array(errors, dtype=object)
+        out[C.SHOTS_ERROR] = np.array(errors, dtype=object)
         return out
 
 

@@ -37,8 +37,8 @@ UTTERANCE_KEYS = ("start_s", "end_s", "text", "words", "language", "avg_logprob"
 class TranscribeVideos(Operator):
     """Video rows in, the same rows out (1:1) with ``speech`` (the utterances as one JSON list, see
     ``Transcribe.utterances``; "[]" without audio or speech) and ``speech_error`` ("" when fine, else why the
-    audio could not be transcribed: ``speech`` is then "[]"). Reads ``path``; a row whose ``error`` is already
-    set (the shot detector could not read it) is still transcribed: the two read different streams."""
+    audio could not be transcribed: ``speech`` is then "[]"). Reads ``path``; a row whose ``shots_error`` is set
+    (the shot detector could not read it) is still transcribed: the two read different streams."""
 
     reads = (C.PATH,)
     writes = C.TRANSCRIPT_COLUMNS

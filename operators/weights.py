@@ -46,10 +46,11 @@ def reachable(source: str, timeout_s: float = 3.0) -> bool:
     import socket
     from urllib.parse import urlparse
 
-    url = source if "://" in source else os.environ.get("HF_ENDPOINT", "https://huggingface.co")
-    host = urlparse(url).hostname or "huggingface.co"
+    url = urlparse(source if "://" in source else os.environ.get("HF_ENDPOINT", "https://huggingface.co"))
+    host = url.hostname or "huggingface.co"
+    port = url.port or (80 if url.scheme == "http" else 443)  # HF_ENDPOINT=http://127.0.0.1:8080: that port
     try:
-        with socket.create_connection((host, 443), timeout=timeout_s):
+        with socket.create_connection((host, port), timeout=timeout_s):
             return True
     except OSError:
         return False

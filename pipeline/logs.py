@@ -14,6 +14,8 @@ import os
 import sys
 import tempfile
 import time
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
@@ -136,3 +138,47 @@ def ray_log_dir() -> str | None:
         return str(node.get_logs_dir_path()) if node is not None else None
     except Exception:  # noqa: BLE001 - only a hint for the log file
         return None
+
+
+@contextmanager
+def native_stderr_to_log() -> Iterator[None]:
+    """For the Ray part of a command: file descriptor 2 goes to the command's log file (the root logger's file
+    handler), so what C++ code writes there (the driver's own core worker, and the Ray processes started inside
+    the block, which inherit it) stays out of the terminal; Python's ``sys.stderr`` and our terminal handler
+    move to a copy of the original descriptor, so the progress bar, notices and errors still reach the terminal.
+    Restored on exit. Does nothing without a log file (library use) or when stderr is not a real file."""
+    files = [h for h in logging.getLogger().handlers if isinstance(h, logging.FileHandler)]
+    try:
+        sys.stderr.flush()
+        own_fd = sys.stderr.fileno() == 2
+    except (AttributeError, OSError, ValueError):  # a captured or replaced stderr without a descriptor
+        own_fd = False
+    if not files:
+        yield
+        return
+    old = sys.stderr
+    saved = os.dup(2)
+    terminal = open(saved, "w", buffering=1, encoding="utf-8", errors="backslashreplace", closefd=False)
+    moved = [
+        h
+        for h in logging.getLogger().handlers
+        if type(h) is logging.StreamHandler and h.stream is old  # our terminal handler (setup_logging)
+    ]
+    fd = os.open(files[0].baseFilename, os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o644)
+    os.dup2(fd, 2)
+    os.close(fd)
+    if own_fd:  # Python's stderr was fd 2 itself: write through the copy instead
+        sys.stderr = terminal
+        for h in moved:
+            h.setStream(terminal)
+    try:
+        yield
+    finally:
+        terminal.flush()
+        if own_fd:
+            sys.stderr = old
+            for h in moved:
+                h.setStream(old)
+        os.dup2(saved, 2)
+        terminal.close()
+        os.close(saved)

@@ -70,12 +70,23 @@ def test_segments_get_their_keyframe_caption_exactly_once(ray_session, tmp_path,
 
     # The captions the pipeline wrote are searchable by their words (the run's maintenance built the index): text
     # mode returns exactly the segments holding the words of a caption (the tiny random captioner may give several
-    # keyframes the same words), and hybrid mode fuses those with the vector ranking.
+    # keyframes the same words), and hybrid mode fuses those with the vector ranking: its order is an independent
+    # reciprocal-rank fusion of the two rankings (k 60, ties in the lists' concatenated order), and k=2 of the 3
+    # segments keeps its first two.
     searcher = Searcher(store, cfg)
     for seg in segments:
         same = {s["segment_id"] for s in segments if s["caption"] == seg["caption"]}
         words = searcher.search(text=seg["caption"], k=len(same), mode="text", rerank="none")
         assert {h.id for h in words} == same and all(h.caption == seg["caption"] for h in words)
-        fused = searcher.search(text=seg["caption"], k=3, mode="hybrid", rerank="none")
-        assert {h.id for h in fused} == {s["segment_id"] for s in segments}
+        depth = 2 * cfg.search.overfetch
+        vector = [h.id for h in searcher.search(text=seg["caption"], k=depth, mode="vector", rerank="none")]
+        text = [h.id for h in searcher.search(text=seg["caption"], k=depth, mode="text", rerank="none")]
+        rrf: dict[str, float] = {}
+        for ranking in (vector, text):
+            for i, sid in enumerate(ranking):
+                rrf[sid] = rrf.get(sid, 0.0) + 1.0 / (60 + i + 1)
+        order = list(dict.fromkeys(vector + text))
+        want = sorted(rrf, key=lambda sid: (-rrf[sid], order.index(sid)))[:2]
+        fused = searcher.search(text=seg["caption"], k=2, mode="hybrid", rerank="none")
+        assert [h.id for h in fused] == want, (vector, text)
     assert searcher.search(text="zzzz qqqq", k=3, mode="text", rerank="none") == []  # words in no caption

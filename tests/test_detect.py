@@ -15,6 +15,8 @@ from operators.regions import RegionConfig
 from pipeline.index.assembly import assemble_tables
 from tests.helpers import clip, tiny_config
 
+PEOPLE = "intel_sample_videos/one-by-one-person-detection.mp4"  # people come and go at a table
+
 
 @pytest.fixture(scope="module")
 def frames():
@@ -83,6 +85,27 @@ def test_class_filter_and_thresholds_come_from_config(frames) -> None:
     out = det(dict(frames))
     assert all(json.loads(n) == ["car"] for n in out["det_names"])
     np.testing.assert_allclose(np.stack(out["det_boxes"])[:, 0], [[0.5, 0.5, 1, 1]] * len(frames["t"]))
+
+    # The thresholds, through the trained YOLO11n (model catalog) on frames with several people in them: every
+    # box clears detect.conf, a higher conf keeps a strict subset, detect.max_det caps each frame and
+    # detect.classes keeps only that class (filtered by the model itself, before the Detector's own filter).
+    chunk = next(Decode(DecodeConfig(max_side=320, fps=0.2)).iter_video("p", clip(PEOPLE)))
+    base = {"model": "yolo11n.pt", "imgsz": 320, "device": "cpu"}
+
+    def boxes(**kw):  # type: ignore[no-untyped-def]
+        d = Detector(DetectConfig(**base, **kw))
+        d.setup()
+        out = d(dict(chunk))
+        return list(out["det_conf"]), [json.loads(n) for n in out["det_names"]]
+
+    low, low_names = boxes(conf=0.1)
+    high, _ = boxes(conf=0.5)
+    assert all((c >= 0.1).all() for c in low) and all((c >= 0.5).all() for c in high)
+    assert sum(map(len, high)) < sum(map(len, low)), "a higher detect.conf must drop boxes"
+    assert max(map(len, low)) > 1 and all(len(c) <= 1 for c in boxes(conf=0.1, max_det=1)[0])
+    assert {n for names in low_names for n in names} > {"person"}  # other classes seen at conf 0.1 ...
+    _, person = boxes(conf=0.1, classes=["person"])
+    assert {n for names in person for n in names} == {"person"}  # ... and only persons with detect.classes
 
 
 def test_real_yolo_respects_confidence_and_max_det(frames) -> None:

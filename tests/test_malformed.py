@@ -225,3 +225,47 @@ def test_each_limit_refuses_with_its_reason(corpus, name, override, reason) -> N
     # and the same file passes without the override
     ok = list(Decode(DecodeConfig()).iter_video("v", str(folder / name)))
     assert all(c["error"][0] == "" for c in ok)
+
+
+def test_permission_denied_paths_as_a_user_who_cannot_read_them(tmp_path, testdata) -> None:  # type: ignore[no-untyped-def]
+    """Root reads mode-000 files, so the corpus's ``no_permission`` case is indexed when the suite runs as root.
+    Here ``index`` runs as root without the DAC capabilities (``setpriv``; what a plain user is): a mode-000 file
+    and a mode-000 folder are failures of stage ``list`` saying permission denied, the good clip beside them is
+    indexed, and the run exits ``EXIT_SOME_FAILED``."""
+    import json
+    import stat
+    import subprocess
+    import sys
+
+    from pipeline.errors import EXIT_SOME_FAILED
+    from tests.helpers import ROOT, TINY_DIM
+
+    tool = shutil.which("setpriv")
+    if os.geteuid() != 0 or tool is None:
+        pytest.skip("runs as root without DAC capabilities through setpriv (util-linux)")
+    folder = tmp_path / "inbox"
+    (folder / "locked").mkdir(parents=True)
+    shutil.copy(testdata / "mdn/flower.webm", folder / "flower.webm")
+    shutil.copy(testdata / "intel_sample_videos/asl_gestures/book.mkv", folder / "no_permission.mkv")
+    shutil.copy(testdata / "moviepy/fire2.mp4", folder / "locked" / "fire2.mp4")
+    (folder / "no_permission.mkv").chmod(0)
+    (folder / "locked").chmod(0)
+    db = tmp_path / "db"
+    env = {k: v for k, v in os.environ.items() if k != "RAY_ADDRESS"}
+    env["VIDSEARCH_LOG_DIR"] = str(tmp_path / "logs")
+    cmd = [tool, "--bounding-set", "-dac_override,-dac_read_search", "--", sys.executable,
+           str(ROOT / "run_pipeline.py"), "index", str(folder), "--config", "tiny", "--db", str(db), "--no-progress",
+           "--summary-json", "-"]  # fmt: skip
+    try:
+        run = subprocess.run(cmd, cwd=ROOT, env=env, capture_output=True, text=True, timeout=600)
+    finally:
+        (folder / "locked").chmod(stat.S_IRWXU)
+        (folder / "no_permission.mkv").chmod(stat.S_IRUSR | stat.S_IWUSR)
+    assert run.returncode == EXIT_SOME_FAILED, run.stderr[-3000:]
+    assert "Traceback" not in run.stderr
+    summary = json.loads(run.stdout[run.stdout.index("{") :])
+    assert (summary["indexed"], summary["failed"]) == (1, 2), summary["failures"]
+    failures = {Path(f["path"]).name: f for f in Store(str(db), TINY_DIM).rows(S.FAILURES).to_pylist()}
+    assert set(failures) == {"no_permission.mkv", "locked"}, failures
+    for f in failures.values():
+        assert f["stage"] == "list" and "permission denied" in f["message"].lower(), f

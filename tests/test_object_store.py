@@ -131,3 +131,29 @@ def test_an_expired_lease_of_a_dead_holder_is_taken_over(s3_env) -> None:
     with pytest.raises(LockBusy):
         DatabaseLock(db, "index").acquire()
     taker.release()
+
+
+def test_a_writer_that_loses_its_lease_stops_before_its_next_commit(s3_env, sample_folder, ray_session) -> None:  # type: ignore[no-untyped-def]
+    """The lease is taken over after the run's first commit (as by a run that found it expired): the renewal
+    gets a 412, and the run stops before its second commit with one sentence and ``EXIT_LOCK_LOST``."""
+    import boto3
+
+    from pipeline.errors import EXIT_LOCK_LOST
+    from pipeline.store.lease import LEASE_NAME
+
+    address = ray_session.get_runtime_context().gcs_address
+    db = f"s3://{BUCKET}/lost/db"
+    index = cli("index", str(sample_folder), "--db", db, "--no-progress", "--set", "db.commit_every_videos=1",
+                address=address)  # fmt: skip
+    hooks = str(ROOT / "tests" / "faultinject")
+    env = {**os.environ, "PYTHONPATH": os.pathsep.join(p for p in (hooks, os.environ.get("PYTHONPATH")) if p),
+           "VIDSEARCH_FAULT": "lose-lease-after:1"}  # fmt: skip
+    run = subprocess.run(index, cwd=ROOT, env=env, capture_output=True, text=True, timeout=600)
+    assert run.returncode == EXIT_LOCK_LOST, run.stderr[-3000:]
+    assert "Traceback" not in run.stderr
+    errors = [line for line in run.stderr.splitlines() if line.startswith("error: ")]
+    assert len(errors) == 1 and "lost the database lock" in errors[0], run.stderr[-3000:]
+    assert len(Store(db, DIM).complete_ids()) == 1  # the first commit landed; none after the lease was lost
+    s3 = boto3.client("s3", endpoint_url=s3_env["AWS_ENDPOINT_URL"])
+    holder = s3.get_object(Bucket=BUCKET, Key=f"lost/db/{LEASE_NAME}")["Body"].read()
+    assert b"elsewhere" in holder  # the taker's lease stays: the loser never deletes it

@@ -129,20 +129,19 @@ def test_operator_rows_errors_and_none(media: tuple[Path, dict[str, str]], tmp_p
     op = ShotDetect(ShotConfig.model_validate("content"))
     op.setup()
     batch = {
-        "video_id": np.array(["a", "b", "c"]),
-        "path": np.array([media[1]["hard"], str(bad), media[1]["hard"]]),
-        "error": np.array(["", "", "decode failed earlier"]),
-        "extra": np.array([1, 2, 3]),
+        "video_id": np.array(["a", "b"]),
+        "path": np.array([media[1]["hard"], str(bad)]),
+        "extra": np.array([1, 2]),
     }
     out = op(batch)
-    assert out["extra"].tolist() == [1, 2, 3] and out["video_id"].tolist() == ["a", "b", "c"]
+    assert out["extra"].tolist() == [1, 2] and out["video_id"].tolist() == ["a", "b"]
+    assert "error" not in out  # a shot failure is not the video's failure: it is indexed as one shot
     assert len(out["shot_bounds"][0]) == 3
-    assert out["error"][0] == ""
-    assert out["error"][1].startswith("shot detection failed") and out["shot_bounds"][1].tolist() == [0.0]
-    assert out["error"][2] == "decode failed earlier" and out["shot_bounds"][2].tolist() == [0.0]
+    assert out["shots_error"][0] == ""
+    assert out["shots_error"][1].startswith("shot detection failed") and out["shot_bounds"][1].tolist() == [0.0]
     none = ShotDetect(ShotConfig.model_validate("none"))  # reads nothing: even a missing file is one shot
     out = none({"video_id": np.array(["x"]), "path": np.array([str(tmp_path / "missing.mp4")])})
-    assert out["shot_bounds"][0].tolist() == [0.0] and out["error"][0] == ""
+    assert out["shot_bounds"][0].tolist() == [0.0] and out["shots_error"][0] == ""
 
 
 def test_shot_windows_split_inside_shots() -> None:

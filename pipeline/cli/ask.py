@@ -6,7 +6,7 @@ import argparse
 import json
 import sys
 
-from pipeline.cli.common import add_common, load, open_store
+from pipeline.cli.common import add_common, load, open_store, require_database
 
 
 def add(sub: argparse._SubParsersAction) -> None:
@@ -29,6 +29,7 @@ def run(args: argparse.Namespace) -> int:
     if args.model:
         args.overrides.append(f"vqa.model={args.model}")
     cfg = load(args)
+    require_database(cfg)
     if cfg.vqa.random_weights:
         print(RANDOM_NOTICE, file=sys.stderr)
     result = Asker(cfg, open_store(cfg)).ask(args.question, video_id=args.video, t=args.t, hit_id=args.hit)

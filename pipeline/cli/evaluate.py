@@ -9,7 +9,7 @@ import os
 import tempfile
 from typing import Any
 
-from pipeline.cli.common import start_ray
+from pipeline.cli.common import require_writable, start_ray
 
 
 def add(sub: argparse._SubParsersAction) -> None:
@@ -89,7 +89,10 @@ def run(args: argparse.Namespace) -> int:
     from pipeline.evaluation.manifests import manifest_kind
     from pipeline.evaluation.retrieval import comparison_table
 
+    if not os.path.isfile(args.manifest):
+        raise ConfigError(f"--manifest {args.manifest!r} is not a file (see eval/ for the shipped manifests)")
     kind = manifest_kind(args.manifest)
+    require_writable(args.work_dir)  # its databases and query images are written there
     configs = args.configs or ["default"]
     notices: list[str] = []
     if kind != "retrieval" and args.modes != "vector":

@@ -5,8 +5,9 @@ from __future__ import annotations
 import argparse
 import json
 import os
+from contextlib import nullcontext
 
-from pipeline.cli.common import add_common, load, start_ray
+from pipeline.cli.common import add_common, load, require_writable, start_ray
 
 
 def add(sub: argparse._SubParsersAction) -> None:
@@ -30,27 +31,37 @@ def add(sub: argparse._SubParsersAction) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
+    from pipeline.logs import native_stderr_to_log
     from pipeline.store.lock import DatabaseLock
 
     cfg = load(args)
+    require_writable(cfg.db.path)
     # The lock first, before the heavy imports: a scheduled run that finds another one going leaves at once.
     with DatabaseLock(cfg.db.path, "index", cfg.db.lock_dir):
         from pipeline.index.runner import preflight, run_index
 
         # The random-weights notice comes from run_index (a logged warning, shown on the terminal).
         preflight(cfg)  # a missing checkpoint stops the run here, before Ray starts or anything is written
-        start_ray(cfg, args.address, args.verbose)
-        summary = run_index(
-            cfg,
-            args.paths,
-            progress=not args.no_progress,
-            retry_failed=args.retry_failed,
-            incremental=args.incremental,
-        )
+        # Ray's C++ side writes to fd 2 (the driver's core worker, raylet start-up): into the log file, unless -v
+        with nullcontext() if args.verbose else native_stderr_to_log():
+            started = start_ray(cfg, args.address, args.verbose)
+            try:
+                summary = run_index(
+                    cfg,
+                    args.paths,
+                    progress=not args.no_progress,
+                    retry_failed=args.retry_failed,
+                    incremental=args.incremental,
+                )
+            finally:
+                if started:  # while fd 2 still goes to the log: shutting down Ray writes there too
+                    import ray
+
+                    ray.shutdown()
     print(summary.text())
     if args.summary_json == "-":
         print(json.dumps(summary.as_dict(), indent=2, default=str))
     elif args.summary_json:
         with open(args.summary_json, "w") as f:
             json.dump(summary.as_dict(), f, indent=2, default=str)
-    return 0
+    return summary.exit_code()

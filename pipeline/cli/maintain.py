@@ -6,7 +6,7 @@ from __future__ import annotations
 import argparse
 import json
 
-from pipeline.cli.common import add_common, load, open_store
+from pipeline.cli.common import add_common, load, open_store, require_database, require_writable
 
 
 def add(sub: argparse._SubParsersAction) -> None:
@@ -33,7 +33,10 @@ def run_prune(args: argparse.Namespace) -> int:
     from pipeline.store.lock import DatabaseLock
 
     cfg = load(args)
+    require_writable(cfg.db.path)
+    require_database(cfg, tables=False)
     with DatabaseLock(cfg.db.path, "prune", cfg.db.lock_dir):
+        require_database(cfg)
         removed = prune(open_store(cfg), roots=args.under, dry_run=args.dry_run)
     verb = "would remove" if args.dry_run else "removed"
     print(f"{verb} {len(removed)} videos whose files are gone")
@@ -47,7 +50,10 @@ def run_maintain(args: argparse.Namespace) -> int:
     from pipeline.store.maintenance import maintain
 
     cfg = load(args)
+    require_writable(cfg.db.path)
+    require_database(cfg, tables=False)
     with DatabaseLock(cfg.db.path, "maintain", cfg.db.lock_dir):
+        require_database(cfg)
         report = maintain(open_store(cfg), cfg.maintenance, force=args.force)
     for table, r in report["tables"].items():
         print(f"{table}: {r['rows']} rows; " + ("; ".join(r["actions"]) or "nothing to do"))
@@ -58,6 +64,7 @@ def run_status(args: argparse.Namespace) -> int:
     from pipeline.store.status import collect, format_status
 
     cfg = load(args)
+    require_database(cfg)
     st = collect(open_store(cfg), cfg.pipeline_version(), last_runs=args.runs)
     print(json.dumps(st, indent=2, default=str) if args.json else format_status(st))
     return 0

@@ -9,7 +9,7 @@ import sys
 from typing import Any
 
 from operators.contract import LEVELS, RERANK_NONE
-from pipeline.cli.common import add_common, load
+from pipeline.cli.common import add_common, load, require_database
 
 MAX_IMAGE_BYTES = 50 * 1024 * 1024
 
@@ -93,6 +93,21 @@ def read_image(path: str) -> bytes:
         raise SearchError(f"--image {path!r} cannot be read: {exc.strerror or exc}") from None
 
 
+def _require_table(db: str, level: str) -> None:
+    """A database made before on-screen text (or speech) was indexed has no such table: say so, rather than
+    answer "no results" as if its videos held no text."""
+    from pipeline.errors import DatabaseUnusable
+    from pipeline.store import schema as S
+    from pipeline.store.db import Store
+
+    table, what = (S.TEXTS, "on-screen text") if level == "texts" else (S.SPEECH, "speech")
+    if not Store(db).exists(table):
+        raise DatabaseUnusable(
+            f"{db} predates {what} search (it has no {table} table): index its videos into a new database to "
+            f"search their {what}"
+        )
+
+
 def run_texts(args: argparse.Namespace, cfg: Any) -> int:
     """On-screen text: the text spans searched by their words and meaning."""
     from pipeline.errors import SearchError
@@ -117,6 +132,9 @@ def run(args: argparse.Namespace) -> int:
     from pipeline.search.searcher import Searcher
 
     cfg = load(args)
+    require_database(cfg)
+    if args.level in ("texts", "speech"):
+        _require_table(cfg.db.path, args.level)
     if notice := cfg.random_notice():
         print(notice, file=sys.stderr)
     if args.level == "texts":

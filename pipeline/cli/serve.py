@@ -6,7 +6,7 @@ import argparse
 import os
 import sys
 
-from pipeline.cli.common import add_common, load
+from pipeline.cli.common import add_common, load, require_database
 
 
 def add(sub: argparse._SubParsersAction) -> None:
@@ -46,6 +46,7 @@ def run(args: argparse.Namespace) -> int:
     from pipeline.serve.app import serve
 
     cfg = load(args)
+    require_database(cfg)
     if notice := cfg.random_notice():
         print(notice, file=sys.stderr)
     if args.host not in ("127.0.0.1", "localhost", "::1") and not args.token:

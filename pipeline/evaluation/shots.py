@@ -212,8 +212,8 @@ def evaluate_shots(
             t0 = time.process_time()
             out = op({"video_id": np.array([clip.id]), "path": np.array([str(paths[clip.id])])})
             cpu_s += time.process_time() - t0
-            if out["error"][0]:
-                raise RuntimeError(f"{clip.id}: {out['error'][0]}")
+            if out["shots_error"][0]:
+                raise RuntimeError(f"{clip.id}: {out['shots_error'][0]}")
             starts = [float(x) for x in out["shot_bounds"][0]]
             video_s += clip.length()
             truth = clip.transitions()

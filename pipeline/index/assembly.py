@@ -106,6 +106,7 @@ class AssemblerActor:
                 "meta": {**meta, "n_samples": va.n_samples},
                 "counts": va.counts,
                 "speech_error": va.speech_error,
+                "shots_error": va.shots_error,
                 "fragments": buf.fragments,
                 "node_id": self.node_id,
             }

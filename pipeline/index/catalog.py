@@ -44,9 +44,14 @@ class Unreadable:
     reason: str
 
 
-def _walk(folder: str) -> list[str]:
+def _walk(folder: str, problems: list[Unreadable]) -> list[str]:
+    """Video files under ``folder``; a folder that cannot be read (permissions) is a problem, not silence."""
     found = []
-    for root, dirs, files in os.walk(folder, followlinks=False):  # no symlinked dirs: no loops
+
+    def unreadable(exc: OSError) -> None:
+        problems.append(Unreadable(os.path.abspath(exc.filename or folder), f"cannot read folder: {exc.strerror}"))
+
+    for root, dirs, files in os.walk(folder, onerror=unreadable, followlinks=False):  # no symlinked dirs: no loops
         dirs.sort()
         for name in sorted(files):
             if os.path.splitext(name)[1].lower() in VIDEO_EXTENSIONS:
@@ -60,7 +65,7 @@ def list_videos(inputs: list[str]) -> tuple[list[VideoFile], list[Unreadable]]:
     problems: list[Unreadable] = []
     for item in inputs:
         if os.path.isdir(item):
-            candidates += _walk(item)
+            candidates += _walk(item, problems)
         elif os.path.exists(item) or os.path.islink(item):
             candidates.append(item)
         else:
@@ -68,7 +73,7 @@ def list_videos(inputs: list[str]) -> tuple[list[VideoFile], list[Unreadable]]:
             if not matches:
                 problems.append(Unreadable(item, "no such file, folder or glob match"))
             for m in matches:
-                candidates += _walk(m) if os.path.isdir(m) else [m]
+                candidates += _walk(m, problems) if os.path.isdir(m) else [m]
     videos, seen = [], set()
     for path in candidates:
         path = os.path.abspath(path)

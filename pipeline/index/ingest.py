@@ -5,7 +5,8 @@ fragment metadata (or one failed video with its reason). Finished videos are com
 (``db.commit_every_videos`` or ``db.commit_every_s``); a failed video is recorded and its ``started`` row
 removed. A video the graph never finished (an assembler lost with it) is recorded ``Incomplete``. A video whose
 audio could not be transcribed is committed with its pictures and no speech, and its speech failure recorded
-after the commit (which clears the video's earlier failures), under the stage ``speech``.
+after the commit (which clears the video's earlier failures), under the stage ``speech``; likewise a video whose
+shots could not be found is committed as one shot, with a failure record of stage ``shots``.
 """
 
 from __future__ import annotations
@@ -24,6 +25,7 @@ from pipeline.index.assembly import start_assemblers
 from pipeline.index.catalog import VideoFile
 from pipeline.index.graph import build_dataset, fit_to_cluster
 from pipeline.store.db import Store
+from pipeline.store.lock import check_held
 
 log = logging.getLogger(__name__)
 
@@ -124,19 +126,22 @@ class Ingest:
         ds = build_dataset(cfg, items, checkpoint, (prefix, len(actors)))
         seen: set[str] = set()
         pending: list[Finished] = []
-        speech_errors: dict[str, str] = {}  # video -> why its audio was not transcribed, recorded after its commit
+        # video -> (stage, error type, why) of the parts it was indexed without (its speech, its shots), recorded
+        # after its commit (which clears the video's earlier failures)
+        lacks: dict[str, list[tuple[str, str, str]]] = {}
         last_commit = time.monotonic()
         bar = tqdm(total=len(todo), unit="video", disable=not self.progress, desc="indexing")
 
         def commit() -> None:
             nonlocal pending, last_commit
             if pending:
+                check_held(cfg.db.path, cfg.db.lock_dir)  # a writer that lost its lock stops before committing
                 with timed(stages, "commit"):
                     self.store.commit_fragments([v for v, _ in pending], self._tables(pending), reindexed, replaces)
                     self.store.clear_failures([v["path"] for v, _ in pending])
                 for v, _ in pending:
-                    if v["video_id"] in speech_errors:  # indexed, but without its speech
-                        self.on_fail(by_id[v["video_id"]], "speech", "AudioDecodeError", speech_errors[v["video_id"]])
+                    for stage, error_type, message in lacks.get(v["video_id"], []):  # indexed, without this part
+                        self.on_fail(by_id[v["video_id"]], stage, error_type, message)
             pending, last_commit = [], time.monotonic()
 
         try:
@@ -160,7 +165,9 @@ class Ingest:
                     self.fragments_by_node[res["node_id"]] += sum(len(v) for v in res["fragments"].values())
                     pending.append((self.video_row(f, res["meta"]), res["fragments"]))
                     if res.get("speech_error"):
-                        speech_errors[vid] = res["speech_error"]
+                        lacks.setdefault(vid, []).append(("speech", "AudioDecodeError", res["speech_error"]))
+                    if res.get("shots_error"):
+                        lacks.setdefault(vid, []).append(("shots", "ShotDetectionError", res["shots_error"]))
                     self.on_done(f, res["counts"])
                     if len(pending) >= cfg.db.commit_every_videos:  # at most this many videos per commit
                         commit()

@@ -35,7 +35,7 @@ from pipeline.index.graph import graph_stage_times
 from pipeline.index.ingest import Ingest, timed
 from pipeline.store import schema as S
 from pipeline.store.db import Store, now
-from pipeline.store.lock import DatabaseLock
+from pipeline.store.lock import DatabaseLock, check_held
 from pipeline.store.maintenance import maintain, needs_maintenance
 
 log = logging.getLogger(__name__)
@@ -68,6 +68,7 @@ class RunSummary:
     texts: int = 0  # on-screen text spans
     speech: int = 0  # utterances
     speech_failed: int = 0  # indexed videos whose audio could not be transcribed (each has a failure record)
+    shots_failed: int = 0  # indexed videos whose shots could not be found: one shot each (a failure record each)
     wall_s: float = 0.0
     stages: dict[str, float] = field(default_factory=dict)  # driver seconds per step
     fragments_by_node: dict[str, int] = field(default_factory=dict)  # Ray node id -> fragments its workers wrote
@@ -79,6 +80,17 @@ class RunSummary:
     def as_dict(self) -> dict[str, Any]:
         return {"kind": "index", **asdict(self)}
 
+    def exit_code(self) -> int:
+        """``EXIT_OK``; ``EXIT_SOME_FAILED`` when videos failed (listing or in the graph, ``Incomplete`` ones
+        included) beside some that indexed or were already indexed; ``EXIT_NOTHING_INDEXED`` when every video
+        tried failed. A video indexed without its speech (or shots) is indexed: its failure record says what it
+        lacks, the exit code does not change."""
+        from pipeline.errors import EXIT_NOTHING_INDEXED, EXIT_OK, EXIT_SOME_FAILED
+
+        if not self.failed:
+            return EXIT_OK
+        return EXIT_SOME_FAILED if self.indexed else EXIT_NOTHING_INDEXED
+
     def text(self) -> str:
         lines = [
             f"run {self.run_id}  pipeline {self.pipeline_version}",
@@ -87,7 +99,8 @@ class RunSummary:
             + (f", {self.recovered} recovered from a crashed run" if self.recovered else ""),
             f"rows: {self.frames} frames, {self.segments} segments, {self.tracks} tracks, {self.thumbnails} "
             f"thumbnails, {self.texts} text spans, {self.speech} utterances; {self.wall_s:.1f} s"
-            + (f"; {self.speech_failed} videos indexed without their speech" if self.speech_failed else ""),
+            + (f"; {self.speech_failed} videos indexed without their speech" if self.speech_failed else "")
+            + (f"; {self.shots_failed} videos indexed as one shot (no shots found)" if self.shots_failed else ""),
             "stages: " + ", ".join(f"{k} {v:.1f} s" for k, v in self.stages.items()),
         ]
         lines += [f"  failed: {f['path']}: {f['message']}" for f in self.failures]
@@ -225,6 +238,7 @@ class Runner:
             self.store.begin([self._video_row(f) for f in plan.todo])
             self._ingest(plan, checkpoint, summary)
         if self.cfg.maintenance.after_index and (summary.indexed or summary.pruned or summary.moved):
+            check_held(self.cfg.db.path, self.cfg.db.lock_dir)
             with timed(st, "maintain"):
                 if needs_maintenance(self.store, self.cfg.maintenance):
                     report = maintain(self.store, self.cfg.maintenance)  # the full report is its own runs row
@@ -272,8 +286,9 @@ class Runner:
             summary.speech += counts.get(S.SPEECH, 0)
 
         def fail(f: VideoFile, stage: str, error_type: str, message: str) -> None:
-            if stage == "speech":  # the video is indexed (its pictures); only its speech failed
-                summary.speech_failed += 1
+            if stage in ("speech", "shots"):  # the video is indexed; only its speech (or its shots) failed
+                summary.speech_failed += stage == "speech"
+                summary.shots_failed += stage == "shots"
                 summary.failures.append({"path": f.path, "stage": stage, "message": message})
                 # never quarantined: the file is indexed, and a quarantine would stop its later re-indexing
                 self.store.record_failure(f.path, f.video_id, stage, error_type, message, sys.maxsize)

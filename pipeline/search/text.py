@@ -170,6 +170,8 @@ class TextSearcher(TextLevel):
         self, table: Any, text: str, fetch: int, where: str | None, videos: dict[str, str]
     ) -> list[tuple[tuple[float, float, float], dict[str, Any]]]:
         """The word ranking, best first: ((similarity, coverage, index score), row) of each candidate kept."""
+        if table.count_rows() == 0:  # no text was read (OCR off): nothing to index or find
+            return []
         ensure_text_index(table, self.cfg.tokenizer)
         rows = self._candidates(table, text, fetch, where)
         key = normalise(text)

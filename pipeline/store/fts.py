@@ -74,9 +74,23 @@ class FtsIndex:
 
     def build(self, table: Any, replace: bool = False, tokens: Mapping[str, Any] | None = None) -> bool:
         """Build the index if it is missing (or ``replace``), with ``tokens`` instead of the declared ones if
-        given; returns whether it was built."""
+        given; returns whether it was built. A database this user cannot write (a reader building a missing
+        index on first use) is ``DatabaseUnusable``: one sentence saying who can build it."""
         if not replace and any(ix.name == self.name for ix in table.list_indices()):
             return False
+        try:
+            return self._build(table, tokens)
+        except (OSError, RuntimeError) as exc:
+            if "Permission denied" not in str(exc) and "os error 13" not in str(exc):
+                raise
+            from pipeline.errors import DatabaseUnusable
+
+            raise DatabaseUnusable(
+                f"the {self.label or self.name} of table {self.table} is not built yet and this user cannot write "
+                "the database: run `vidsearch maintain` once as a user who can"
+            ) from None
+
+    def _build(self, table: Any, tokens: Mapping[str, Any] | None) -> bool:
         opts = self.tokens if tokens is None else tokens
         if opts is None:
             from lancedb.index import FTS

@@ -3,7 +3,10 @@ conditional writes, so it excludes runs started from any machine.
 
 - take: ``PutObject(If-None-Match: *)`` of ``<db>/_vidsearch.lock`` (holder, expiry); a 412 means it exists;
 - keep: a thread re-writes it every ``lease_s / 3`` with ``If-Match: <etag it wrote>``; a 412 there means the
-  lease was lost (the run went silent longer than the lease and another run took over);
+  lease was lost (the run went silent longer than the lease and another run took over). A lease not renewed
+  for ``lease_s`` (the store unreachable meanwhile) counts as lost too: another run may have taken it.
+  ``check()`` raises ``LockLost`` once it is lost; the runner calls it before every commit, so a writer that lost
+  its lock stops before writing anything more;
 - release: ``DeleteObject(If-Match: <etag>)``;
 - a holder that died (SIGKILL, node loss) stops renewing: once its expiry has passed (at once when it ran
   on this machine and its process is gone), the next run deletes the object with ``If-Match`` on the etag it
@@ -27,17 +30,22 @@ from urllib.parse import urlparse
 log = logging.getLogger(__name__)
 
 LEASE_NAME = "_vidsearch.lock"
+#: How long a lease lasts without renewal (renewed every third of it).
+LEASE_S = 60.0
+
+
+def endpoint_url() -> str | None:
+    return os.environ.get("AWS_ENDPOINT_URL") or os.environ.get("AWS_ENDPOINT")
+
+
+def region() -> str:
+    return os.environ.get("AWS_REGION") or os.environ.get("AWS_DEFAULT_REGION") or "us-east-1"
 
 
 def _client() -> Any:
     import boto3
 
-    env = os.environ
-    return boto3.client(
-        "s3",
-        endpoint_url=env.get("AWS_ENDPOINT_URL") or env.get("AWS_ENDPOINT"),
-        region_name=env.get("AWS_REGION") or env.get("AWS_DEFAULT_REGION") or "us-east-1",
-    )
+    return boto3.client("s3", endpoint_url=endpoint_url(), region_name=region())
 
 
 def _status(exc: Exception) -> int:
@@ -61,15 +69,16 @@ def _dead_here(holder: dict[str, Any]) -> bool:
 class S3Lease:
     """``acquire()`` returns None when taken, else the current holder (a dict); ``release()`` gives it back."""
 
-    def __init__(self, db: str, command: str, lease_s: float = 60.0) -> None:
+    def __init__(self, db: str, command: str, lease_s: float | None = None) -> None:
         url = urlparse(db)
         self.bucket = url.netloc
         self.key = f"{url.path.strip('/')}/{LEASE_NAME}".lstrip("/")
         self.path = f"s3://{self.bucket}/{self.key}"
         self.command = command
-        self.lease_s = lease_s
+        self.lease_s = LEASE_S if lease_s is None else lease_s
         self.s3 = _client()
         self.etag: str | None = None
+        self.renewed = 0.0  # time.monotonic() of the last write of the lease that succeeded
         self.lost = threading.Event()
         self._stop = threading.Event()
         self._thread: threading.Thread | None = None
@@ -88,9 +97,11 @@ class S3Lease:
     def acquire(self) -> dict[str, Any] | None:
         for _ in range(3):
             try:
+                t = time.monotonic()
                 self.etag = self.s3.put_object(Bucket=self.bucket, Key=self.key, Body=self._body(), IfNoneMatch="*")[
                     "ETag"
                 ]
+                self.renewed = t
             except Exception as exc:  # noqa: BLE001 - botocore's ClientError; 412 = someone holds it
                 if _status(exc) not in (409, 412):
                     raise
@@ -128,15 +139,32 @@ class S3Lease:
     def _renew(self) -> None:
         while not self._stop.wait(self.lease_s / 3):
             try:
+                t = time.monotonic()
                 self.etag = self.s3.put_object(Bucket=self.bucket, Key=self.key, Body=self._body(), IfMatch=self.etag)[
                     "ETag"
                 ]
+                self.renewed = t
             except Exception as exc:  # noqa: BLE001
                 if _status(exc) == 412:
                     log.error("lost the database lock %s: another run took it over", self.path)
                     self.lost.set()
                     return
                 log.warning("could not renew the database lock %s: %s", self.path, exc)
+                if time.monotonic() - self.renewed >= self.lease_s:  # expired: another run may hold it now
+                    log.error("lost the database lock %s: not renewed for %.0f s", self.path, self.lease_s)
+                    self.lost.set()
+                    return
+
+    def check(self) -> None:
+        """Raise ``LockLost`` when the lease is lost, or has gone unrenewed for its whole length."""
+        from pipeline.errors import LockLost
+
+        expired = self.etag is not None and time.monotonic() - self.renewed >= self.lease_s
+        if self.lost.is_set() or expired:
+            raise LockLost(
+                f"lost the database lock {self.path} (another run took it over, or it was not renewed for "
+                f"{self.lease_s:.0f} s); stopped before the next commit: run again once the other run is done"
+            )
 
     def release(self) -> None:
         self._stop.set()

@@ -64,6 +64,14 @@ def _read_holder(path: Path) -> dict[str, object]:
         return {}
 
 
+def check_held(db: str, lock_dir: str | None = None) -> None:
+    """Raise ``LockLost`` when this process held the lease of ``db`` (an ``s3://`` database) and lost it; called
+    before each commit. A local lock cannot be lost while the process lives."""
+    lease = _leases.get(str(lock_path(db, lock_dir)))
+    if lease is not None:
+        lease.check()
+
+
 class DatabaseLock:
     """``with DatabaseLock(db, "index"):`` holds the database's write lock or raises ``LockBusy`` at once."""
 

@@ -1,7 +1,10 @@
 """Fault injection for tests, loaded only by processes a test starts with this folder on PYTHONPATH
 (``tests.helpers.killed_mid_commit_env``): ``VIDSEARCH_FAULT=after-rows:N`` makes the process SIGKILL itself
 in its N-th commit, after the content tables are committed and before the videos are marked complete (the
-worst moment for a crash). Production code carries no hook: ``pipeline.store.db`` is patched as it is imported.
+worst moment for a crash); ``VIDSEARCH_FAULT=lose-lease-after:N`` (an ``s3://`` database) shortens the lease to
+1.5 s and, once the N-th commit is done, overwrites the lease object as a run that took it over would, then waits
+until the renewal has noticed. Production code carries no hook: ``pipeline.store.db`` is patched as it is
+imported.
 """
 
 from __future__ import annotations
@@ -16,8 +19,35 @@ from typing import Any
 SPEC = os.environ.get("VIDSEARCH_FAULT", "")
 
 
+def _lose_lease_after(store_module: Any, nth: int) -> None:
+    import time
+
+    from pipeline.store import lease, lock
+
+    lease.LEASE_S = 1.5  # renewed every 0.5 s
+    original = store_module.Store.commit_fragments
+    seen = {"commits": 0}
+
+    def commit_fragments(self: Any, *args: Any, **kwargs: Any) -> None:
+        original(self, *args, **kwargs)
+        seen["commits"] += 1
+        if seen["commits"] != nth:
+            return
+        for held in list(lock._leases.values()):
+            body = b'{"pid": 1, "host": "elsewhere", "command": "index"}'
+            held.s3.put_object(Bucket=held.bucket, Key=held.key, Body=body)  # no If-Match: a takeover
+            deadline = time.monotonic() + 10
+            while not held.lost.is_set() and time.monotonic() < deadline:
+                time.sleep(0.1)
+
+    store_module.Store.commit_fragments = commit_fragments
+
+
 def _patch(store_module: Any) -> None:
     point, _, nth = SPEC.partition(":")
+    if point == "lose-lease-after":
+        _lose_lease_after(store_module, int(nth))
+        return
     if point != "after-rows":
         return
     original = store_module.Store._upsert
