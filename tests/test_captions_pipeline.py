@@ -14,6 +14,7 @@ from pipeline.cli.search import format_table
 from pipeline.index.catalog import list_videos
 from pipeline.index.graph import frame_dataset
 from pipeline.index.runner import run_index
+from pipeline.search.meaning import dense_ranking
 from pipeline.search.searcher import Searcher
 from pipeline.store import schema as S
 from pipeline.store.db import Store
@@ -70,9 +71,9 @@ def test_segments_get_their_keyframe_caption_exactly_once(ray_session, tmp_path,
 
     # The captions the pipeline wrote are searchable by their words (the run's maintenance built the index): text
     # mode returns exactly the segments holding the words of a caption (the tiny random captioner may give several
-    # keyframes the same words), and hybrid mode fuses those with the vector ranking: its order is an independent
-    # reciprocal-rank fusion of the two rankings (k 60, ties in the lists' concatenated order), and k=2 of the 3
-    # segments keeps its first two.
+    # keyframes the same words), and hybrid mode fuses those with the vector ranking and the captions' ranking by
+    # meaning: its order is an independent reciprocal-rank fusion of the three rankings (k 60, ties in the lists'
+    # concatenated order), and k=2 of the 3 segments keeps its first two.
     searcher = Searcher(store, cfg)
     for seg in segments:
         same = {s["segment_id"] for s in segments if s["caption"] == seg["caption"]}
@@ -81,12 +82,20 @@ def test_segments_get_their_keyframe_caption_exactly_once(ray_session, tmp_path,
         depth = 2 * cfg.search.overfetch
         vector = [h.id for h in searcher.search(text=seg["caption"], k=depth, mode="vector", rerank="none")]
         text = [h.id for h in searcher.search(text=seg["caption"], k=depth, mode="text", rerank="none")]
+        # and the captions' ranking by meaning (their sentence vectors; the clip has no speech or screen text)
+        embedder = searcher.text_embedder()
+        assert embedder is not None
+        table = store.table(S.SEGMENTS)
+        query = embedder.query(seg["caption"])
+        near = dense_ranking(table, "caption_vector", query, embedder.model_id, ["segment_id"], depth, None)
+        meaning = [r["segment_id"] for r in near]
+        assert len(meaning) == len(segments)
         rrf: dict[str, float] = {}
-        for ranking in (vector, text):
+        for ranking in (vector, text, meaning):
             for i, sid in enumerate(ranking):
                 rrf[sid] = rrf.get(sid, 0.0) + 1.0 / (60 + i + 1)
-        order = list(dict.fromkeys(vector + text))
+        order = list(dict.fromkeys(vector + text + meaning))
         want = sorted(rrf, key=lambda sid: (-rrf[sid], order.index(sid)))[:2]
         fused = searcher.search(text=seg["caption"], k=2, mode="hybrid", rerank="none")
-        assert [h.id for h in fused] == want, (vector, text)
+        assert [h.id for h in fused] == want, (vector, text, meaning)
     assert searcher.search(text="zzzz qqqq", k=3, mode="text", rerank="none") == []  # words in no caption

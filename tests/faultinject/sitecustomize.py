@@ -36,7 +36,7 @@ def _lose_lease_after(store_module: Any, nth: int) -> None:
         for held in list(lock._leases.values()):
             body = b'{"pid": 1, "host": "elsewhere", "command": "index"}'
             held.s3.put_object(Bucket=held.bucket, Key=held.key, Body=body)  # no If-Match: a takeover
-            deadline = time.monotonic() + 10
+            deadline = time.monotonic() + 60  # a loaded machine may delay the renewal thread for seconds
             while not held.lost.is_set() and time.monotonic() < deadline:
                 time.sleep(0.1)
 
